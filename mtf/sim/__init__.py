@@ -1,0 +1,1 @@
+"""MTF world: a seeded recommender simulator with ground-truth long-term value."""
