@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from mtf.configtools import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from mtf.etl.config import EtlConfig
+from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
+from mtf.reward import RewardConfig
 from mtf.rl.config import TrainConfig
 from mtf.sim.config import SimConfig
 
@@ -74,7 +77,10 @@ class MtfConfig:
     lake: LakeConfig = field(default_factory=LakeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    etl: EtlConfig = field(default_factory=EtlConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

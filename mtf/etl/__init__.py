@@ -1,0 +1,1 @@
+"""Spark data jobs: validate raw logs, sessionize, point-in-time state, rewards, transitions."""
