@@ -94,7 +94,9 @@ def get_spark(app_name: str, cfg: "SparkConfig | None" = None) -> "SparkSession"
 def _check_delta_on_classpath(spark: "SparkSession") -> None:
     jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
     try:
-        jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        # --jars land in Spark's context class loader, not the system one Class.forName uses.
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass("io.delta.sql.DeltaSparkSessionExtension")
     except Exception as exc:  # py4j wraps ClassNotFoundException
         raise RuntimeError(
             "Delta Lake classes are not on the classpath. Pass them to spark-submit, e.g. "
