@@ -1,25 +1,198 @@
-"""Training configuration (TrainConfig and its nested BCQConfig). Owned by mtf.rl."""
+"""Training configuration: ``TrainConfig`` (section ``train``) and one section per algorithm.
+
+Paper values are the defaults (paper-spec section 5). Fields shared by every algorithm
+(discount, target-network schedule, network sizes, actor/critic learning rates) live in
+``BCQConfig``, the main algorithm; the baselines (``td3``, ``cql``, ``bc``) reuse them so that a
+comparison changes the algorithm and nothing else, and their own sections hold only what is
+specific to them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ALGORITHMS = ("bcq", "td3", "cql", "bc")
+DEVICES = ("auto", "cpu", "cuda")
+READER_POOLS = ("thread", "process", "dummy")
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{section}.{name} must be > 0, got {value!r}")
+
+
+def _non_negative(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{section}.{name} must be >= 0, got {value!r}")
+
+
+def _hidden(section: str, name: str, sizes: tuple[int, ...]) -> None:
+    if not sizes or any(h <= 0 for h in sizes):
+        raise ValueError(f"{section}.{name} must list one or more positive layer widths, "
+                         f"got {list(sizes)!r}")
+
 
 @dataclass(frozen=True)
 class BCQConfig:
-    gamma: float = 0.95            # discount (paper-spec section 3)
-    rho: float = 0.15              # perturbation bound, normalised action units
+    """BCQ (Fujimoto et al. 2019) as used by BatchRL-MTF; paper-spec section 5.
+
+    Losses (per batch of transitions (s, a, r, s', done)):
+      VAE:    mean ||a - D(s, z)||^2 + kl_weight * KL(N(mu, sigma^2) || N(0, I)),  z = mu + sigma*eps
+      critic: sum_j mean (Q_j(s, a) - y)^2,
+              y = r + gamma (1 - done) max_i [lam min_j Q'_j(s', a'_i) + (1 - lam) max_j Q'_j(s', a'_i)],
+              a'_i = P'(s', D(s', z_i)), z_i ~ N(0, I) clipped to +-latent_clip, i = 1..n_candidates
+      actor:  -mean Q_1(s, P(s, D(s, z)))  (P = perturbation network, output within +-rho)
+      targets: theta' <- tau theta + (1 - tau) theta' every target_update_every steps.
+    """
+
+    # shared by all algorithms
+    gamma: float = 0.95                  # discount gamma (paper)
+    tau: float = 0.05                    # soft target update rate tau (paper)
+    target_update_every: int = 10        # steps between soft target updates (paper)
+    hidden: tuple[int, ...] = (400, 300)  # actor / perturbation / critic MLP widths (paper)
+    actor_lr: float = 1e-4               # perturbation-network (actor) Adam lr (paper)
+    critic_lr: float = 2e-4              # critic Adam lr (paper)
+    # BCQ only
+    rho: float = 0.15                    # perturbation bound rho, normalised action units (paper)
+    lam: float = 1.0                     # clipped double-Q mix lambda (TD3: 1.0; BCQ paper 0.75)
+    n_candidates: int = 10               # n actions sampled from the VAE per state, train + serve
+    vae_lr: float = 1e-3                 # VAE Adam lr (paper)
+    vae_hidden: tuple[int, ...] = (750, 750)  # VAE encoder and decoder widths (paper)
+    latent_dim: int = 0                  # VAE latent size; 0 means 2 * k (paper: latent = 2k)
+    kl_weight: float = 0.5               # weight of the KL term in the VAE loss (BCQ)
+    log_std_min: float = -4.0            # clamp of the encoder's log sigma, for stability (BCQ)
+    log_std_max: float = 15.0
+    latent_clip: float = 0.5             # prior samples z ~ N(0, I) clipped to +-latent_clip (BCQ)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+            raise ValueError(f"bcq.gamma must be in (0, 1], got {self.gamma!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"bcq.tau must be in (0, 1], got {self.tau!r}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"bcq.lam must be in [0, 1], got {self.lam!r}")
+        if not 0.0 <= self.rho <= 2.0:
+            raise ValueError(f"bcq.rho must be in [0, 2] (action units), got {self.rho!r}")
+        _positive("bcq", target_update_every=self.target_update_every,
+                  actor_lr=self.actor_lr, critic_lr=self.critic_lr, vae_lr=self.vae_lr,
+                  n_candidates=self.n_candidates, kl_weight=self.kl_weight,
+                  latent_clip=self.latent_clip)
+        _non_negative("bcq", latent_dim=self.latent_dim)
+        _hidden("bcq", "hidden", self.hidden)
+        _hidden("bcq", "vae_hidden", self.vae_hidden)
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"bcq.log_std_min must be < bcq.log_std_max, got "
+                             f"{self.log_std_min!r} >= {self.log_std_max!r}")
+
+    def latent_size(self, action_dim: int) -> int:
+        return self.latent_dim or 2 * action_dim
+
+
+@dataclass(frozen=True)
+class TD3Config:
+    """TD3 (Fujimoto et al. 2018), the unconstrained baseline; shared fields come from ``bcq``.
+
+    critic target y = r + gamma (1 - done) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c), -1, 1)),
+    eps ~ N(0, policy_noise^2); actor loss -mean Q_1(s, pi(s)) every policy_delay steps.
+    """
+
+    policy_noise: float = 0.2            # target policy smoothing noise std sigma (TD3)
+    noise_clip: float = 0.5              # clip c of that noise (TD3)
+    policy_delay: int = 2                # critic steps per actor step d (TD3)
+
+    def __post_init__(self) -> None:
+        _non_negative("td3", policy_noise=self.policy_noise, noise_clip=self.noise_clip)
+        _positive("td3", policy_delay=self.policy_delay)
+
+
+@dataclass(frozen=True)
+class CQLConfig:
+    """A CQL-style conservative actor-critic (Kumar et al. 2020, CQL(H)) on top of TD3.
+
+    critic loss = TD3's TD loss + alpha * sum_j mean_s [ temperature * logsumexp_a (Q_j(s, a) /
+    temperature) - Q_j(s, a_logged) ], a over n_action_samples uniform actions in [-1, 1]^k and
+    n_action_samples noisy policy actions pi(s) + N(0, sample_noise^2).
+    """
+
+    alpha: float = 1.0                   # conservative penalty weight alpha (CQL)
+    n_action_samples: int = 10           # uniform and policy actions per state in the logsumexp
+    temperature: float = 1.0             # logsumexp temperature (CQL)
+    sample_noise: float = 0.1            # std of the noise on the policy actions in the penalty
+
+    def __post_init__(self) -> None:
+        _non_negative("cql", alpha=self.alpha, sample_noise=self.sample_noise)
+        _positive("cql", n_action_samples=self.n_action_samples, temperature=self.temperature)
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    """Behaviour cloning: a deterministic actor fitted by mean ||pi(s) - a||^2 (a sanity floor)."""
+
+    lr: float = 1e-3                     # actor Adam lr
+
+    def __post_init__(self) -> None:
+        _positive("bc", lr=self.lr)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """petastorm reader over the pinned Delta files (design section 6)."""
+
+    workers_count: int = 2               # reader threads per rank
+    reader_pool: str = "thread"          # petastorm reader_pool_type: thread | process | dummy
+    shuffle_buffer_rows: int = 20_000    # BatchedDataLoader shuffling_queue_capacity (rows)
+    results_queue_size: int = 8          # row groups read ahead per rank
+    prefetch_batches: int = 4            # batches a background thread keeps ready; 0 = none
+
+    def __post_init__(self) -> None:
+        _positive("loader", workers_count=self.workers_count,
+                  results_queue_size=self.results_queue_size)
+        _non_negative("loader", shuffle_buffer_rows=self.shuffle_buffer_rows,
+                      prefetch_batches=self.prefetch_batches)
+        if self.reader_pool not in READER_POOLS:
+            raise ValueError(f"loader.reader_pool must be one of {list(READER_POOLS)}, "
+                             f"got {self.reader_pool!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 256          # paper-spec section 5
-    max_steps: int = 300_000
+    """Section ``train``: what to train on, for how long, where results go."""
+
+    algo: str = "bcq"                    # bcq (BatchRL-MTF) | td3 | cql | bc
+    split: str = "train"                 # rows of the transitions table used for training
+    table_version: int | None = None     # pinned Delta version of the transitions; None = latest
+    feature_version: str = ""            # required mtf.feature_version; "" accepts the table's
+    batch_size: int = 256                # transitions per update step and rank (paper: 256)
+    max_steps: int = 300_000             # update steps, every rank runs exactly this many (paper)
+    log_every: int = 1000                # steps between progress lines / metrics records
+    checkpoint_every: int = 10_000       # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3            # newest checkpoints kept per run
+    run_id: str = ""                     # run directory name under lake models; "" = <algo>-<UTC time>
+    resume_from: str = ""                # checkpoint file or run directory to continue from
+    export_checkpoint: str = ""          # `mtf export`: checkpoint file or run directory
+    device: str = "auto"                 # auto (cuda if available) | cpu | cuda
+    num_threads: int = 0                 # torch CPU threads per rank; 0 = cores / local ranks
+    normalizer_rows: int = 100_000       # training rows sampled for the state mean / std
+    tensorboard: bool = True             # also log to TensorBoard when it is installed
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     bcq: BCQConfig = field(default_factory=BCQConfig)
+    td3: TD3Config = field(default_factory=TD3Config)
+    cql: CQLConfig = field(default_factory=CQLConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"train.algo must be one of {list(ALGORITHMS)}, got {self.algo!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"train.device must be one of {list(DEVICES)}, got {self.device!r}")
+        if not self.split:
+            raise ValueError("train.split must name a split, e.g. 'train'")
+        if self.table_version is not None and self.table_version < 0:
+            raise ValueError(f"train.table_version must be >= 0, got {self.table_version!r}")
+        _positive("train", batch_size=self.batch_size, max_steps=self.max_steps,
+                  log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+                  keep_checkpoints=self.keep_checkpoints, normalizer_rows=self.normalizer_rows)
+        _non_negative("train", num_threads=self.num_threads)
+        if "/" in self.run_id or self.run_id in (".", ".."):
+            raise ValueError(f"train.run_id must be a plain directory name, got {self.run_id!r}")

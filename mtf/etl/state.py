@@ -1,0 +1,220 @@
+"""Point-in-time user state in Spark: the :mod:`mtf.features` specification, O(n) per user.
+
+The reference is :func:`mtf.features.compute_states` (numpy); ``tests/etl/test_parity.py`` holds
+the two equal. Impressions of a user are ordered by (ts, request_id, position, event_id) and
+numbered ``imp_idx`` = 0, 1, ...; a request's past is the impressions before its first one
+(index ``s``). Per behaviour b:
+
+* history window (last H = history_len impressions): running sums with a lagged difference,
+  ``sum_{k in [s-H, s)} b_k = C(s-1) - C(s-H-1)``, both read from growing window frames
+  (``ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` and ``... AND H+1 PRECEDING``), which
+  Spark evaluates incrementally: no 500-row sliding frame.
+* decayed recent window (last W = recent_len impressions, weight decay**age): block sums. With
+  ``v_j = b_{j-1}`` the window is ``sum_{j in (s-W, s]} decay**(s-j) v_j``. Split the index into
+  blocks of 2W; inside a block, with weights ``w_j = decay**(2W-1-offset_j)``, the window equals
+  ``(Z(s) - Z(s-W)) / w_s`` where Z is the block's running sum of ``w_j v_j``: exact whenever the
+  window lies inside one block. A second block grid shifted by W covers the windows the first one
+  splits, so every request is served by one of the two. Block-local sums keep every term within
+  a factor ``decay**(2W)`` of the window's scale (no overflow, no cancellation).
+* session and gap features are read at the request level (``add_state_core``).
+
+The sums are float64 (as the reference); the state is cast to float32 at the end.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from mtf.etl import schema as S
+from mtf.features import BEHAVIOURS, GAP_CAP_HOURS, SESSION_BEHAVIOURS, FeatureConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+IMP_IDX = "imp_idx"              # 0-based impression index within the user
+IMP_START = "imp_start"          # imp_idx of a request's first impression
+IS_SENTINEL = "is_sentinel"      # end-of-data marker row (see mtf.etl.transitions)
+IMPRESSION_ORDER = (S.TS, S.REQUEST_ID, S.POSITION, S.EVENT_ID)
+STATE_CORE = "state_core"        # the non-profile part of the state, array<double>
+PREV_TS = "prev_ts"              # ts of the user's previous request (null for the first)
+
+
+def beh_col(b: str) -> str:
+    return f"b_{b}"
+
+
+def hist_cum_col(b: str) -> str:      # sum of b over all earlier impressions
+    return f"cx_{b}"
+
+
+def hist_lag_col(b: str) -> str:      # sum of b over impressions before the history window
+    return f"cl_{b}"
+
+
+def recent_col(b: str) -> str:        # decayed sum of b over the recent window
+    return f"rc_{b}"
+
+
+def _behaviour_exprs(features: FeatureConfig) -> dict[str, "Column"]:
+    """:data:`mtf.features.BEHAVIOURS` per impression, float64, as in impression_behaviours."""
+    from pyspark.sql import functions as F
+
+    play = F.col(S.PLAY_TIME_S).cast("double")
+    dur = F.col(S.DURATION_S).cast("double")
+    ratio = F.when(dur > 0, F.least(F.greatest(play / dur, F.lit(0.0)), F.lit(1.0))) \
+             .otherwise(F.lit(0.0))
+    exprs = {c: F.col(c).cast("double") for c in S.INTERACTIONS}
+    exprs.update({
+        "finished": (ratio >= features.finish_ratio).cast("double"),
+        "skipped": (play < features.skip_s).cast("double"),
+        "play_ratio": ratio,
+        "play_time_norm": F.least(F.greatest(play / features.play_cap_s, F.lit(0.0)),
+                                  F.lit(1.0)),
+    })
+    missing = [b for b in BEHAVIOURS if b not in exprs]
+    if missing:
+        raise ValueError(f"mtf.features.BEHAVIOURS has {missing}, which mtf.etl.state does not "
+                         f"implement; keep the Spark and numpy feature definitions in step")
+    return {b: exprs[b] for b in BEHAVIOURS}
+
+
+def add_impression_history(imps: "DataFrame", *, features: FeatureConfig) -> "DataFrame":
+    """Per impression: index, behaviours and the history/recent window sums before it.
+
+    Requires: user_id, ts, request_id, position, event_id, play_time_s, duration_s, liked,
+    shared, commented, followed (already validated: no nulls in feedback).
+    Adds: ``imp_idx``; ``b_<b>``; ``cx_<b>`` (sum over all earlier impressions), ``cl_<b>``
+    (sum over impressions earlier than the history window), ``rc_<b>`` (decayed sum over the
+    recent window) for every behaviour b. Windows are partitioned by user only.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    W = features.recent_len
+    B = 2 * W
+    d = float(features.decay)
+    if d ** (B - 1) < 1e-300:
+        raise ValueError(f"features.decay={d} is too small for recent_len={W}: decay**(2*"
+                         f"recent_len-1) underflows; use decay >= {1e-300 ** (1 / (B - 1)):.3g}")
+    H = features.history_len
+    beh = _behaviour_exprs(features)
+    imps = imps.select("*", *(expr.alias(beh_col(b)) for b, expr in beh.items()))
+
+    by_user = Window.partitionBy(S.USER_ID).orderBy(*IMPRESSION_ORDER)
+    before = by_user.rowsBetween(Window.unboundedPreceding, -1)
+    before_hist = by_user.rowsBetween(Window.unboundedPreceding, -(H + 1))
+    zero = F.lit(0.0)
+    cols = [(F.row_number().over(by_user) - 1).alias(IMP_IDX)]
+    for b in BEHAVIOURS:
+        cols.append(F.coalesce(F.sum(beh_col(b)).over(before), zero).alias(hist_cum_col(b)))
+        cols.append(F.coalesce(F.sum(beh_col(b)).over(before_hist), zero)
+                    .alias(hist_lag_col(b)))
+        cols.append(F.coalesce(F.lag(beh_col(b), 1).over(by_user), zero).alias(f"_v_{b}"))
+    imps = imps.select("*", *cols)
+
+    for grid, shift in (("a", 0), ("b", W)):
+        pos = F.col(IMP_IDX) + shift
+        block, offset = F.floor(pos / B), F.pmod(pos, F.lit(B))
+        weight = F.pow(F.lit(d), F.lit(B - 1) - offset)
+        imps = imps.withColumn(f"_blk_{grid}", block).withColumn(f"_w_{grid}", weight)
+        in_block = Window.partitionBy(S.USER_ID, f"_blk_{grid}").orderBy(IMP_IDX)
+        upto = in_block.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        upto_lag = in_block.rowsBetween(Window.unboundedPreceding, -W)
+        sums = []
+        for b in BEHAVIOURS:
+            wv = F.col(f"_w_{grid}") * F.col(f"_v_{b}")
+            sums.append(((F.sum(wv).over(upto) - F.coalesce(F.sum(wv).over(upto_lag), zero))
+                         / F.col(f"_w_{grid}")).alias(f"_r{grid}_{b}"))
+        imps = imps.select("*", *sums)
+    offset_a = F.pmod(F.col(IMP_IDX), F.lit(B))
+    imps = imps.select("*", *(
+        F.when(offset_a >= W - 1, F.col(f"_ra_{b}")).otherwise(F.col(f"_rb_{b}"))
+         .alias(recent_col(b)) for b in BEHAVIOURS))
+    return imps.drop(*[c for c in imps.columns if c.startswith("_")])
+
+
+def recent_weight_sum(n_past: "Column", features: FeatureConfig) -> "Column":
+    """Sum of decay**age over the min(recent_len, n_past) impressions of the recent window."""
+    from pyspark.sql import functions as F
+
+    m = F.least(n_past, F.lit(features.recent_len)).cast("double")
+    d = float(features.decay)
+    if d == 1.0:
+        return m
+    return (F.lit(1.0) - F.pow(F.lit(d), m)) / (1.0 - d)
+
+
+def _safe_div(num: "Column", den: "Column") -> "Column":
+    from pyspark.sql import functions as F
+    return F.when(den > 0, num / den).otherwise(F.lit(0.0))
+
+
+def add_state_core(steps: "DataFrame", *, features: FeatureConfig) -> "DataFrame":
+    """Assemble the non-profile part of the state, in :func:`mtf.features.feature_names` order.
+
+    Requires (request level): ``imp_start``, ``cx_<b>``, ``cl_<b>``, ``rc_<b>`` of the request's
+    first impression, ``step``, ``sess_cx_<b>`` (cx at the session's first impression) and
+    ``sess_imp_start`` (from :func:`mtf.etl.sessionize.sessionize`), ts and ``prev_ts``.
+    Adds ``state_core`` (array<double>): hist_count, hist_mean_*, recent_*, sess_step,
+    sess_mean_*, gap_prev_request.
+    """
+    from pyspark.sql import functions as F
+
+    H = features.history_len
+    s = F.col(IMP_START).cast("double")
+    n_hist = F.least(s, F.lit(float(H)))
+    parts = [F.log1p(n_hist) / math.log1p(H)]
+    parts += [_safe_div(F.col(hist_cum_col(b)) - F.col(hist_lag_col(b)), n_hist)
+              for b in BEHAVIOURS]
+    den = recent_weight_sum(F.col(IMP_START), features)
+    parts += [_safe_div(F.col(recent_col(b)), den) for b in BEHAVIOURS]
+    cap = features.sess_step_cap
+    parts.append(F.least(F.col(S.STEP), F.lit(cap)).cast("double") / cap)
+    n_sess = (F.col(IMP_START) - F.col(SESS_IMP_START)).cast("double")
+    parts += [_safe_div(F.col(hist_cum_col(b)) - F.col(sess_cum_col(b)), n_sess)
+              for b in SESSION_BEHAVIOURS]
+    hours = (F.unix_micros(F.col(S.TS)) - F.unix_micros(F.col(PREV_TS))).cast("double") / 3.6e9
+    gap = F.least(F.log1p(F.greatest(hours, F.lit(0.0))) / math.log1p(GAP_CAP_HOURS),
+                  F.lit(1.0))
+    parts.append(F.when(F.col(PREV_TS).isNull(), F.lit(1.0)).otherwise(gap))
+    return steps.withColumn(STATE_CORE, F.array(*parts))
+
+
+SESS_IMP_START = "sess_imp_start"   # imp_start of the session's first request
+
+
+def sess_cum_col(b: str) -> str:     # cx_<b> at the session's first request
+    return f"sess_cx_{b}"
+
+
+def core_feature_count(features: FeatureConfig) -> int:
+    return len(features.feature_names) - len(features.profile_columns)
+
+
+def add_profile_state(steps: "DataFrame", profiles: "DataFrame | None", *,
+                      features: FeatureConfig, state_cols: tuple[str, ...]) -> "DataFrame":
+    """Prepend the user's profile features to each array column in ``state_cols``.
+
+    Requires user_id and the ``state_cols`` (array<double>, non-profile part; a null array stays
+    null). ``profiles``: user_id + the profile columns as double (one row per user), or None
+    (all profile features 0, as :func:`mtf.features.compute_states` without profiles).
+    Missing users, null and NaN values give 0 (the reference's ``nan_to_num``).
+    """
+    from pyspark.sql import functions as F
+
+    cols = list(features.profile_columns)
+    if not cols:
+        return steps
+    if profiles is None:
+        prof = [F.lit(0.0)] * len(cols)
+        joined = steps
+    else:
+        renamed = profiles.select(S.USER_ID, *(F.col(c).alias(f"_p_{c}") for c in cols))
+        joined = steps.join(renamed, on=S.USER_ID, how="left")
+        prof = [F.nanvl(F.coalesce(F.col(f"_p_{c}"), F.lit(0.0)), F.lit(0.0)) for c in cols]
+    out = joined.select("*", *(
+        F.when(F.col(c).isNotNull(), F.concat(F.array(*prof), F.col(c))).alias(f"_full_{c}")
+        for c in state_cols))
+    for c in state_cols:
+        out = out.withColumn(c, F.col(f"_full_{c}"))
+    return out.drop(*[c for c in out.columns if c.startswith("_p_") or c.startswith("_full_")])

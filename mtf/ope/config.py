@@ -1,0 +1,140 @@
+"""Off-policy evaluation configuration (section ``ope``). Owned by mtf.ope.
+
+Paper values (paper-spec section 7, Conservative-OPEstimator) are the defaults: alpha 0.5e-3,
+lr 1e-4, batch m = 512, K = 5000 iterations, n = 5000 initial states, gamma 0.95 (taken from
+``train.bcq.gamma`` unless ``ope.gamma`` is set). Every other field is a project decision [D],
+documented in docs/ope.md. This module imports nothing heavy, so ``mtf.config`` can nest it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Estimators in report order. ``conservative_fqe`` is the paper's Conservative-OPEstimator, the
+# one the go / no-go decision uses; the others are references fitted on the same data.
+ESTIMATORS = ("conservative_fqe", "fqe", "pdis", "wpdis", "dr")
+LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated policies
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"ope.{name} must be > 0, got {value!r}")
+
+
+def _non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"ope.{name} must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class OpeConfig:
+    """Conservative OPE + reference estimators, bootstrap intervals and the go / no-go rule."""
+
+    # ---- data -------------------------------------------------------------------------------
+    split: str = "test"                  # transitions rows evaluated (paper: the test split)
+    table_version: int | None = None     # pinned Delta version of the transitions; None = latest
+
+    # ---- Conservative FQE (paper-spec 7) -----------------------------------------------------
+    alpha: float = 0.5e-3                # CQL regulariser weight alpha in alpha*R + T (paper)
+    lr: float = 1e-4                     # Adam learning rate (paper)
+    batch_size: int = 512                # m: transitions per gradient step (paper)
+    n_iterations: int = 5000             # K: gradient steps; one step = one "iteration" (paper)
+    n_initial_states: int = 5000         # n: initial states s0 averaged (paper); 0 = all sessions
+    gamma: float | None = None           # discount gamma; None = train.bcq.gamma (paper: 0.95)
+    hidden: tuple[int, ...] = (256, 256)  # Q-network MLP widths, ReLU [D]
+    target_update_every: int = 100       # steps between hard copies Q_k <- Q of the frozen TD
+    #                                      target network [D] (K / this = Bellman backups)
+    fqe_max_rows: int = 2_000_000        # split rows collected to the driver to fit FQE; larger
+    #                                      splits are subsampled by whole sessions (hash) [D]
+    log_every: int = 100                 # steps between fit-curve points (TD error, Q means)
+
+    # ---- importance sampling family (pdis, wpdis, dr) ----------------------------------------
+    target_sigma: float = 0.1            # sigma_e: target density pi_e(a|s) = prod_i N(a_i;
+    #                                      pi(s)_i, sigma_e^2) truncated to [-1, 1] (normalised
+    #                                      action units; default = the logging noise sigma)
+    max_weight: float = 1000.0           # clip of the cumulative weight rho_{0:t} (bias for
+    #                                      variance); clipped rows are counted in the report
+    wpdis_horizon: int = 100             # H: steps per session used by WPDIS (gamma^H ~ 0.006)
+
+    # ---- uncertainty and decision -------------------------------------------------------------
+    n_bootstrap: int = 1000              # B: Poisson(1) bootstrap replicates over sessions
+    ci_level: float = 0.95               # two-sided level of every reported interval
+    go_margin: float = 0.01              # non-inferiority margin, as a fraction of
+    #                                      |V_cons(logging)|: go iff lower(V_cons(pi) -
+    #                                      V_cons(logging)) > -go_margin * |V_cons(logging)|
+
+    # ---- which policies ----------------------------------------------------------------------
+    policies: tuple[str, ...] = ()       # exported policy dirs (policy.pt + policy.json) or run
+    #                                      ids under the lake's models dir; () = discover all
+    latest_per_algorithm: bool = True    # when discovering: keep only the newest per algorithm
+    include_logging: bool = True         # evaluate the logging baseline (the decision reference)
+    baseline_action: tuple[float, ...] = ()  # normalised logging baseline action, task order;
+    #                                      () = sim.exploration.baseline_action, else zeros
+    fixed_policies: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #                                      extra constant-action policies: name -> action
+
+    # ---- execution and report ----------------------------------------------------------------
+    device: str = "cpu"                  # FQE fitting device in the driver: cpu | cuda | auto
+    threads: int = 0                     # torch threads of the driver's FQE fit; 0 = all cores
+    udf_threads: int = 1                 # torch threads per Spark Python worker (cores / task)
+    run_id: str = ""                     # report directory under the lake's reports; "" = UTC
+    plot_sample_rows: int = 5000         # rows per policy in the action-distribution plots
+    truth_sessions: int = 0              # simulator runs only: sessions per policy for the
+    #                                      ground truth (mtf.sim.evaluate); 0 = no ground truth
+
+    def __post_init__(self) -> None:
+        if not self.split:
+            raise ValueError("ope.split must name a split, e.g. 'test'")
+        if self.table_version is not None and self.table_version < 0:
+            raise ValueError(f"ope.table_version must be >= 0, got {self.table_version!r}")
+        _positive(lr=self.lr, batch_size=self.batch_size, n_iterations=self.n_iterations,
+                  target_update_every=self.target_update_every, fqe_max_rows=self.fqe_max_rows,
+                  log_every=self.log_every, target_sigma=self.target_sigma,
+                  wpdis_horizon=self.wpdis_horizon, n_bootstrap=self.n_bootstrap,
+                  udf_threads=self.udf_threads, plot_sample_rows=self.plot_sample_rows)
+        _non_negative(alpha=self.alpha, n_initial_states=self.n_initial_states,
+                      go_margin=self.go_margin, threads=self.threads,
+                      truth_sessions=self.truth_sessions)
+        if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"ope.gamma must be in (0, 1], got {self.gamma!r}")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ValueError(f"ope.hidden must list one or more positive layer widths, "
+                             f"got {list(self.hidden)!r}")
+        if not self.max_weight > 1.0:
+            raise ValueError(f"ope.max_weight must be > 1, got {self.max_weight!r}")
+        if not 0.0 < self.ci_level < 1.0:
+            raise ValueError(f"ope.ci_level must be in (0, 1), got {self.ci_level!r}")
+        if self.n_bootstrap < 20:
+            raise ValueError(f"ope.n_bootstrap must be >= 20 for a percentile interval, "
+                             f"got {self.n_bootstrap!r}")
+        bad = [a for a in self.baseline_action if not -1.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"ope.baseline_action must lie in [-1, 1], got "
+                             f"{list(self.baseline_action)!r}")
+        for name, action in self.fixed_policies.items():
+            if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
+                raise ValueError(f"ope.fixed_policies name {name!r} must be a plain name "
+                                 f"(letters, digits, '_', '-', '.')")
+            if name == LOGGING_POLICY:
+                raise ValueError(f"ope.fixed_policies must not redefine {LOGGING_POLICY!r}; "
+                                 f"set ope.baseline_action instead")
+            if not action or any(not -1.0 <= a <= 1.0 for a in action):
+                raise ValueError(f"ope.fixed_policies.{name} must be a non-empty action in "
+                                 f"[-1, 1]^k, got {list(action)!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"ope.device must be cpu, cuda or auto, got {self.device!r}")
+        if "/" in self.run_id or self.run_id in (".", ".."):
+            raise ValueError(f"ope.run_id must be a plain directory name, got {self.run_id!r}")
+
+    def resolved_device(self) -> str:
+        """``cuda`` for ``auto`` when torch sees a GPU, else ``cpu``; other values as set."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_gamma(self, train_gamma: float) -> float:
+        """``ope.gamma`` if set, else the training discount ``train.bcq.gamma``."""
+        return float(self.gamma) if self.gamma is not None else float(train_gamma)

@@ -1,0 +1,201 @@
+"""OPE of several policies on one split: FQE fits, row scores, sums, estimates, decisions.
+
+Two paths share everything but the data plumbing:
+
+* single process, :func:`evaluate_arrays`: the split as numpy arrays
+  (:class:`mtf.ope.data.TransitionArrays`), scored and aggregated in this process;
+* Spark, :func:`mtf.ope.job.evaluate_table`: the split stays in Spark; FQE is fitted in the
+  driver on (a session sample of) the split, then rows are scored with mapInArrow and
+  aggregated in Spark, and only the bootstrap sums are collected.
+
+Both call :func:`fit_policies` (driver-side FQE), :func:`mtf.ope.results.summarise` and
+:func:`mtf.ope.results.decide`; tests hold their numbers equal.
+
+Example:
+    >>> policies = [fixed_policy("logging", np.zeros(k)), load_exported("lake/models/bcq-1/export")]
+    >>> result = evaluate_arrays(arrays, policies, OpeConfig(), gamma=0.95, seed=7)
+    >>> [(d.policy, d.go) for d in result.decisions]
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mtf.ope.config import LOGGING_POLICY, OpeConfig
+from mtf.ope.data import TransitionArrays
+from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
+from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
+from mtf.ope.policies import TargetPolicy, script_bytes
+from mtf.ope.results import Decision, PolicyEstimates, decide, summarise
+from mtf.ope.score import PolicyModels, ScoringBundle, load_bundle, score_rows
+
+logger = logging.getLogger(__name__)
+
+_SCORE_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class PolicyFits:
+    """The two FQE fits of one policy and a sample of its actions (for the report)."""
+
+    name: str
+    conservative: FqeFit
+    plain: FqeFit
+    action_sample: np.ndarray = field(repr=False)   # (n, k) pi(s) on sampled split states
+
+
+@dataclass(frozen=True)
+class OpeResult:
+    """Everything a report shows."""
+
+    policies: list[TargetPolicy]
+    results: list[PolicyEstimates]
+    decisions: list[Decision]
+    fits: dict[str, PolicyFits]
+    logged_action_sample: np.ndarray               # (n, k) logged actions
+    meta: dict[str, Any]                           # table, version, counts, gamma, timings, config
+    truth: dict[str, dict[str, Any]] | None = None  # simulator ground truth per policy
+    validation: dict[str, Any] | None = None       # estimator vs truth comparison
+
+    def estimate(self, policy: str, estimator: str) -> float:
+        return next(r for r in self.results if r.policy == policy).estimates[estimator].value
+
+    def decision(self, policy: str) -> Decision:
+        return next(d for d in self.decisions if d.policy == policy)
+
+
+def fqe_settings(ope: OpeConfig, gamma: float, seed: int, alpha: float) -> FqeSettings:
+    return FqeSettings(alpha=alpha, gamma=gamma, lr=ope.lr, batch_size=ope.batch_size,
+                       n_iterations=ope.n_iterations, hidden=tuple(ope.hidden),
+                       target_update_every=ope.target_update_every, log_every=ope.log_every,
+                       seed=seed, device=ope.resolved_device())
+
+
+def policy_actions(module: Any, states: np.ndarray,
+                   batch_rows: int = _SCORE_BATCH_ROWS) -> np.ndarray:
+    """``pi(states)`` as float32 ``(N, k)``, in batches, validated to lie in [-1, 1]."""
+    import torch
+
+    parts = []
+    with torch.inference_mode():
+        for lo in range(0, states.shape[0], batch_rows):
+            parts.append(module(torch.from_numpy(np.ascontiguousarray(
+                states[lo:lo + batch_rows], dtype=np.float32))).numpy())
+    out = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+    if out.size and (not np.all(np.isfinite(out)) or np.abs(out).max() > 1.0 + 1e-6):
+        raise ValueError("a target policy returned actions outside [-1, 1] or non-finite")
+    return out
+
+
+def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: OpeConfig, *,
+                 gamma: float, seed: int) -> dict[str, PolicyFits]:
+    """Conservative (alpha = ope.alpha) and plain (alpha = 0) FQE of every policy on ``data``.
+
+    Both fits of all policies use the same seed (initialisation and minibatch order), so their
+    differences come from the policy and alpha, not from sampling noise.
+    """
+    is_initial = data.position() == 0
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(data), size=min(ope.plot_sample_rows, len(data)),
+                                replace=False))
+    fits = {}
+    for p in policies:
+        module = p.module()
+        pi_s = policy_actions(module, data.state)
+        pi_next = policy_actions(module, data.next_state)
+        fqe_data = FqeData.from_numpy(data.state, data.action, data.reward, data.next_state,
+                                      data.is_terminal, pi_s, pi_next, is_initial)
+        cons = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, ope.alpha), name=p.name)
+        plain = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
+        fits[p.name] = PolicyFits(p.name, cons, plain, pi_s[sample])
+    return fits
+
+
+def scoring_bundle(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
+                   ope: OpeConfig, state_dim: int, action_dim: int) -> ScoringBundle:
+    """TorchScript bytes of every policy and its two Q networks."""
+    return ScoringBundle(
+        policies=tuple(PolicyModels(p.name, p.payload, script_bytes(fits[p.name].plain.q),
+                                    script_bytes(fits[p.name].conservative.q))
+                       for p in policies),
+        target_sigma=ope.target_sigma, state_dim=state_dim, action_dim=action_dim)
+
+
+def initial_share(ope: OpeConfig, n_sessions: int) -> float:
+    """Share of sessions whose first state enters the FQE average (about n_initial_states)."""
+    if ope.n_initial_states == 0 or n_sessions <= ope.n_initial_states:
+        return 1.0
+    return ope.n_initial_states / n_sessions
+
+
+def local_sums(data: TransitionArrays, bundle: ScoringBundle, ope: OpeConfig, *, gamma: float,
+               seed: int) -> dict[str, np.ndarray]:
+    """Single-process twin of the Spark scoring + aggregation: ``{policy: (1 + B, m)}``."""
+    from mtf.ope.bootstrap import initial_state_mask, session_hashes, weighted_sums
+
+    models = load_bundle(bundle)
+    parts: list[dict[str, dict[str, np.ndarray]]] = []
+    for lo in range(0, len(data), _SCORE_BATCH_ROWS):
+        hi = min(lo + _SCORE_BATCH_ROWS, len(data))
+        parts.append(score_rows(models, data.state[lo:hi], data.next_state[lo:hi],
+                                data.action[lo:hi], data.action_logp[lo:hi],
+                                bundle.target_sigma))
+    position = data.position()
+    starts = data.session_starts()
+    hashes = session_hashes(data.session_id[starts])
+    in_initial = initial_state_mask(hashes, initial_share(ope, starts.size), seed)
+    out = {}
+    for name in bundle.names:
+        cols = {c: np.concatenate([p[name][c] for p in parts]) for c in parts[0][name]}
+        raw, lengths, rho, num = session_statistics(
+            position, data.reward, data.is_terminal, data.is_truncated, data.is_exploit,
+            cols["log_ratio"], cols["q_sa"], cols["v_s"], cols["v_next"], cols["cv_s"],
+            gamma=gamma, max_weight=ope.max_weight)
+        num_p, den_p = pad_sessions(rho, num, lengths, ope.wpdis_horizon)
+        stats = derived_stats(raw, num_p, den_p, in_initial)
+        out[name] = weighted_sums(hashes, stats, ope.n_bootstrap, seed)
+    return out
+
+
+def evaluate_arrays(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: OpeConfig, *,
+                    gamma: float, seed: int, fits: Mapping[str, PolicyFits] | None = None,
+                    logging_name: str = LOGGING_POLICY,
+                    meta: Mapping[str, Any] | None = None) -> OpeResult:
+    """The single-process path: fit (unless ``fits`` is given), score, aggregate, decide.
+
+    ``data`` is the evaluation split. With no policy named ``logging_name`` there are
+    estimates but no decisions.
+    """
+    if len(data) == 0:
+        raise ValueError("evaluate_arrays: the evaluation split has no rows")
+    t0 = time.perf_counter()
+    fits = dict(fits) if fits is not None else fit_policies(data, policies, ope, gamma=gamma,
+                                                            seed=seed)
+    t_fit = time.perf_counter() - t0
+    bundle = scoring_bundle(policies, fits, ope, data.state_dim, data.action_dim)
+    sums = local_sums(data, bundle, ope, gamma=gamma, seed=seed)
+    return assemble(policies, fits, sums, data, ope, logging_name=logging_name, meta={
+        "path": "single-process", "gamma": gamma, "seed": seed, "n_rows": len(data),
+        "fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **(meta or {})})
+
+
+def assemble(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
+             sums: Mapping[str, np.ndarray], fit_data: TransitionArrays, ope: OpeConfig, *,
+             logging_name: str, meta: Mapping[str, Any]) -> OpeResult:
+    """Summaries and decisions from the sums of either path."""
+    ordered = {p.name: sums[p.name] for p in policies}
+    results = summarise(ordered, ope, logging_name)
+    has_ref = any(p.name == logging_name for p in policies)
+    decisions = decide(results, ope, logging_name) if has_ref else []
+    rng = np.random.default_rng(0)
+    sample = rng.choice(len(fit_data), size=min(ope.plot_sample_rows, len(fit_data)),
+                        replace=False)
+    for d in decisions:
+        logger.info("policy %s: %s (%s)", d.policy, "GO" if d.go else "NO-GO", d.reason)
+    return OpeResult(policies=list(policies), results=results, decisions=decisions,
+                     fits=dict(fits), logged_action_sample=fit_data.action[np.sort(sample)],
+                     meta=dict(meta))

@@ -1,0 +1,213 @@
+"""``mtf evaluate``: conservative OPE of several policies over the transitions table (Spark).
+
+Launch:
+
+    mtf evaluate --conf-file conf/local.yaml ope.n_iterations=5000
+    spark-submit --jars "$(mtf jars)" jobs/evaluate.py --conf-file conf/local.yaml
+
+Steps (:func:`evaluate_table`):
+
+1. Pin the transitions table (``ope.table_version`` or the latest) and select ``ope.split``.
+2. Resolve the policies: the logging baseline, ``ope.fixed_policies`` and the exported
+   policies (``ope.policies`` or every export under the lake's models directory).
+3. Collect the split to the driver (subsampled by whole sessions above ``ope.fqe_max_rows``;
+   FQE sees at most K x m = 2.6M transitions anyway) and fit plain and conservative FQE per
+   policy in this process (torch).
+4. Score every row of the split for every policy in Spark (mapInArrow, models loaded once per
+   partition), aggregate per session with window functions, Poisson-bootstrap per partition and
+   reduce in Spark; collect only the ``P x (1 + B)`` sums.
+5. Estimates, intervals, decisions; optional simulator ground truth (``ope.truth_sessions``);
+   ``report.json`` + ``report.html`` under ``<lake reports>/<run id>/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Sequence
+
+from mtf.ope.config import LOGGING_POLICY, OpeConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from mtf.config import MtfConfig
+    from mtf.ope.evaluate import OpeResult
+    from mtf.ope.policies import TargetPolicy
+    from mtf.ope.report import ReportPaths
+
+logger = logging.getLogger(__name__)
+
+FEATURE_NAMES_KEY = "mtf.feature_names"
+ACTION_TASKS_KEY = "mtf.action_tasks"
+
+
+def ope_config(cfg: "MtfConfig") -> OpeConfig:
+    """The ``ope`` section of ``cfg`` (defaults until MtfConfig carries one)."""
+    ope = getattr(cfg, "ope", None)
+    return ope if isinstance(ope, OpeConfig) else OpeConfig()
+
+
+def run(cfg: "MtfConfig") -> int:
+    """Entry point of ``mtf evaluate``; returns 0 when the report was written."""
+    import torch
+
+    from mtf.spark import get_spark
+
+    ope = ope_config(cfg)
+    if ope.threads:
+        torch.set_num_threads(ope.threads)
+    spark = get_spark("mtf-evaluate", cfg.spark)
+    result, paths = evaluate_table(spark, cfg, ope)
+    go = [d.policy for d in result.decisions if d.go]
+    logger.info("OPE report written to %s (json: %s); policies that may go online: %s",
+                paths.html, paths.json, go or "none")
+    return 0
+
+
+def _layout(spark: "SparkSession", path: str, version: int,
+            cfg: "MtfConfig") -> tuple[list[str], list[str]]:
+    """(feature names, action tasks) of the table version, falling back to the config."""
+    props: dict[str, str] = {}
+    try:
+        from mtf.delta import delta_snapshot
+
+        props = delta_snapshot(path, version)[2]
+    except Exception:  # deltalake cannot read every store; Spark shows the latest properties
+        from mtf.delta import table_properties
+
+        props = table_properties(spark, path)
+    try:
+        features = json.loads(props[FEATURE_NAMES_KEY])
+        tasks = json.loads(props[ACTION_TASKS_KEY])
+    except (KeyError, json.JSONDecodeError):
+        logger.warning("transitions table %s (version %d) has no valid %s / %s properties; "
+                       "assuming the configured features and fusion tasks", path, version,
+                       FEATURE_NAMES_KEY, ACTION_TASKS_KEY)
+        features, tasks = list(cfg.features.feature_names), list(cfg.fusion.names)
+    if list(tasks) != list(cfg.fusion.names):
+        raise ValueError(f"transitions table {path!r} (version {version}) has actions for tasks "
+                         f"{tasks} but fusion.tasks is {list(cfg.fusion.names)}; fixed policies "
+                         f"(the logging baseline) would be misread")
+    return list(features), list(tasks)
+
+
+def read_split(spark: "SparkSession", path: str, version: int | None,
+               split: str) -> tuple["DataFrame", int]:
+    """The rows of ``split`` of the pinned table version, and that version."""
+    from pyspark.sql import functions as F
+
+    from mtf.delta import read_delta, table_version
+    from mtf.ope.data import SPLIT, require_columns
+
+    pinned = table_version(spark, path) if version is None else int(version)
+    df = read_delta(spark, path, pinned)
+    require_columns(df.columns, f"transitions table {path!r} (version {pinned})")
+    if SPLIT not in df.columns:
+        raise ValueError(f"transitions table {path!r} (version {pinned}) has no {SPLIT!r} column")
+    return df.where(F.col(SPLIT) == split), pinned
+
+
+def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: int,
+                     state_dim: int, action_dim: int) -> Any:
+    """The split (or a session sample of ``ope.fqe_max_rows`` rows) as TransitionArrays."""
+    from pyspark.sql import functions as F
+
+    from mtf.ope.data import EXPLORE_GROUP, REQUIRED_COLUMNS, SESSION_ID, TransitionArrays
+
+    cols = [*REQUIRED_COLUMNS, *([EXPLORE_GROUP] if EXPLORE_GROUP in split_df.columns else [])]
+    df = split_df.select(*cols)
+    if n_rows > ope.fqe_max_rows:
+        buckets = 1_000_000
+        keep = int(buckets * ope.fqe_max_rows / n_rows)
+        df = df.where(F.pmod(F.xxhash64(F.lit(seed), F.col(SESSION_ID)), F.lit(buckets)) < keep)
+        logger.info("fitting FQE on a session sample of about %d of %d rows", ope.fqe_max_rows,
+                    n_rows)
+    table = df.toArrow()
+    if table.num_rows == 0:
+        raise ValueError("the FQE sample of the split is empty")
+    return TransitionArrays.from_arrow(table, state_dim, action_dim)
+
+
+def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | None = None, *,
+                   policies: Sequence["TargetPolicy"] | None = None,
+                   out_dir: str | None = None) -> tuple["OpeResult", "ReportPaths"]:
+    """Evaluate policies on the lake's transitions table and write the report.
+
+    Args:
+        policies: evaluate these instead of resolving them from the config.
+        out_dir: report directory; default ``<lake reports>/<ope.run_id or UTC time>``.
+    Returns:
+        (the result, the paths of report.json and report.html).
+    """
+    from pyspark.sql import functions as F
+
+    from mtf.ope.data import SESSION_ID
+    from mtf.ope.evaluate import assemble, fit_policies, initial_share, scoring_bundle
+    from mtf.ope.policies import check_policy, resolve_policies
+    from mtf.ope.report import write_report
+    from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
+                               session_statistics_df)
+
+    ope = ope or ope_config(cfg)
+    t0 = time.perf_counter()
+    gamma = ope.resolved_gamma(cfg.train.bcq.gamma)
+    path = cfg.lake.path("transitions")
+    split_df, version = read_split(spark, path, ope.table_version, ope.split)
+    features, tasks = _layout(spark, path, version, cfg)
+    counts = split_df.agg(F.count(F.lit(1)).alias("n"),
+                          F.countDistinct(SESSION_ID).alias("s")).first()
+    n_rows, n_sessions = int(counts["n"]), int(counts["s"])
+    if n_rows == 0:
+        raise ValueError(f"transitions table {path!r} (version {version}) has no rows with "
+                         f"split={ope.split!r}; set ope.split")
+    logger.info("OPE on %s version %d split %r: %d rows, %d sessions", path, version, ope.split,
+                n_rows, n_sessions)
+    if policies is None:
+        policies = resolve_policies(cfg, ope, features, tasks)
+    else:
+        for p in policies:
+            check_policy(p, features, tasks)
+    logger.info("evaluating %d policies: %s", len(policies), [p.name for p in policies])
+
+    fit_data = collect_fit_data(split_df, n_rows, ope, cfg.seed, len(features), len(tasks))
+    t_collect = time.perf_counter()
+    fits = fit_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
+    t_fit = time.perf_counter()
+    bundle = scoring_bundle(policies, fits, ope, len(features), len(tasks))
+    scored = score_transitions(split_df, bundle, ope.udf_threads)
+    sessions = session_statistics_df(scored, gamma=gamma, max_weight=ope.max_weight)
+    sums_df = bootstrap_sums_df(sessions, horizon=ope.wpdis_horizon, n_bootstrap=ope.n_bootstrap,
+                                seed=cfg.seed, initial_share=initial_share(ope, n_sessions))
+    sums = collect_sums(sums_df, ope.wpdis_horizon)
+    t_spark = time.perf_counter()
+    missing = [p.name for p in policies if p.name not in sums]
+    if missing:
+        raise RuntimeError(f"Spark returned no sums for policies {missing}")
+    from mtf import __version__
+    from mtf.configtools import to_dict
+
+    meta = {"path": "spark", "table_path": path, "table_version": version, "split": ope.split,
+            "n_rows": n_rows, "n_sessions": n_sessions, "fit_rows": len(fit_data),
+            "gamma": gamma, "seed": cfg.seed, "feature_names": features, "action_tasks": tasks,
+            "spark_master": spark.sparkContext.master, "mtf_version": __version__,
+            "seconds": {"collect": t_collect - t0, "fqe_fit": t_fit - t_collect,
+                        "spark_score_aggregate": t_spark - t_fit},
+            "fusion": to_dict(cfg.fusion)}
+    result = assemble(policies, fits, sums, fit_data, ope, logging_name=LOGGING_POLICY,
+                      meta=meta)
+    if ope.truth_sessions > 0:
+        from mtf.ope.validate import compare_with_truth, ground_truth
+
+        truth = ground_truth(cfg, policies, n_sessions=ope.truth_sessions, seed=cfg.seed + 1)
+        result = replace(result, truth=truth,
+                         validation=compare_with_truth(result.results, truth))
+    run_id = ope.run_id or (f"ope-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
+                            f"{uuid.uuid4().hex[:6]}")
+    out_dir = out_dir or os.path.join(cfg.lake.path("reports"), run_id)
+    result.meta["seconds"]["total"] = time.perf_counter() - t0
+    paths = write_report(result, ope, out_dir, run_id=run_id)
+    return result, paths

@@ -1,0 +1,442 @@
+"""The OPE report: ``report.json`` (every number) and ``report.html`` (tables + plots).
+
+The HTML page is self-contained (plots are base64 PNGs from matplotlib's object API, no
+pyplot state). Sections: decision, estimates with intervals, diagnostics, plots (estimates per
+policy, paired differences against the logging policy, action distributions against the
+logged ones, FQE fit curves), ground-truth validation when present, how to read it, config.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mtf.ope.config import ESTIMATORS, LOGGING_POLICY, OpeConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from mtf.ope.evaluate import OpeResult
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+ESTIMATOR_LABELS = {
+    "conservative_fqe": "Conservative FQE (decision)",
+    "fqe": "FQE (direct method)",
+    "pdis": "PDIS",
+    "wpdis": "Weighted PDIS",
+    "dr": "Doubly robust",
+}
+_COLORS = {"conservative_fqe": "#c0392b", "fqe": "#2980b9", "pdis": "#8e44ad",
+           "wpdis": "#16a085", "dr": "#d35400"}
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    directory: str
+    json: str
+    html: str
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy -> Python, tuples -> lists."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _clean(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, Any]:
+    """Everything in the report, JSON-able."""
+    from mtf.configtools import to_dict
+
+    fqe = {name: {kind: {"alpha": fit.settings.alpha, "seconds": fit.seconds,
+                         "curve": fit.curve}
+                  for kind, fit in (("conservative", f.conservative), ("plain", f.plain))}
+           for name, f in result.fits.items()}
+    return _clean({
+        "run_id": run_id,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "table": {k: result.meta.get(k) for k in ("table_path", "table_version", "split",
+                                                   "n_rows", "n_sessions", "fit_rows")},
+        "gamma": result.meta.get("gamma"),
+        "decision_rule": (f"go iff the lower end of the {ope.ci_level:.0%} paired bootstrap "
+                          f"interval of V_cons(policy) - V_cons(logging) > -{ope.go_margin} * "
+                          f"|V_cons(logging)|"),
+        "policies": [p.describe() for p in result.policies],
+        "decisions": [d.to_dict() for d in result.decisions],
+        "results": [r.to_dict() for r in result.results],
+        "fqe": fqe,
+        "truth": result.truth,
+        "validation": result.validation,
+        "meta": result.meta,
+        "config": {"ope": to_dict(ope)},
+    })
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+
+def _png(fig: "Figure") -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plot_estimates(result: "OpeResult") -> "Figure":
+    """Every estimator with its interval, per policy (+ ground truth when known)."""
+    from matplotlib.figure import Figure
+
+    names = [r.policy for r in result.results]
+    fig = Figure(figsize=(max(6.0, 1.4 * len(names) + 2), 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(ESTIMATORS)
+    core: list[float] = []
+    for j, est in enumerate(ESTIMATORS):
+        xs, ys, lo, hi = [], [], [], []
+        for i, r in enumerate(result.results):
+            e = r.estimates[est]
+            if e.available:
+                xs.append(i - 0.4 + (j + 0.5) * width)
+                ys.append(e.value)
+                lo.append(max(e.value - e.ci_low, 0.0))
+                hi.append(max(e.ci_high - e.value, 0.0))
+                if est in ("conservative_fqe", "fqe", "dr"):
+                    core += [e.value, e.ci_low, e.ci_high]
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, capsize=3,
+                        color=_COLORS[est], label=ESTIMATOR_LABELS[est])
+    if result.truth:
+        tx = [i for i, n in enumerate(names) if n in result.truth]
+        ty = [result.truth[names[i]]["mean"] for i in tx]
+        ax.scatter(tx, ty, marker="*", s=140, color="black", zorder=5, label="ground truth")
+        core += ty
+    core = [c for c in core if math.isfinite(c)]
+    if core:   # robust range: IS intervals can be huge; they are clipped, not hidden
+        span = max(core) - min(core) or 1.0
+        ax.set_ylim(min(core) - 0.25 * span, max(core) + 0.25 * span)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20)
+    ax.set_ylabel("estimated value (discounted session return)")
+    ax.set_title("Estimates per policy (bars: bootstrap intervals; y-range clipped)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_differences(result: "OpeResult") -> "Figure":
+    """Paired differences to the logging policy with the decision threshold."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in result.results if r.diff_vs_logging]
+    fig = Figure(figsize=(7.5, 0.9 + 0.6 * max(len(rows), 1)))
+    ax = fig.add_subplot(1, 1, 1)
+    margin = result.decisions[0].margin if result.decisions else 0.0
+    for i, r in enumerate(rows):
+        for j, est in enumerate(("conservative_fqe", "dr")):
+            e = r.diff_vs_logging[est]
+            if not e.available:
+                continue
+            y = i + (0.15 if j == 0 else -0.15)
+            ax.errorbar([e.value], [y], xerr=[[max(e.value - e.ci_low, 0.0)],
+                                               [max(e.ci_high - e.value, 0.0)]],
+                        fmt="o", capsize=3, color=_COLORS[est],
+                        label=ESTIMATOR_LABELS[est] if i == 0 else None)
+    ax.axvline(0.0, color="gray", lw=1)
+    ax.axvline(-margin, color="red", ls="--", lw=1, label=f"-margin ({-margin:.3g})")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r.policy for r in rows])
+    ax.set_xlabel("V(policy) - V(logging), paired bootstrap interval")
+    ax.set_title("Go / no-go: the conservative lower bound must lie right of the red line")
+    ax.grid(axis="x", alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_actions(result: "OpeResult", tasks: list[str]) -> "Figure":
+    """Per task: logged actions vs each policy's actions on sampled split states."""
+    from matplotlib.figure import Figure
+
+    k = result.logged_action_sample.shape[1]
+    cols = min(3, k)
+    rows = math.ceil(k / cols)
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+    bins = np.linspace(-1.0, 1.0, 41)
+    cmap = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf"]
+    for j in range(k):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        ax.hist(result.logged_action_sample[:, j], bins=bins, density=True, color="#cccccc",
+                label="logged")
+        for i, (name, fit) in enumerate(result.fits.items()):
+            a = fit.action_sample[:, j]
+            color = cmap[i % len(cmap)]
+            if a.size and float(a.std()) < 1e-6:
+                ax.axvline(float(a[0]), color=color, lw=1.5, label=name)
+            else:
+                ax.hist(a, bins=bins, density=True, histtype="step", lw=1.5, color=color,
+                        label=name)
+        ax.set_title(tasks[j] if j < len(tasks) else f"task {j}", fontsize=9)
+        ax.set_xlim(-1.05, 1.05)
+        if j == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("Normalised actions: logged (grey) vs each policy on the split's states")
+    return fig
+
+
+def plot_fits(result: "OpeResult") -> "Figure":
+    """FQE fit curves: TD error, V(s0) and the CQL regulariser R per step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.6))
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    cmap = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    for i, (name, f) in enumerate(result.fits.items()):
+        color = cmap[i % len(cmap)]
+        for fit, ls in ((f.conservative, "-"), (f.plain, "--")):
+            if not fit.curve:
+                continue
+            steps = [c["step"] for c in fit.curve]
+            label = f"{name} ({'cons.' if fit.conservative else 'plain'})"
+            axes[0].plot(steps, [max(c["td"], 1e-12) for c in fit.curve], ls, color=color,
+                         label=label)
+            axes[1].plot(steps, [c["v0"] for c in fit.curve], ls, color=color)
+            axes[2].plot(steps, [c["reg"] for c in fit.curve], ls, color=color)
+    axes[0].set_yscale("log")
+    axes[0].set_title("TD error T (minibatch mean)")
+    axes[1].set_title("V(s0) = mean Q(s0, pi(s0))")
+    axes[2].set_title("R = mean[Q(s, pi(s)) - Q(s, a)]")
+    for ax in axes:
+        ax.set_xlabel("gradient step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("FQE fits (solid: conservative, dashed: plain)")
+    return fig
+
+
+def plot_validation(result: "OpeResult") -> "Figure | None":
+    """Estimate vs ground truth per estimator."""
+    if not result.truth:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    xs_all: list[float] = []
+    for est in ESTIMATORS:
+        xs, ys = [], []
+        for r in result.results:
+            e = r.estimates[est]
+            if r.policy in result.truth and e.available:
+                xs.append(result.truth[r.policy]["mean"])
+                ys.append(e.value)
+        if xs:
+            ax.scatter(xs, ys, color=_COLORS[est], label=ESTIMATOR_LABELS[est])
+            xs_all += xs
+    if xs_all:
+        lo, hi = min(xs_all), max(xs_all)
+        pad = 0.3 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="gray", lw=1)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+    ax.set_xlabel("true value (simulator)")
+    ax.set_ylabel("estimate")
+    ax.set_title("Estimates vs ground truth (diagonal = exact)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---- HTML -----------------------------------------------------------------------------------------
+
+def _f(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer()
+                                            and abs(v) >= 100):
+        return f"{int(v):,}"
+    return f"{float(v):.{digits}g}"
+
+
+def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;max-width:1250px;
+color:#222}
+h1{font-size:22px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right} th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}
+.go{color:#fff;background:#27ae60;font-weight:bold;text-align:center}
+.nogo{color:#fff;background:#c0392b;font-weight:bold;text-align:center}
+.warn{color:#a04000;font-size:12px;text-align:left}
+.note{color:#555;font-size:13px} img{max-width:100%;margin:6px 0}
+code{background:#f4f4f4;padding:1px 4px}
+"""
+
+
+def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
+    """The report page from :func:`report_dict` output and base64 PNG figures."""
+    e = html.escape
+    t = report["table"]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>OPE report "
+             f"{e(report['run_id'])}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Off-policy evaluation report <code>{e(report['run_id'])}</code></h1>",
+             f"<p class='note'>Table <code>{e(str(t['table_path']))}</code> version "
+             f"<b>{e(str(t['table_version']))}</b>, split <b>{e(str(t['split']))}</b>: "
+             f"{_f(t['n_rows'])} rows, {_f(t['n_sessions'])} sessions (FQE fitted on "
+             f"{_f(t['fit_rows'])} rows). Discount gamma = {_f(report['gamma'])}. Created "
+             f"{e(report['created_utc'])}.</p>"]
+
+    parts.append("<h2>Decision</h2>")
+    parts.append(f"<p class='note'>Rule: {e(report['decision_rule'])}.</p>")
+    if report["decisions"]:
+        rows = []
+        for d in report["decisions"]:
+            cls = "go" if d["go"] else "nogo"
+            warn = "<br>".join(e(w) for w in d["warnings"]) or ""
+            rows.append([e(d["policy"]), f"<span class='{cls}'>&nbsp;{'GO' if d['go'] else 'NO-GO'}"
+                         f"&nbsp;</span>", _f(d["diff"]), _f(d["diff_low"]), _f(-d["margin"]),
+                         f"<span class='warn'>{warn}</span>"])
+        parts.append(_table(["policy", "decision", "V_cons(pi) - V_cons(logging)",
+                             "lower bound", "threshold (-margin)", "warnings"], rows))
+    else:
+        parts.append("<p>No decision: the logging policy was not evaluated.</p>")
+
+    parts.append("<h2>Estimates</h2><p class='note'>Point estimate on all data, then the "
+                 "bootstrap percentile interval. Conservative FQE is the paper's estimator and "
+                 "the only one the decision uses.</p>")
+    header = ["policy"] + [ESTIMATOR_LABELS[x] for x in ESTIMATORS]
+    rows = []
+    for r in report["results"]:
+        cells = [e(r["policy"])]
+        for est in ESTIMATORS:
+            v = r["estimates"][est]
+            cells.append(f"{_f(v['value'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]"
+                         if v["available"] else f"<span class='warn'>{e(v['note'])}</span>")
+        rows.append(cells)
+    if report.get("truth"):
+        header.append("ground truth")
+        for cells, r in zip(rows, report["results"]):
+            tr = report["truth"].get(r["policy"])
+            cells.append(f"{_f(tr['mean'])} [{_f(tr['ci_low'])}, {_f(tr['ci_high'])}]"
+                         if tr else "n/a")
+    parts.append(_table(header, rows))
+
+    parts.append("<h2>Diagnostics</h2>")
+    rows = []
+    for r in report["results"]:
+        d = r["diagnostics"]
+        rows.append([e(r["policy"]), _f(d["n_initial_states"]), _f(d["n_sessions_is"]),
+                     _f(d["n_sessions_excluded_is"]), _f(d["ess_trajectory"], 3),
+                     _f(d["ess_first_step"], 3),
+                     f"{_f(100 * d['clipped_share'] if d['clipped_share'] is not None else None, 3)}%",
+                     _f(d["conservative_penalty"]), _f(d["n_truncated_sessions"]),
+                     _f(d["logged_return"]), _f(d["exploit_logged_return"])])
+    parts.append(_table(["policy", "initial states (FQE)", "sessions (IS)",
+                         "excluded: no action_logp", "ESS (trajectory)", "ESS (first step)",
+                         "weights clipped", "FQE - conservative", "truncated sessions",
+                         "logged return", "logged return, exploit group"], rows))
+    parts.append("<p class='note'>ESS = (sum w)^2 / sum w^2 of the importance weights "
+                 "(trajectory: the weight of the whole session). A small ESS means the "
+                 "policy's actions are rarely close to logged ones: IS, WPDIS and DR are then "
+                 "unreliable. 'Logged return, exploit group' is the model-free on-policy value "
+                 "of the logging baseline on this split.</p>")
+
+    for key, title in (("estimates", "Estimates per policy"),
+                       ("differences", "Paired differences to the logging policy"),
+                       ("actions", "Action distributions"),
+                       ("fits", "FQE fitting"), ("validation", "Validation against ground truth")):
+        if key in figures:
+            parts.append(f"<h2>{title}</h2><img src='data:image/png;base64,{figures[key]}'>")
+
+    val = report.get("validation")
+    if val:
+        parts.append("<h2>Ground truth comparison</h2>")
+        rows = []
+        for est in ESTIMATORS:
+            v = val["estimators"].get(est)
+            if not v:
+                continue
+            rows.append([ESTIMATOR_LABELS[est], _f(v["mean_abs_error"]), _f(v["rmse"]),
+                         _f(v["spearman"], 3), _f(v["coverage"], 3),
+                         "yes" if v["same_order"] else "no"])
+        parts.append(_table(["estimator", "mean |error|", "RMSE", "Spearman rank corr.",
+                             "interval covers truth (share)", "same order as truth"], rows))
+        if val.get("discordant_pairs"):
+            parts.append("<p>Pairs the conservative estimator orders differently from the "
+                         "truth:</p><ul>" + "".join(
+                             f"<li>{e(p['a'])} vs {e(p['b'])}: true difference "
+                             f"{_f(p['true_diff'])} ({'within' if p['truth_tied'] else 'outside'} "
+                             f"the truth's own uncertainty), conservative difference "
+                             f"{_f(p['estimated_diff'])}; FQE - conservative penalty "
+                             f"{_f(p['penalty_a'])} / {_f(p['penalty_b'])}</li>"
+                             for p in val["discordant_pairs"]) + "</ul>")
+        parts.append(f"<p class='note'>{e(val.get('note', ''))}</p>")
+
+    parts.append("""<h2>How to read this report</h2><ul class='note'>
+<li><b>Conservative FQE</b> fits Q on the split with a penalty that lowers Q on the evaluated
+policy's actions and raises it on logged actions; a policy that leaves the data's support is
+<i>under</i>-estimated. It is a screen against harmful policies, not an unbiased value.</li>
+<li><b>FQE</b> is the same fit without the penalty (the direct method). The gap FQE minus
+conservative FQE grows as the policy moves away from the logged actions.</li>
+<li><b>PDIS / WPDIS / DR</b> reweight logged sessions by how likely the policy (smoothed by a
+Gaussian of scale target_sigma) was to take the logged actions. They only use sessions whose
+actions carry a logged density (exploration groups). Trust them only with a reasonable ESS.</li>
+<li>Intervals are Poisson-bootstrap percentile intervals over sessions. For the FQE estimators
+they hold Q fixed (fit uncertainty is not included), so they are too narrow.</li>
+<li>Differences to the logging policy are paired (same bootstrap replicates), hence much
+tighter than the separate intervals.</li></ul>""")
+    parts.append("<h2>Configuration</h2><details><summary>ope section and run metadata"
+                 "</summary><pre>" + e(json.dumps({"config": report["config"],
+                                                   "meta": report["meta"],
+                                                   "policies": report["policies"]},
+                                                  indent=2, sort_keys=True)) +
+                 "</pre></details></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result: "OpeResult", ope: OpeConfig, out_dir: str, *,
+                 run_id: str) -> ReportPaths:
+    """Write report.json and report.html into ``out_dir`` (created); atomic renames."""
+    report = report_dict(result, ope, run_id)
+    tasks = list(result.meta.get("action_tasks") or
+                 [f"task {j}" for j in range(result.logged_action_sample.shape[1])])
+    figures = {"estimates": _png(plot_estimates(result)),
+               "differences": _png(plot_differences(result)),
+               "actions": _png(plot_actions(result, tasks)),
+               "fits": _png(plot_fits(result))}
+    val = plot_validation(result)
+    if val is not None:
+        figures["validation"] = _png(val)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = ReportPaths(out_dir, os.path.join(out_dir, REPORT_JSON),
+                        os.path.join(out_dir, REPORT_HTML))
+    for path, text in ((paths.json, json.dumps(report, indent=2, sort_keys=True,
+                                               allow_nan=False)),
+                       (paths.html, render_html(report, figures))):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    return paths

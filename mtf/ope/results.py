@@ -1,0 +1,184 @@
+"""Estimates with bootstrap intervals, paired differences, and the go / no-go decision.
+
+Input: per policy, the ``(1 + B, m)`` session sums of :mod:`mtf.ope.bootstrap` (row 0 = full
+data). Output: :class:`PolicyEstimates` (every estimator's value, percentile interval and
+bootstrap standard error; paired differences against the logging policy; diagnostics) and one
+:class:`Decision` per candidate policy.
+
+Go / no-go rule (docs/ope.md): with ``D = V_cons(pi) - V_cons(logging)`` (conservative FQE of
+each policy, same bootstrap replicates, so D is paired) and ``[D_lo, D_hi]`` its two-sided
+``ci_level`` percentile interval,
+
+    go  <=>  D_lo > -go_margin * |V_cons(logging)|
+
+i.e. a one-sided test at level (1 + ci_level) / 2 that the candidate loses less than the margin.
+The other estimators do not change the decision; disagreements and weak diagnostics are
+attached as warnings.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from mtf.ope.bootstrap import percentile_interval
+from mtf.ope.config import ESTIMATORS, LOGGING_POLICY, OpeConfig
+from mtf.ope.estimators import diagnostics_from_sums, estimates_from_sums
+
+DECISION_ESTIMATOR = "conservative_fqe"
+IS_FAMILY = ("pdis", "wpdis", "dr")
+_MIN_ESS = 30.0           # below this effective sample size the IS family gets a warning
+_MAX_CLIPPED_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One estimator's value for one policy (or a paired difference of two policies)."""
+
+    estimator: str
+    value: float            # full-data point estimate
+    ci_low: float           # percentile interval of the bootstrap replicates
+    ci_high: float
+    std_err: float          # standard deviation of the replicates
+    available: bool = True
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_float(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PolicyEstimates:
+    policy: str
+    estimates: dict[str, Estimate]
+    diff_vs_logging: dict[str, Estimate]   # paired V(pi) - V(logging); empty for logging
+    diagnostics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy,
+                "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+                "diff_vs_logging": {k: e.to_dict() for k, e in self.diff_vs_logging.items()},
+                "diagnostics": {k: _json_float(v) for k, v in self.diagnostics.items()}}
+
+
+@dataclass(frozen=True)
+class Decision:
+    policy: str
+    go: bool
+    estimator: str
+    diff: float              # V_cons(pi) - V_cons(logging)
+    diff_low: float          # lower end of its interval
+    margin: float            # absolute margin in return units
+    reason: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_float(v) for k, v in asdict(self).items()}
+
+
+def _json_float(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(float(v)) else None
+    return v
+
+
+def _estimate(name: str, values: np.ndarray, level: float, note_if_missing: str) -> Estimate:
+    point = float(values[0])
+    reps = values[1:]
+    if not math.isfinite(point):
+        return Estimate(name, float("nan"), float("nan"), float("nan"), float("nan"),
+                        available=False, note=note_if_missing)
+    lo, hi = percentile_interval(reps, level)
+    finite = reps[np.isfinite(reps)]
+    se = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    note = "" if finite.size == reps.size else \
+        f"{reps.size - finite.size} of {reps.size} replicates had no session to average"
+    return Estimate(name, point, lo, hi, se, True, note)
+
+
+def summarise(sums: Mapping[str, np.ndarray], cfg: OpeConfig,
+              logging_name: str = LOGGING_POLICY) -> list[PolicyEstimates]:
+    """Estimates, intervals and paired differences for every policy in ``sums``."""
+    h = cfg.wpdis_horizon
+    values = {name: estimates_from_sums(s, h) for name, s in sums.items()}
+    ref = values.get(logging_name)
+    out = []
+    for name, s in sums.items():
+        diag = diagnostics_from_sums(s[0])
+        missing = {
+            "conservative_fqe": "no initial state in the sample",
+            "fqe": "no initial state in the sample",
+        }
+        for est in IS_FAMILY:
+            missing[est] = (f"no session with action_logp on every step "
+                            f"({int(diag['n_sessions_excluded_is'])} excluded)")
+        estimates = {e: _estimate(e, values[name][e], cfg.ci_level, missing[e])
+                     for e in ESTIMATORS}
+        diffs: dict[str, Estimate] = {}
+        if ref is not None and name != logging_name:
+            diffs = {e: _estimate(e, values[name][e] - ref[e], cfg.ci_level, missing[e])
+                     for e in ESTIMATORS}
+        diag["conservative_penalty"] = (estimates["fqe"].value
+                                        - estimates["conservative_fqe"].value)
+        out.append(PolicyEstimates(name, estimates, diffs, diag))
+    return out
+
+
+def decide(results: list[PolicyEstimates], cfg: OpeConfig,
+           logging_name: str = LOGGING_POLICY) -> list[Decision]:
+    """The go / no-go decision of every policy other than the logging one (module docstring).
+
+    Raises:
+        ValueError: the logging policy is not among ``results`` or its conservative estimate
+            is not a number (the rule has no reference then).
+    """
+    by_name = {r.policy: r for r in results}
+    if logging_name not in by_name:
+        raise ValueError(f"the go / no-go rule compares with the logging policy "
+                         f"{logging_name!r}, which was not evaluated (ope.include_logging)")
+    ref = by_name[logging_name].estimates[DECISION_ESTIMATOR]
+    if not ref.available:
+        raise ValueError(f"conservative estimate of {logging_name!r} is not available: "
+                         f"{ref.note}")
+    margin = cfg.go_margin * abs(ref.value)
+    out = []
+    for r in results:
+        if r.policy == logging_name:
+            continue
+        d = r.diff_vs_logging[DECISION_ESTIMATOR]
+        if not d.available or not math.isfinite(d.ci_low):
+            raise ValueError(f"policy {r.policy!r}: the conservative difference to the logging "
+                             f"policy is not a number ({d.note or 'NaN replicates'})")
+        go = d.ci_low > -margin
+        relation = ">" if go else "<="
+        reason = (f"lower {cfg.ci_level:.0%} bound of V_cons({r.policy}) - V_cons(logging) = "
+                  f"{d.ci_low:.4g} {relation} -margin = {-margin:.4g}")
+        out.append(Decision(r.policy, go, DECISION_ESTIMATOR, d.value, d.ci_low, margin, reason,
+                            _warnings(r, margin, go)))
+    return out
+
+
+def _warnings(r: PolicyEstimates, margin: float, go: bool) -> list[str]:
+    w = []
+    dr = r.diff_vs_logging.get("dr")
+    if dr is not None and dr.available and math.isfinite(dr.ci_low):
+        dr_go = dr.ci_low > -margin
+        if dr_go != go:
+            w.append(f"the doubly robust estimate disagrees (its lower bound of the difference "
+                     f"is {dr.ci_low:.4g})")
+    diag = r.diagnostics
+    ess = diag.get("ess_trajectory", 0.0)
+    if diag.get("n_sessions_is", 0.0) > 0 and ess < _MIN_ESS:
+        w.append(f"IS-family estimates rest on an effective sample of {ess:.1f} sessions "
+                 f"(of {int(diag['n_sessions_is'])}): the policy is far from the logged actions")
+    clipped = diag.get("clipped_share", float("nan"))
+    if math.isfinite(clipped) and clipped > _MAX_CLIPPED_SHARE:
+        w.append(f"{clipped:.1%} of importance weights hit ope.max_weight (IS family biased)")
+    penalty = diag.get("conservative_penalty", 0.0)
+    cons = r.estimates[DECISION_ESTIMATOR].value
+    if math.isfinite(penalty) and abs(cons) > 0 and penalty > 0.1 * abs(cons):
+        w.append(f"conservative penalty FQE - conservative FQE = {penalty:.4g} is over 10% of "
+                 f"the estimate: the policy's actions are poorly covered by the data")
+    return w

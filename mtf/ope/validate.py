@@ -1,0 +1,342 @@
+"""Validation of the estimators against the simulator's ground truth (issue 6, item 6).
+
+Pieces:
+
+* :func:`simulated_transitions`: simulator logs -> transition rows, in process. It follows the
+  transition-table contract with the **reference** feature implementation
+  (:func:`mtf.features.compute_states`) and reward (:func:`mtf.reward.impression_reward`), and
+  takes sessions and steps from the simulator's truth columns. It is a stand-in for the Spark
+  ETL (``mtf build-transitions``) so validation does not depend on it; truncation is inferred
+  from the end of the simulated window (see the function).
+* :func:`validation_policies`: the logging baseline, fixed reference actions and a
+  hand-written state-dependent rule, all as TorchScript target policies.
+* :func:`ground_truth`: the true value of each policy from :func:`mtf.sim.evaluate.evaluate_many`
+  (common random numbers, same reward and gamma).
+* :func:`compare_with_truth`: error, RMSE, Spearman rank correlation, interval coverage and the
+  pairs the conservative estimator orders differently from the truth.
+* ``python -m mtf.ope.validate``: the whole experiment, report included.
+
+Caveat (also in the report): the truth is the value of a session of an evaluation user after
+``sim.eval.warmup_sessions`` baseline sessions, while OPE averages over the initial states of
+the logged sessions of the split; the two start distributions are close but not equal, so part
+of each error is this mismatch (the logging policy's row shows its size).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import math
+import os
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtf.ope.config import ESTIMATORS, LOGGING_POLICY
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mtf.config import MtfConfig
+    from mtf.ope.policies import TargetPolicy
+    from mtf.ope.results import PolicyEstimates
+    from mtf.sim.world import World
+
+logger = logging.getLogger(__name__)
+
+TRUTH_NOTE = ("Ground truth: mtf.sim.evaluate (sessions of evaluation users after warm-up "
+              "sessions under the baseline); OPE averages over the logged sessions' initial "
+              "states, so errors include that start-distribution mismatch.")
+
+
+class ThresholdModule(nn.Module):
+    """``high`` where ``state[:, index] >= threshold``, else ``low``: a personalised rule."""
+
+    def __init__(self, index: int, threshold: float, low: torch.Tensor,
+                 high: torch.Tensor) -> None:
+        super().__init__()
+        self.index = index
+        self.threshold = threshold
+        self.register_buffer("low", low.float())    # (k,)
+        self.register_buffer("high", high.float())  # (k,)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        mask = (state[:, self.index] >= self.threshold).unsqueeze(1)   # (B, 1)
+        return torch.where(mask, self.high.unsqueeze(0), self.low.unsqueeze(0))
+
+
+# ---- simulated transitions --------------------------------------------------------------------
+
+def simulated_transitions(world: "World", *, test_share: float = 1.0,
+                          shards: Sequence[int] | None = None,
+                          base_policy: Any = None) -> "pd.DataFrame":
+    """Transition rows (design section 3 columns) from in-process simulator logs.
+
+    Sessions and steps come from the simulator's truth columns. The last step of a session is
+    ``is_truncated`` when its page could still have been running at the end of the simulated
+    window (last request later than ``window_end - page_size * (duration_max_s +
+    browse_overhead_s)``; the simulator cuts rows at the window end), else ``is_terminal``. The
+    next state of a truncated step is unknown; its own state stands in (FQE and DR bootstrap
+    through it). ``split`` = "test" for the last ``test_share`` of sessions by start time.
+    """
+    import pandas as pd
+
+    from mtf.features import compute_states
+    from mtf.fusion import weights_to_action
+    from mtf.reward import impression_reward
+    from mtf.sim.generate import TRUE_SESSION_ID, TRUE_STEP, day_start_us, simulate_logs
+
+    if not 0.0 < test_share <= 1.0:
+        raise ValueError(f"test_share must be in (0, 1], got {test_share!r}")
+    logs = simulate_logs(world, base_policy, shards=shards, include_truth=True)
+    imp = logs.impressions.to_pandas()
+    imp["ts"] = imp["ts"].dt.tz_convert(None)
+    imp["session_id"] = imp[TRUE_SESSION_ID]
+    imp["step"] = imp[TRUE_STEP].astype(np.int64)
+    states = compute_states(world.features, imp[["user_id", "request_id", "session_id", "step",
+                                                  "ts", "position", "play_time_s", "duration_s",
+                                                  "liked", "shared", "commented", "followed"]],
+                            logs.profiles.to_pandas())
+    stick, act = impression_reward(world.reward, imp["play_time_s"].to_numpy(),
+                                   imp["duration_s"].to_numpy(), imp["liked"].to_numpy(),
+                                   imp["shared"].to_numpy(), imp["commented"].to_numpy(),
+                                   imp["followed"].to_numpy())
+    imp["reward_stickiness"], imp["reward_activeness"] = stick, act
+    req = imp.groupby("request_id", sort=False).agg(
+        ts=("ts", "first"), fusion_weights=("fusion_weights", "first"),
+        action_logp=("action_logp", "first"), explore_group=("explore_group", "first"),
+        reward_stickiness=("reward_stickiness", "sum"),
+        reward_activeness=("reward_activeness", "sum"))
+    df = states.merge(req, left_on="request_id", right_index=True, validate="one_to_one")
+    df = df.sort_values(["session_id", "step"], kind="mergesort").reset_index(drop=True)
+    fusion = world.fusion
+    weights = np.stack(df["fusion_weights"].to_numpy())
+    df["action"] = list(np.clip(weights_to_action(weights, fusion.lo, fusion.hi), -1.0, 1.0)
+                        .astype(np.float32))
+    df["reward"] = df["reward_stickiness"] + df["reward_activeness"]
+    last = df["session_id"].ne(df["session_id"].shift(-1)).to_numpy()
+    sim = world.sim
+    window_end_us = day_start_us(sim.start + dt.timedelta(days=sim.n_days))
+    max_page_us = sim.session.page_size * (sim.catalog.duration_max_s
+                                           + sim.response.browse_overhead_s) * 1e6
+    ts_us = df["ts"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    truncated = last & (ts_us > window_end_us - max_page_us)
+    state = np.stack(df["state"].to_numpy()).astype(np.float32)
+    next_state = np.zeros_like(state)
+    next_state[:-1] = state[1:]
+    next_state[last] = 0.0
+    next_state[truncated] = state[truncated]
+    df["next_state"] = list(next_state)
+    df["is_terminal"] = last & ~truncated
+    df["is_truncated"] = truncated
+    # Sessions ranked by start time (dense: equal starts share a rank); the last ones = test.
+    start_rank = df.groupby("session_id", sort=False)["ts"].transform("min").rank(method="dense")
+    df["split"] = np.where(start_rank > start_rank.max() * (1.0 - test_share), "test", "train")
+    df["ds"] = df["ts"].dt.date
+    df["ts"] = df["ts"].dt.tz_localize("UTC")
+    return df[["session_id", "user_id", "step", "ts", "ds", "state", "next_state", "action",
+               "action_logp", "reward", "reward_stickiness", "reward_activeness",
+               "is_terminal", "is_truncated", "explore_group", "split"]]
+
+
+def to_arrays(df: "pd.DataFrame", split: str | None = None) -> Any:
+    """Transition rows (as from :func:`simulated_transitions`) -> TransitionArrays."""
+    from mtf.ope.data import TransitionArrays
+
+    if split is not None:
+        df = df[df["split"] == split]
+    logp = df["action_logp"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return TransitionArrays.build(
+        df["session_id"].to_numpy(), df["step"].to_numpy(), np.stack(df["state"].to_numpy()),
+        np.stack(df["next_state"].to_numpy()), np.stack(df["action"].to_numpy()),
+        [None if math.isnan(v) else v for v in logp], df["reward"].to_numpy(),
+        df["is_terminal"].to_numpy(), df["is_truncated"].to_numpy(),
+        df["explore_group"].to_numpy())
+
+
+# ---- policies and ground truth ---------------------------------------------------------------
+
+def validation_policies(world: "World") -> list["TargetPolicy"]:
+    """Logging baseline, reference actions (mtf.sim.policies), halfway variants and a
+    state-dependent rule (click-leaning for engaged users, quality-leaning for casual ones)."""
+    from mtf.ope.policies import fixed_policy, module_policy
+    from mtf.sim.policies import reference_actions
+
+    base = world.baseline_action
+    ref = reference_actions(world.fusion)
+    out = [fixed_policy(LOGGING_POLICY, base, "logging baseline")]
+    out.append(fixed_policy("quality", ref["quality"], "quality-leaning weights"))
+    out.append(fixed_policy("quality_half", 0.5 * ref["quality"] + 0.5 * base,
+                            "halfway to quality"))
+    out.append(fixed_policy("myopic", ref["myopic"], "clickbait-chasing weights"))
+    out.append(fixed_policy("myopic_half", 0.5 * ref["myopic"] + 0.5 * base,
+                            "halfway to myopic"))
+    names = world.features.feature_names
+    feature = "profile_activity"
+    if feature in names:
+        rule = ThresholdModule(names.index(feature), 0.5,
+                               torch.tensor(0.5 * ref["quality"] + 0.5 * base),
+                               torch.tensor(0.5 * ref["myopic"] + 0.5 * base))
+        out.append(module_policy("activity_rule", rule,
+                                 f"halfway-myopic if {feature} >= 0.5 else halfway-quality"))
+    return out
+
+
+def ground_truth(world_or_cfg: "World | MtfConfig", policies: Sequence["TargetPolicy"],
+                 n_sessions: int, seed: int) -> dict[str, dict[str, Any]]:
+    """True value of every policy (mean, CI, std err) from the simulator, paired."""
+    from mtf.sim.evaluate import evaluate_many
+
+    res = evaluate_many(world_or_cfg, {p.name: p.numpy_policy() for p in policies},
+                        n_sessions=n_sessions, seed=seed)
+    return {name: {"mean": r.mean_return, "ci_low": r.ci[0], "ci_high": r.ci[1],
+                   "std_err": r.std_err, "n_sessions": r.n_sessions,
+                   "mean_session_length": r.mean_session_length, "ci_level": r.ci_level}
+            for name, r in res.items()}
+
+
+# ---- comparison ---------------------------------------------------------------------------------
+
+def rankdata(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n, ties get their average rank."""
+    a = np.asarray(x, dtype=np.float64)
+    order = np.argsort(a, kind="mergesort")
+    ranks = np.empty(a.size, dtype=np.float64)
+    ranks[order] = np.arange(1, a.size + 1)
+    for v in np.unique(a):
+        tie = a == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (Pearson correlation of the ranks); NaN if undefined."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = rankdata(x), rankdata(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def compare_with_truth(results: Sequence["PolicyEstimates"],
+                       truth: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per estimator: errors, Spearman, coverage; discordant pairs of the conservative one."""
+    rows = [r for r in results if r.policy in truth]
+    true = np.array([truth[r.policy]["mean"] for r in rows])
+    out: dict[str, Any] = {"policies": [r.policy for r in rows], "truth": true.tolist(),
+                           "estimators": {}, "note": TRUTH_NOTE}
+    for est in ESTIMATORS:
+        ok = [i for i, r in enumerate(rows) if r.estimates[est].available]
+        if len(ok) < 1:
+            continue
+        est_v = np.array([rows[i].estimates[est].value for i in ok])
+        err = est_v - true[ok]
+        covered = [rows[i].estimates[est].ci_low <= true[i] <= rows[i].estimates[est].ci_high
+                   for i in ok]
+        rho = spearman(est_v, true[ok])
+        out["estimators"][est] = {
+            "policies": [rows[i].policy for i in ok],
+            "estimate": est_v.tolist(), "error": err.tolist(),
+            "mean_abs_error": float(np.abs(err).mean()),
+            "rmse": float(np.sqrt((err ** 2).mean())),
+            "spearman": rho, "coverage": float(np.mean(covered)),
+            "same_order": bool(np.array_equal(np.argsort(est_v, kind="mergesort"),
+                                              np.argsort(true[ok], kind="mergesort"))),
+        }
+    pairs = []
+    cons = {r.policy: r for r in rows}
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            td = truth[a.policy]["mean"] - truth[b.policy]["mean"]
+            ed = (a.estimates["conservative_fqe"].value - b.estimates["conservative_fqe"].value)
+            if np.sign(td) != np.sign(ed):
+                se = math.hypot(truth[a.policy]["std_err"], truth[b.policy]["std_err"])
+                pairs.append({"a": a.policy, "b": b.policy, "true_diff": td,
+                              "estimated_diff": ed, "truth_tied": abs(td) < 2 * se,
+                              "penalty_a": cons[a.policy].diagnostics["conservative_penalty"],
+                              "penalty_b": cons[b.policy].diagnostics["conservative_penalty"]})
+    out["discordant_pairs"] = pairs
+    return out
+
+
+# ---- the experiment ---------------------------------------------------------------------------
+
+def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_sessions: int,
+                   test_share: float = 1.0, out_dir: str | None = None,
+                   ope: Any = None, extra_policies: Sequence["TargetPolicy"] = ()) -> Any:
+    """Simulate -> transitions -> OPE (single process) -> ground truth -> report.
+
+    Returns (OpeResult, ReportPaths or None).
+    """
+    from mtf.ope.config import OpeConfig
+    from mtf.ope.evaluate import evaluate_arrays
+    from mtf.ope.report import write_report
+    from mtf.sim.world import World
+
+    ope = ope or getattr(cfg, "ope", None) or OpeConfig()
+    sim = replace(cfg.sim, n_users=n_users, n_days=n_days)
+    world = World.build(sim=sim, fusion=cfg.fusion, features=cfg.features, reward=cfg.reward,
+                        gamma=ope.resolved_gamma(cfg.train.bcq.gamma), seed=cfg.seed)
+    df = simulated_transitions(world, test_share=test_share)
+    data = to_arrays(df, ope.split)
+    logger.info("validation data: %d rows, %d sessions in split %r", len(data),
+                data.session_starts().size, ope.split)
+    policies = [*validation_policies(world), *extra_policies]
+    result = evaluate_arrays(data, policies, ope, gamma=world.gamma, seed=cfg.seed, meta={
+        "table_path": f"simulator (n_users={n_users}, n_days={n_days}, seed={cfg.seed})",
+        "table_version": None, "split": ope.split, "n_sessions": int(data.session_starts().size),
+        "fit_rows": len(data), "action_tasks": list(cfg.fusion.names)})
+    truth = ground_truth(world, policies, n_sessions=truth_sessions, seed=cfg.seed + 1)
+    result = replace(result, truth=truth, validation=compare_with_truth(result.results, truth))
+    paths = write_report(result, ope, out_dir, run_id=os.path.basename(out_dir)) \
+        if out_dir else None
+    return result, paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mtf.ope.validate [--conf-file F] [--users N] ... [key=value ...]``."""
+    from mtf.config import load_config
+    from mtf.configtools import from_dict
+    from mtf.log import setup_logging
+    from mtf.ope.config import OpeConfig
+
+    parser = argparse.ArgumentParser(prog="python -m mtf.ope.validate",
+                                     description="OPE estimators vs simulator ground truth")
+    parser.add_argument("--conf-file", type=str, default=None)
+    parser.add_argument("--users", type=int, default=4000, help="simulated users (default 4000)")
+    parser.add_argument("--days", type=int, default=3, help="simulated days (default 3)")
+    parser.add_argument("--truth-sessions", type=int, default=20000,
+                        help="ground-truth sessions per policy (default 20000)")
+    parser.add_argument("--out", type=str, default="lake/reports/validation",
+                        help="report directory (default lake/reports/validation)")
+    parser.add_argument("--ope", type=str, action="append", default=[], metavar="KEY=VALUE",
+                        help="ope config field override, e.g. --ope n_iterations=2000")
+    args = parser.parse_args(argv)
+    setup_logging("INFO")
+    cfg = load_config(args.conf_file)
+    import yaml
+
+    fields = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.ope)}
+    ope = from_dict(OpeConfig, fields, prefix="ope")
+    if ope.threads:
+        torch.set_num_threads(ope.threads)
+    result, paths = run_validation(cfg, n_users=args.users, n_days=args.days,
+                                   truth_sessions=args.truth_sessions, out_dir=args.out, ope=ope)
+    for est, v in result.validation["estimators"].items():
+        logger.info("%-17s MAE %.4f  RMSE %.4f  Spearman %.3f  coverage %.2f", est,
+                    v["mean_abs_error"], v["rmse"], v["spearman"], v["coverage"])
+    logger.info("report: %s", paths.html if paths else "-")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""BCQ, the batch-RL algorithm of BatchRL-MTF (paper-spec section 5; Fujimoto et al. 2019).
+
+Losses are free functions over tensors; :class:`BCQAgent` owns the networks and optimisers and
+runs one update in the reference order: VAE, critic, actor (perturbation), then targets.
+:class:`BCQPolicy` is the action-selection rule (n VAE candidates, perturbed, clipped, argmax
+Q1) as a TorchScript-able module; exported with a fixed buffer of latents it is deterministic.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mtf.rl.batch import TransitionBatch
+from mtf.rl.config import BCQConfig
+from mtf.rl.distributed import ddp_wrap
+from mtf.rl.networks import ActionVAE, Perturbation, TwinQ, prior_latents
+from mtf.rl.updates import (bellman_target, frozen, max_over_candidates,
+                            mix_double_q, optimizer_step, soft_update, target_copy,
+                            twin_critic_loss, unwrap)
+
+
+def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+             kl_weight: float) -> torch.Tensor:
+    """``mean (a - D(s, z))^2 + kl_weight * mean KL(N(mu, sigma^2) || N(0, I))`` (elementwise means).
+
+    KL per latent coordinate is ``-0.5 * (1 + log sigma^2 - mu^2 - sigma^2)``.
+    """
+    recon_loss = F.mse_loss(recon, action)
+    kl = -0.5 * (1.0 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
+    return recon_loss + kl_weight * kl
+
+
+@torch.no_grad()
+def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE, actor_target: Perturbation,
+                      critic_target: TwinQ, cfg: BCQConfig,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``y = r + gamma (1 - done) max_i [lam min_j Q'_j + (1 - lam) max_j Q'_j](s', a'_i)``, ``(B, 1)``.
+
+    ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents per state.
+    """
+    n = cfg.n_candidates
+    next_s = batch.next_state.repeat_interleave(n, dim=0)                # (B, S) -> (B*n, S)
+    z = prior_latents(next_s.shape[0], vae.latent_dim, cfg.latent_clip,
+                      generator=generator, device=next_s.device)         # (B*n, latent)
+    next_a = actor_target(next_s, vae.decode(next_s, z))                 # (B*n, k)
+    q1, q2 = critic_target(next_s, next_a)                               # 2 x (B*n, 1)
+    value = max_over_candidates(mix_double_q(q1, q2, cfg.lam), n)        # (B, 1)
+    return bellman_target(batch.reward, batch.is_terminal, value, cfg.gamma)
+
+
+def bcq_actor_loss(critic: TwinQ, state: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """``-mean Q1(s, P(s, a_hat))``: the perturbation network climbs Q1 around VAE actions."""
+    return -critic.q1_value(state, perturbed).mean()
+
+
+class BCQPolicy(nn.Module):
+    """pi(s) = argmax_{a_i} Q1(s, a_i), a_i = clip(P(s, D(s, z_i))), over n latents z_i.
+
+    ``forward`` uses the registered ``latents`` buffer (fixed, clipped samples of the prior), so
+    one state always maps to one action (style.md 16); training-time metrics call
+    :meth:`select` with fresh latents. Input states are normalised.
+    """
+
+    def __init__(self, vae: ActionVAE, actor: Perturbation, critic: TwinQ,
+                 latents: torch.Tensor) -> None:
+        super().__init__()
+        self.vae = vae
+        self.actor = actor
+        self.critic = critic
+        self.register_buffer("latents", latents)  # (n, latent)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.select(state, self.latents)
+
+    def select(self, state: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        b, n = state.shape[0], latents.shape[0]
+        s = state.repeat_interleave(n, dim=0)                     # (B, S) -> (B*n, S)
+        z = latents.repeat(b, 1)                                  # (n, latent) -> (B*n, latent)
+        cand = self.actor(s, self.vae.decode(s, z))               # (B*n, k)
+        q1 = self.critic.q1_value(s, cand).view(b, n)             # (B*n, 1) -> (B, n)
+        best = q1.argmax(dim=1)                                   # (B,)
+        return cand.view(b, n, -1)[torch.arange(b, device=state.device), best]  # (B, k)
+
+
+class BCQAgent:
+    """Networks, optimisers and the update step of BCQ."""
+
+    algo = "bcq"
+
+    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, device: torch.device,
+                 generator: torch.Generator) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.generator = generator
+        latent = cfg.latent_size(action_dim)
+        self.vae: nn.Module = ActionVAE(state_dim, action_dim, latent, cfg.vae_hidden,
+                                        cfg.log_std_min, cfg.log_std_max).to(device)
+        self.actor: nn.Module = Perturbation(state_dim, action_dim, cfg.hidden, cfg.rho).to(device)
+        self.critic: nn.Module = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
+        self.actor_target = target_copy(self.actor)
+        self.critic_target = target_copy(self.critic)
+        self.optimizers = {
+            "vae": torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+        }
+
+    @property
+    def nets(self) -> dict[str, nn.Module]:
+        return {"vae": unwrap(self.vae), "actor": unwrap(self.actor),
+                "critic": unwrap(self.critic), "actor_target": self.actor_target,
+                "critic_target": self.critic_target}
+
+    def wrap_ddp(self) -> None:
+        """Wrap the trained networks in DDP; targets stay local (every rank updates them alike)."""
+        self.vae, self.actor, self.critic = (ddp_wrap(m, self.device)
+                                             for m in (self.vae, self.actor, self.critic))
+
+    def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
+        """One BCQ step on a normalised batch, in the reference order; detached metrics."""
+        metrics = self.vae_step(batch)
+        metrics.update(self.critic_step(batch))
+        metrics.update(self.actor_step(batch))
+        # Delayed soft target update (paper: tau = 0.05 every 10 steps).
+        if (step + 1) % self.cfg.target_update_every == 0:
+            self.update_targets()
+        return metrics
+
+    def vae_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
+        """Fit the VAE to the logged actions (updates the VAE only)."""
+        vae = unwrap(self.vae)
+        noise = torch.randn(len(batch), vae.latent_dim, generator=self.generator,
+                            device=self.device)
+        recon, mean, std = self.vae(batch.state, batch.action, noise)
+        loss = vae_loss(recon, batch.action, mean, std, self.cfg.kl_weight)
+        optimizer_step(self.optimizers["vae"], loss)
+        return {"loss/vae": loss.detach()}
+
+    def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
+        """Regress both critics on the soft clipped double-Q target (updates the critic only)."""
+        target = bcq_critic_target(batch, unwrap(self.vae), self.actor_target,
+                                   self.critic_target, self.cfg, self.generator)
+        q1, q2 = self.critic(batch.state, batch.action)
+        loss = twin_critic_loss(q1, q2, target)
+        optimizer_step(self.optimizers["critic"], loss)
+        return {"loss/critic": loss.detach(), "q/data": q1.detach().mean(),
+                "q/target": target.mean()}
+
+    def actor_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
+        """Perturb VAE actions towards higher Q1 with the critic frozen (updates the actor only)."""
+        vae, critic = unwrap(self.vae), unwrap(self.critic)
+        with torch.no_grad():
+            z = prior_latents(len(batch), vae.latent_dim, self.cfg.latent_clip,
+                              generator=self.generator, device=self.device)
+            sampled = vae.decode(batch.state, z)
+        perturbed = self.actor(batch.state, sampled)
+        with frozen(critic):
+            loss = bcq_actor_loss(critic, batch.state, perturbed)
+            optimizer_step(self.optimizers["actor"], loss)
+        return {"loss/actor": loss.detach(), "q/policy": -loss.detach()}
+
+    def update_targets(self) -> None:
+        soft_update(self.critic_target, unwrap(self.critic), self.cfg.tau)
+        soft_update(self.actor_target, unwrap(self.actor), self.cfg.tau)
+
+    def policy(self, latents: torch.Tensor | None = None) -> BCQPolicy:
+        """The greedy policy over this agent's live networks (shared, not copied)."""
+        if latents is None:
+            latents = self._latents(self.cfg.n_candidates)
+        return BCQPolicy(unwrap(self.vae), unwrap(self.actor), unwrap(self.critic), latents)
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Greedy actions for normalised states with fresh candidate latents."""
+        return self.policy(self._latents(self.cfg.n_candidates))(state)
+
+    @torch.no_grad()
+    def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return unwrap(self.critic).q1_value(state, action)
+
+    def _latents(self, n: int) -> torch.Tensor:
+        return prior_latents(n, unwrap(self.vae).latent_dim, self.cfg.latent_clip,
+                             generator=self.generator, device=self.device)

@@ -1,0 +1,464 @@
+"""Batch sources for the trainer: petastorm over a pinned Delta snapshot, or in-memory tensors.
+
+Both yield an endless stream of :class:`~mtf.rl.batch.TransitionBatch` from
+``batches(start_step)``, so every DDP rank runs exactly ``max_steps`` steps whatever the size of
+its shard (design section 6: uneven petastorm shards otherwise hang DDP at the end of an epoch).
+
+petastorm rules followed here (design section 6): readers get the snapshot's active ``file://``
+URIs, never the table directory; only the numeric columns (plus ``split``, filtered before
+batching) are read; ``BatchedDataLoader`` batches; shards are whole row groups, so a table needs
+at least ``world_size`` of them; row counts are checked because a reader once returned no rows
+without an error.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import re
+import threading
+import warnings
+from collections import namedtuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from mtf.rl.batch import (ACTION, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS, REWARD, SPLIT, STATE,
+                          TransitionBatch)
+from mtf.rl.config import LoaderConfig
+from mtf.rl.distributed import DistInfo
+from mtf.rl.layout import TableLayout
+
+logger = logging.getLogger(__name__)
+
+ARRAY_COLUMNS = (STATE, NEXT_STATE, ACTION)
+
+
+# ---- the pinned table ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TransitionTable:
+    """One pinned version of the transitions table: layout, active files, Parquet footer stats."""
+
+    layout: TableLayout
+    uris: tuple[str, ...]   # active Parquet files of this version, with a scheme (file://...)
+    n_rows: int             # all splits
+    n_row_groups: int
+
+    def widths(self) -> dict[str, int]:
+        """Expected array length of each array column."""
+        s, k = self.layout.state_dim, self.layout.action_dim
+        return {STATE: s, NEXT_STATE: s, ACTION: k}
+
+
+def open_transitions(path: str, version: int | None = None) -> TransitionTable:
+    """Pin ``version`` (latest when None) of the transitions table at ``path`` and check it.
+
+    Raises:
+        FileNotFoundError: no Delta table at ``path``.
+        ValueError: unreadable version, missing layout properties, missing columns, no rows.
+    """
+    from mtf.delta import delta_snapshot
+
+    try:
+        pinned, uris, props = delta_snapshot(path, version)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no transitions table at {path!r} (no _delta_log); build it first with "
+            f"`mtf build-transitions`, or point lake.transitions at it") from None
+    except Exception as exc:  # deltalake raises its own error types for bad versions/paths
+        raise ValueError(f"cannot open transitions table {path!r} at version "
+                         f"{'latest' if version is None else version}: {exc}") from exc
+    layout = TableLayout.from_properties(path, pinned, props)
+    if not uris:
+        raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
+                         f"it has no data files")
+    n_rows, n_groups = 0, 0
+    for i, uri in enumerate(uris):
+        meta = _parquet_file(uri).metadata
+        n_rows += meta.num_rows
+        n_groups += meta.num_row_groups
+        if i == 0:
+            _require_columns(_parquet_file(uri).schema_arrow.names, path, pinned, uri)
+    if n_rows == 0:
+        raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
+                         f"{len(uris)} files hold 0 rows")
+    logger.info("transitions table %s version %d: %d rows in %d files, %d row groups; "
+                "%d features (version %s), tasks %s", path, pinned, n_rows, len(uris), n_groups,
+                layout.state_dim, layout.feature_version, list(layout.action_tasks))
+    return TransitionTable(layout, tuple(uris), n_rows, n_groups)
+
+
+def _parquet_file(uri: str) -> Any:
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def _require_columns(names: Sequence[str], path: str, version: int, uri: str) -> None:
+    missing = [c for c in (*NUMERIC_COLUMNS, SPLIT) if c not in names]
+    if missing:
+        raise ValueError(f"transitions table {path!r} (version {version}) lacks columns "
+                         f"{missing} (file {uri}); design section 3 lists the contract")
+
+
+# ---- Arrow -> numpy ---------------------------------------------------------------------------
+
+def list_column_to_matrix(column: Any, width: int, name: str) -> np.ndarray:
+    """A list<float> Arrow column of fixed ``width`` -> ``(N, width)`` float32, zero Python loops.
+
+    Raises ValueError naming the column if an array is null, holds nulls, or has another length.
+    """
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        raise ValueError(f"column {name!r} has {arr.null_count} null arrays")
+    lengths = np.diff(arr.offsets.to_numpy())
+    if lengths.size and (lengths != width).any():
+        bad = sorted(set(lengths[lengths != width].tolist()))[:5]
+        raise ValueError(f"column {name!r} must hold arrays of length {width} (the table's "
+                         f"layout), found lengths {bad}")
+    values = arr.flatten()
+    if values.null_count:
+        raise ValueError(f"column {name!r} has {values.null_count} null elements")
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(
+        len(arr), width)  # (N*width,) -> (N, width)
+
+
+def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = NUMERIC_COLUMNS,
+               max_rows: int | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], int]:
+    """Rows of ``split`` as numpy arrays, read with pyarrow row group by row group.
+
+    With ``max_rows``, row groups are visited in a seeded random order until at least that many
+    rows are collected (whole row groups: a sample for the state normaliser); otherwise all
+    rows are read.
+
+    Returns:
+        (column name -> array, number of rows of all splits scanned to find them).
+    """
+    import pyarrow.compute as pc
+
+    widths = table.widths()
+    groups = [(uri, g) for uri in table.uris for g in range(_parquet_file(uri).num_row_groups)]
+    if max_rows is not None:
+        random.Random(seed).shuffle(groups)
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    n = scanned = 0
+    for uri, g in groups:
+        t = _parquet_file(uri).read_row_group(g, columns=[*columns, SPLIT])
+        scanned += t.num_rows
+        t = t.filter(pc.equal(t[SPLIT], split)).drop([SPLIT])
+        for c in columns:
+            if c in widths:
+                parts[c].append(list_column_to_matrix(t[c], widths[c], c))
+            else:
+                parts[c].append(t[c].to_numpy().astype(np.float32))
+        n += t.num_rows
+        if max_rows is not None and n >= max_rows:
+            break
+    out = {c: np.concatenate(v) for c, v in parts.items()}
+    if n == 0:
+        raise ValueError(f"transitions table {table.layout.table_path!r} (version "
+                         f"{table.layout.table_version}) has no rows with split={split!r}")
+    return out, scanned
+
+
+def load_in_memory(table: TransitionTable, split: str) -> TransitionBatch:
+    """Every row of ``split`` as one batch of tensors (small tables, tests, benchmarks)."""
+    cols, _ = read_split(table, split)
+    _check_finite(cols, where=f"split {split!r} of {table.layout.table_path!r}")
+    return TransitionBatch.from_numpy(cols)
+
+
+def _check_finite(cols: dict[str, np.ndarray], where: str) -> None:
+    for name, values in cols.items():
+        if not np.isfinite(values).all():
+            raise ValueError(f"column {name!r} has NaN or infinite values in {where}")
+
+
+# ---- sources ----------------------------------------------------------------------------------
+
+class InMemorySource:
+    """Batches from tensors already in memory, deterministic in the step number.
+
+    Rank r owns rows r, r + world, ...; each epoch draws a permutation seeded by (seed, epoch)
+    and cuts it into full batches, so the batch of step t is a pure function of t and a resumed
+    run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, data: TransitionBatch, *, batch_size: int, seed: int,
+                 info: DistInfo = DistInfo()) -> None:
+        idx = torch.arange(info.rank, len(data), info.world_size, device=data.state.device)
+        self.data = data.index(idx) if info.world_size > 1 else data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = len(self.data) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"rank {info.rank} holds {len(self.data)} rows, fewer than "
+                             f"train.batch_size={batch_size}")
+
+    def batches(self, start_step: int = 0) -> Iterator[TransitionBatch]:
+        step = start_step
+        epoch, perm = -1, torch.empty(0, dtype=torch.long)
+        while True:
+            e, j = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+                perm = torch.randperm(len(self.data), generator=g).to(self.data.state.device)
+                epoch = e
+            yield self.data.index(perm[j * self.batch_size:(j + 1) * self.batch_size])
+            step += 1
+
+    def __enter__(self) -> "InMemorySource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_Rows = namedtuple("_Rows", NUMERIC_COLUMNS)
+
+
+class _SplitRows:
+    """Wraps a petastorm batch reader: keeps one split, casts to float32, checks every row group.
+
+    BatchedDataLoader cannot batch the string ``split`` column, and pyarrow-level filters on a
+    non-partition column are not applied by petastorm's legacy dataset path, so rows are
+    filtered here with one vectorised comparison per row group.
+    """
+
+    batched_output = True
+
+    def __init__(self, reader: Any, split: str, widths: dict[str, int], give_up_after: int,
+                 where: str) -> None:
+        self.reader = reader
+        self.split = split
+        self.widths = widths
+        self.give_up_after = give_up_after  # consecutive row groups without a `split` row
+        self.where = where
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[_Rows]:
+        empty_in_a_row = 0
+        for group in self.reader:
+            cols = group._asdict()
+            keep = cols.pop(SPLIT) == self.split
+            n = int(keep.sum())
+            if n == 0:
+                empty_in_a_row += 1
+                if empty_in_a_row > self.give_up_after:
+                    raise ValueError(f"{self.where}: no rows with split={self.split!r} in "
+                                     f"{empty_in_a_row} row groups in a row (a full pass); "
+                                     f"check train.split")
+                continue
+            empty_in_a_row = 0
+            out = {}
+            for name in NUMERIC_COLUMNS:
+                v = np.asarray(cols[name])[keep].astype(np.float32, copy=False)
+                width = self.widths.get(name)
+                if width is not None and (v.ndim != 2 or v.shape[1] != width):
+                    raise ValueError(f"{self.where}: column {name!r} must hold arrays of "
+                                     f"length {width}, got shape {v.shape}")
+                if not np.isfinite(v).all():
+                    raise ValueError(f"{self.where}: column {name!r} has NaN or infinite values")
+                out[name] = v
+            self.rows += n
+            yield _Rows(**out)
+
+    # The rest of the reader interface BatchedDataLoader uses.
+    def reset(self) -> None:
+        self.reader.reset()
+
+    def stop(self) -> None:
+        self.reader.stop()
+
+    def join(self) -> None:
+        self.reader.join()
+
+
+def arrow_to_numpy_columns(table: Any, schema: Any) -> dict[str, np.ndarray]:
+    """Drop-in for petastorm's ``convert_arrow_table_to_numpy_dict``, without per-row Python.
+
+    petastorm turns each list<float> column into an object array of per-row arrays and
+    ``np.vstack``-s them, and each string column into per-row Python strings: both hold the GIL
+    per row, which starved a launch-bound GPU training loop (design note in docs/training.md).
+    Here fixed-length lists become ``(N, width)`` arrays through Arrow's flat value buffer,
+    numbers and booleans are converted by Arrow, and strings are decoded once per distinct
+    value. Anything else (nulls, ragged lists, timestamps, ...) goes to petastorm's own
+    conversion, which also raises its usual errors.
+    """
+    import pyarrow as pa
+
+    out: dict[str, np.ndarray] = {}
+    rest = []
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_list(col.type) and pa.types.is_primitive(col.type.value_type):
+            arr = col.combine_chunks()
+            lengths = np.diff(arr.offsets.to_numpy())
+            values = arr.flatten()
+            if (arr.null_count == 0 and values.null_count == 0 and lengths.size
+                    and (lengths == lengths[0]).all()):
+                out[name] = values.to_numpy(zero_copy_only=False).reshape(
+                    len(arr), int(lengths[0]))  # (N*width,) -> (N, width)
+                continue
+        elif (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
+              or pa.types.is_boolean(col.type)) and col.null_count == 0:
+            out[name] = col.combine_chunks().to_numpy(zero_copy_only=False)
+            continue
+        elif pa.types.is_string(col.type) and col.null_count == 0:
+            encoded = col.combine_chunks().dictionary_encode()
+            distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=np.str_)
+            out[name] = distinct[encoded.indices.to_numpy()]
+            continue
+        rest.append(name)
+    if rest:
+        out.update(_PETASTORM_CONVERT[0](table.select(rest), schema))
+    return out
+
+
+_PETASTORM_CONVERT: list[Callable[[Any, Any], dict[str, np.ndarray]]] = []
+
+
+def _use_fast_arrow_conversion() -> None:
+    """Route petastorm's Arrow -> numpy conversion through :func:`arrow_to_numpy_columns`.
+
+    petastorm 0.13.1 has no hook for it; its module-level function is replaced once, when the
+    first reader is built (never at import). The replacement returns the same arrays.
+    """
+    from petastorm import arrow_reader_worker
+
+    if not _PETASTORM_CONVERT:
+        _PETASTORM_CONVERT.append(arrow_reader_worker.convert_arrow_table_to_numpy_dict)
+        arrow_reader_worker.convert_arrow_table_to_numpy_dict = arrow_to_numpy_columns
+
+
+class PetastormSource:
+    """Endless shuffled batches of one split, read by petastorm from the pinned table's files.
+
+    Rank r reads shard r of ``world_size`` (whole row groups), cycling with ``num_epochs=None``;
+    row groups are shuffled, rows are shuffled inside row groups and again through a
+    ``shuffle_buffer_rows`` buffer. A background thread keeps ``prefetch_batches`` batches ready.
+    """
+
+    def __init__(self, table: TransitionTable, *, batch_size: int, split: str, seed: int,
+                 info: DistInfo = DistInfo(), cfg: LoaderConfig = LoaderConfig()) -> None:
+        if table.n_row_groups < info.world_size:
+            raise ValueError(
+                f"transitions table {table.layout.table_path!r} (version "
+                f"{table.layout.table_version}) has {table.n_row_groups} Parquet row groups but "
+                f"training runs on {info.world_size} ranks; petastorm shards whole row groups, "
+                f"so write the table with at least {info.world_size} (many more is better)")
+        self.table = table
+        self.batch_size = batch_size
+        self.split = split
+        self.seed = seed
+        self.info = info
+        self.cfg = cfg
+        self.rows_read = 0
+
+    def batches(self, start_step: int = 0) -> Iterator[TransitionBatch]:
+        stream = self._stream(start_step)
+        if self.cfg.prefetch_batches > 0:
+            return _prefetched(stream, self.cfg.prefetch_batches)
+        return stream
+
+    def _stream(self, start_step: int) -> Iterator[TransitionBatch]:
+        from petastorm import make_batch_reader
+        from petastorm.pytorch import BatchedDataLoader
+
+        # pyarrow 14 warns on every row group about petastorm's legacy ParquetDataset calls.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
+        _use_fast_arrow_conversion()
+        info, cfg = self.info, self.cfg
+        reader = make_batch_reader(
+            list(self.table.uris),
+            schema_fields=[f"{re.escape(c)}$" for c in (*NUMERIC_COLUMNS, SPLIT)],
+            reader_pool_type=cfg.reader_pool, workers_count=cfg.workers_count,
+            results_queue_size=cfg.results_queue_size,
+            # A different order per rank and per (re)start. Shard membership does not depend on
+            # the seed (petastorm keeps row group i on shard i % shard_count), so shards stay
+            # disjoint across ranks.
+            seed=1 + self.seed * 7919 + info.rank * 104_729 + start_step,
+            shuffle_rows=True, shuffle_row_groups=True, num_epochs=None,
+            cur_shard=info.rank if info.is_distributed else None,
+            shard_count=info.world_size if info.is_distributed else None)
+        where = (f"transitions table {self.table.layout.table_path!r} (version "
+                 f"{self.table.layout.table_version}), shard {info.rank} of {info.world_size}")
+        rows = _SplitRows(reader, self.split, self.table.widths(),
+                          give_up_after=self.table.n_row_groups, where=where)
+        loader = BatchedDataLoader(rows, batch_size=self.batch_size,
+                                   shuffling_queue_capacity=cfg.shuffle_buffer_rows)
+        n = 0
+        try:
+            for cols in loader:
+                b = TransitionBatch(
+                    state=cols[STATE], action=cols[ACTION], reward=cols[REWARD].reshape(-1, 1),
+                    next_state=cols[NEXT_STATE], is_terminal=cols[IS_TERMINAL].reshape(-1, 1))
+                n += len(b)
+                self.rows_read = rows.rows
+                yield b
+            raise RuntimeError(f"{where}: petastorm reader stopped after {n} rows although it "
+                               f"was opened with num_epochs=None")
+        finally:
+            reader.stop()
+            reader.join()
+
+    def __enter__(self) -> "PetastormSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _prefetched(stream: Iterator[TransitionBatch], depth: int) -> Iterator[TransitionBatch]:
+    """Run ``stream`` in a daemon thread, ``depth`` items ahead; errors re-raise in the consumer.
+
+    Loader work (petastorm's shuffling buffer is torch ops that release the GIL) then overlaps
+    with the update step. Closing the returned generator stops the thread and the stream.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in stream:
+                if not put(item):
+                    break
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failure(exc))
+        finally:
+            close: Callable[[], None] | None = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="mtf-batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -1,0 +1,106 @@
+"""Networks of BCQ and the baselines. Forward computation only: no losses, no optimisers.
+
+All MLPs use ReLU (paper-spec section 5). Inputs are normalised states (see
+:class:`mtf.rl.batch.Normalizer`) and actions in [-1, 1]^k. Randomness (VAE noise, prior
+latents) is passed in as tensors so every module is deterministic given its inputs; that keeps
+the update rules testable and the exported policy scriptable.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    """Linear-ReLU stack ``in_dim -> hidden... -> out_dim`` with a linear output layer."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ActionVAE(nn.Module):
+    """Conditional VAE G = (E, D) over logged actions: E(z | s, a) -> (mu, sigma), D(a | s, z)."""
+
+    def __init__(self, state_dim: int, action_dim: int, latent_dim: int,
+                 hidden: Sequence[int], log_std_min: float, log_std_max: float) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+        self.encoder = mlp(state_dim + action_dim, hidden, 2 * latent_dim)
+        self.decoder = mlp(state_dim + latent_dim, hidden, action_dim)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor,
+                noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruct ``action``: returns (reconstruction, mu, sigma), each ``(B, ·)``.
+
+        ``noise`` ~ N(0, I) of shape ``(B, latent)`` gives the reparameterised z = mu + sigma*noise.
+        """
+        mean, log_std = self.encoder(torch.cat([state, action], dim=1)).chunk(2, dim=1)
+        # Clamped for numerical stability (BCQ).
+        std = log_std.clamp(self.log_std_min, self.log_std_max).exp()
+        z = mean + std * noise
+        return self.decode(state, z), mean, std
+
+    def decode(self, state: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """D(s, z) in [-1, 1]^k, ``(B, k)``."""
+        return torch.tanh(self.decoder(torch.cat([state, z], dim=1)))
+
+
+class Perturbation(nn.Module):
+    """BCQ's actor P(s, a): a + rho * tanh(f(s, a)), clipped to [-1, 1]."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int],
+                 rho: float) -> None:
+        super().__init__()
+        self.rho = rho
+        self.net = mlp(state_dim + action_dim, hidden, action_dim)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        delta = self.rho * torch.tanh(self.net(torch.cat([state, action], dim=1)))
+        return (action + delta).clamp(-1.0, 1.0)
+
+
+class TwinQ(nn.Module):
+    """Two independent critics Q1, Q2 of (s, a); each returns ``(B, 1)``."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.q1 = mlp(state_dim + action_dim, hidden, 1)
+        self.q2 = mlp(state_dim + action_dim, hidden, 1)
+
+    def forward(self, state: torch.Tensor,
+                action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sa = torch.cat([state, action], dim=1)
+        return self.q1(sa), self.q2(sa)
+
+    def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.q1(torch.cat([state, action], dim=1))
+
+
+class DeterministicActor(nn.Module):
+    """pi(s) = tanh(f(s)) in [-1, 1]^k: the actor of TD3, CQL and behaviour cloning."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(state_dim, hidden, action_dim)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(state))
+
+
+def prior_latents(n: int, latent_dim: int, clip: float, *, generator: torch.Generator | None,
+                  device: torch.device) -> torch.Tensor:
+    """``(n, latent)`` samples of N(0, I) clipped to [-clip, clip].
+
+    When sampling from the VAE the latent is clipped so decoded actions stay close to the data
+    (BCQ).
+    """
+    z = torch.randn(n, latent_dim, generator=generator, device=device)
+    return z.clamp(-clip, clip)

@@ -1,0 +1,82 @@
+"""Loss pieces and update helpers shared by BCQ and the baselines.
+
+Pure tensor -> tensor functions (Bellman target, clipped double-Q mix, critic loss) and the
+few torch helpers every algorithm needs (soft target update, one optimiser step, freezing a
+critic while the actor's loss flows through it, unwrapping DDP).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def bellman_target(reward: torch.Tensor, is_terminal: torch.Tensor, next_value: torch.Tensor,
+                   gamma: float) -> torch.Tensor:
+    """``y = r + gamma * (1 - done) * V(s')``, all ``(B, 1)``.
+
+    ``done`` is ``is_terminal`` only: a step cut by the end of the data window (``is_truncated``)
+    still bootstraps (design section 3).
+    """
+    return reward + gamma * (1.0 - is_terminal) * next_value
+
+
+def mix_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
+    """Soft clipped double Q: ``lam * min(q1, q2) + (1 - lam) * max(q1, q2)`` (lam=1: TD3's min)."""
+    return lam * torch.minimum(q1, q2) + (1.0 - lam) * torch.maximum(q1, q2)
+
+
+def max_over_candidates(q: torch.Tensor, n: int) -> torch.Tensor:
+    """``(B * n, 1)`` values of n consecutive candidates per state -> ``(B, 1)`` best value."""
+    return q.view(-1, n).amax(dim=1, keepdim=True)  # (B*n, 1) -> (B, n) -> (B, 1)
+
+
+def twin_critic_loss(q1: torch.Tensor, q2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean (Q1 - y)^2 + mean (Q2 - y)^2``; the target carries no gradient."""
+    target = target.detach()
+    return F.mse_loss(q1, target) + F.mse_loss(q2, target)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``theta' <- tau * theta + (1 - tau) * theta'``, in place."""
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        t.lerp_(s, tau)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Parameters of ``module`` need no gradient inside the block (an actor's loss through a critic).
+
+    No critic gradients are computed or accumulated, so the actor's optimiser step cannot touch
+    the critic and, under DDP, the critic's gradient reducer is not involved.
+    """
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def target_copy(module: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``module`` to serve as its target network."""
+    target = copy.deepcopy(unwrap(module))
+    target.requires_grad_(False)
+    return target

@@ -1,0 +1,156 @@
+"""The logging (behaviour) policy: a base policy plus per-user exploration (paper-spec 6).
+
+Users are hashed (blake2b of ``salt:user_id``) into three groups with configured shares:
+
+* ``exploit``: ``a = base(s)``. Deterministic, so it has no density: ``action_logp`` is null.
+* ``noise``: ``a = base(s) + eps`` kept inside the action box [-1, 1]^k. Gaussian noise is a
+  normal ``N(base(s), noise_sigma^2)`` per task *truncated* to [-1, 1] (sampled by rejection, so
+  there is no probability mass piled up on the bounds); bounded uniform noise (UnifiedRL) is
+  ``U(max(-1, base - w), min(1, base + w))`` per task.
+* ``random``: independent of the state; ``N(0, random_sigma^2)`` truncated to [-1, 1] per task,
+  or ``U(-1, 1)`` per task.
+
+``action_logp`` is the log-density of the logged **normalised action** ``a in [-1, 1]^k``
+(Lebesgue measure on the box, tasks independent), under exactly the distribution sampled. The
+fusion weights are ``action_to_weights(a)``; a density over weights would differ by
+``-sum_i log((hi_i - lo_i) / 2)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mtf.sim.config import ExplorationConfig
+from mtf.sim.policies import Policy, check_actions
+from mtf.sim.schema import EXPLORE_GROUPS
+from mtf.sim.users import hash_unit
+
+EXPLOIT, NOISE, RANDOM = (EXPLORE_GROUPS.index(g) for g in ("exploit", "noise", "random"))
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_MAX_REJECTION_ROUNDS = 10_000
+
+
+def assign_groups(user_ids: Sequence[str], cfg: ExplorationConfig) -> np.ndarray:
+    """Group code per user (index into :data:`EXPLORE_GROUPS`), by a stable hash."""
+    u = hash_unit(user_ids, cfg.salt)
+    return np.where(u < cfg.noise_share, NOISE,
+                    np.where(u < cfg.noise_share + cfg.random_share, RANDOM, EXPLOIT)
+                    ).astype(np.int8)
+
+
+def norm_cdf(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF (``math.erfc`` on the distinct values; exact to double precision)."""
+    x = np.asarray(x, dtype=np.float64)
+    uniq, inv = np.unique(x, return_inverse=True)
+    vals = np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in uniq], dtype=np.float64)
+    return vals[inv].reshape(x.shape)
+
+
+def truncated_normal_sample(mu: np.ndarray, sigma: float, rng: np.random.Generator,
+                            lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """Draw from ``N(mu, sigma^2)`` truncated to ``[lo, hi]``, elementwise (exact rejection)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    out = mu + sigma * rng.standard_normal(mu.shape)
+    bad = (out < lo) | (out > hi)
+    for _ in range(_MAX_REJECTION_ROUNDS):
+        if not bad.any():
+            return out
+        out[bad] = mu[bad] + sigma * rng.standard_normal(int(bad.sum()))
+        bad = (out < lo) | (out > hi)
+    raise RuntimeError("truncated_normal_sample: rejection did not converge; is mu far outside "
+                       f"[{lo}, {hi}] relative to sigma={sigma}?")
+
+
+def truncated_normal_logpdf(a: np.ndarray, mu: np.ndarray, sigma: float,
+                            lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """Elementwise log-density of ``N(mu, sigma^2)`` truncated to ``[lo, hi]``."""
+    a = np.asarray(a, dtype=np.float64)
+    mu = np.broadcast_to(np.asarray(mu, dtype=np.float64), a.shape)
+    z = (a - mu) / sigma
+    mass = norm_cdf((hi - mu) / sigma) - norm_cdf((lo - mu) / sigma)
+    logp = -0.5 * z * z - _LOG_SQRT_2PI - math.log(sigma) - np.log(mass)
+    return np.where((a >= lo) & (a <= hi), logp, -np.inf)
+
+
+def box_uniform_bounds(mu: np.ndarray, halfwidth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-task support ``[max(-1, mu - w), min(1, mu + w)]`` of the bounded uniform noise."""
+    mu = np.asarray(mu, dtype=np.float64)
+    return np.maximum(-1.0, mu - halfwidth), np.minimum(1.0, mu + halfwidth)
+
+
+@dataclass(frozen=True, eq=False)
+class LoggingPolicy:
+    """``base`` policy + exploration groups. ``act`` returns actions and their log-densities.
+
+    Args:
+        base: the policy being served (baseline weights, or a deployed learned policy).
+        cfg: exploration shares and noise settings.
+        k: number of fused tasks.
+    """
+
+    base: Policy
+    cfg: ExplorationConfig
+    k: int
+
+    def act(self, states: np.ndarray, groups: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Actions ``(n, k)`` in [-1, 1] and ``action_logp`` ``(n,)`` (NaN for exploit).
+
+        Args:
+            states: ``(n, S)`` float32 states.
+            groups: ``(n,)`` group codes of the users (see :func:`assign_groups`).
+            rng: the generator exploration noise is drawn from.
+        """
+        n = states.shape[0]
+        cfg = self.cfg
+        mu = check_actions(self.base(states), n, self.k, where="logging base policy")
+        actions = mu.copy()
+        noise = groups == NOISE
+        if noise.any():
+            m = mu[noise]
+            if cfg.noise_dist == "gaussian":
+                actions[noise] = truncated_normal_sample(m, cfg.noise_sigma, rng)
+            else:
+                lo, hi = box_uniform_bounds(m, cfg.noise_halfwidth)
+                actions[noise] = lo + (hi - lo) * rng.random(m.shape)
+        rand = groups == RANDOM
+        if rand.any():
+            shape = (int(rand.sum()), self.k)
+            if cfg.random_dist == "gaussian":
+                actions[rand] = truncated_normal_sample(np.zeros(shape), cfg.random_sigma, rng)
+            else:
+                actions[rand] = rng.uniform(-1.0, 1.0, shape)
+        return actions, self._log_density(mu, groups, actions)
+
+    def log_density(self, states: np.ndarray, groups: np.ndarray,
+                    actions: np.ndarray) -> np.ndarray:
+        """``log q(actions | states)`` per row under this policy (NaN for the exploit group)."""
+        mu = check_actions(self.base(states), states.shape[0], self.k,
+                           where="logging base policy")
+        return self._log_density(mu, groups, np.asarray(actions, dtype=np.float64))
+
+    def _log_density(self, mu: np.ndarray, groups: np.ndarray,
+                     actions: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        logp = np.full(actions.shape[0], np.nan)
+        noise = groups == NOISE
+        if noise.any():
+            a, m = actions[noise], mu[noise]
+            if cfg.noise_dist == "gaussian":
+                logp[noise] = truncated_normal_logpdf(a, m, cfg.noise_sigma).sum(axis=1)
+            else:
+                lo, hi = box_uniform_bounds(m, cfg.noise_halfwidth)
+                inside = np.all((a >= lo) & (a <= hi), axis=1)
+                logp[noise] = np.where(inside, -np.log(hi - lo).sum(axis=1), -np.inf)
+        rand = groups == RANDOM
+        if rand.any():
+            a = actions[rand]
+            if cfg.random_dist == "gaussian":
+                logp[rand] = truncated_normal_logpdf(a, 0.0, cfg.random_sigma).sum(axis=1)
+            else:
+                inside = np.all(np.abs(a) <= 1.0, axis=1)
+                logp[rand] = np.where(inside, -self.k * math.log(2.0), -np.inf)
+        return logp

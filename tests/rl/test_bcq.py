@@ -1,0 +1,200 @@
+"""BCQ losses, target, action selection and update wiring on tiny tensors with known values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtf.rl.agent import make_generator
+from mtf.rl.bcq import BCQAgent, BCQPolicy, bcq_actor_loss, bcq_critic_target, vae_loss
+from mtf.rl.networks import ActionVAE, Perturbation, TwinQ, prior_latents
+from tests.rl.helpers import (TINY_BCQ, changed, params, random_batch, set_constant,
+                              set_first_action_coordinate)
+
+CPU = torch.device("cpu")
+
+
+def test_vae_loss_matches_hand_computed_value() -> None:
+    recon = torch.tensor([[0.5, -0.5]])
+    action = torch.tensor([[1.0, 0.0]])
+    mean = torch.tensor([[0.0, 1.0]])
+    std = torch.tensor([[1.0, 0.5]])
+    # recon: ((0.5)^2 + (0.5)^2) / 2; KL per coordinate: 0 and -0.5 (1 + log 0.25 - 1 - 0.25)
+    kl = (0.0 + -0.5 * (1 + math.log(0.25) - 1.0 - 0.25)) / 2
+    expected = 0.25 + 0.5 * kl
+    torch.testing.assert_close(vae_loss(recon, action, mean, std, kl_weight=0.5),
+                               torch.tensor(expected))
+
+
+def test_vae_loss_is_zero_for_perfect_reconstruction_and_standard_posterior() -> None:
+    a = torch.tensor([[0.3, -0.2], [0.1, 0.9]])
+    loss = vae_loss(a, a, torch.zeros(2, 4), torch.ones(2, 4), kl_weight=0.5)
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.75, 0.0])
+def test_critic_target_is_exact_with_constant_target_critics(lam: float) -> None:
+    s, k = 3, 2
+    cfg = TINY_BCQ.__class__(**{**TINY_BCQ.__dict__, "lam": lam, "gamma": 0.9})
+    vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
+    actor_target = Perturbation(s, k, (8,), rho=0.15)
+    critic_target = TwinQ(s, k, (8, 8))
+    set_constant(critic_target.q1, 1.0)
+    set_constant(critic_target.q2, 3.0)
+    batch = random_batch(b=6, s=s, k=k)
+
+    y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg)
+
+    # max over candidates of lam * min(1, 3) + (1 - lam) * max(1, 3), whatever the candidates
+    value = lam * 1.0 + (1.0 - lam) * 3.0
+    expected = batch.reward + 0.9 * (1.0 - batch.is_terminal) * value
+    torch.testing.assert_close(y, expected)
+    assert y.shape == (6, 1)
+
+
+def test_critic_target_terminal_rows_do_not_bootstrap_truncated_rows_do() -> None:
+    s, k = 2, 1
+    critic_target = TwinQ(s, k, (4,))
+    set_constant(critic_target.q1, 10.0)
+    set_constant(critic_target.q2, 10.0)
+    batch = random_batch(b=4, s=s, k=k)
+    batch = batch.__class__(batch.state, batch.action, torch.ones(4, 1), batch.next_state,
+                            torch.tensor([[1.0], [0.0], [1.0], [0.0]]))
+    y = bcq_critic_target(batch, ActionVAE(s, k, 2, (4,), -4, 15), Perturbation(s, k, (4,), 0.15),
+                          critic_target, TINY_BCQ)
+    torch.testing.assert_close(y, torch.tensor([[1.0], [1.0 + 0.95 * 10], [1.0],
+                                                [1.0 + 0.95 * 10]]))
+
+
+def test_critic_target_takes_the_max_over_each_states_own_candidates() -> None:
+    s, k, n = 3, 2, 5
+    cfg = TINY_BCQ.__class__(**{**TINY_BCQ.__dict__, "n_candidates": n, "gamma": 0.5})
+    vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
+    actor_target = Perturbation(s, k, (8,), rho=0.15)
+    critic_target = TwinQ(s, k, (8,))
+    set_first_action_coordinate(critic_target.q1, s)   # Q'(s, a) = a_0
+    set_first_action_coordinate(critic_target.q2, s)
+    batch = random_batch(b=4, s=s, k=k, terminal_every=100)   # nothing terminal
+
+    y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg,
+                          generator=torch.Generator().manual_seed(3))
+
+    # Replay the same latents state by state: candidates of state i are rows i*n .. i*n+n-1.
+    z = prior_latents(4 * n, 4, cfg.latent_clip, generator=torch.Generator().manual_seed(3),
+                      device=CPU)
+    expected = []
+    with torch.no_grad():
+        for i in range(4):
+            s_i = batch.next_state[i:i + 1].expand(n, s)
+            cand = actor_target(s_i, vae.decode(s_i, z[i * n:(i + 1) * n]))
+            expected.append(batch.reward[i, 0] + 0.5 * cand[:, 0].max())
+    torch.testing.assert_close(y, torch.stack(expected).reshape(4, 1))
+
+
+def test_actor_loss_is_minus_mean_q1_of_the_perturbed_actions() -> None:
+    s, k = 2, 2
+    critic = TwinQ(s, k, (4,))
+    set_first_action_coordinate(critic.q1, s)
+    set_constant(critic.q2, 100.0)  # Q2 must not enter the actor loss
+    state = torch.zeros(3, s)
+    perturbed = torch.tensor([[0.2, 0.0], [0.4, 1.0], [-0.3, 0.5]])
+    torch.testing.assert_close(bcq_actor_loss(critic, state, perturbed), torch.tensor(-0.1))
+
+
+def test_perturbation_stays_within_rho_and_the_action_box() -> None:
+    torch.manual_seed(0)
+    p = Perturbation(3, 4, (8,), rho=0.15)
+    with torch.no_grad():
+        for layer in p.net:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(50.0)  # saturate tanh
+    action = torch.rand(64, 4) * 2 - 1
+    out = p(torch.randn(64, 3), action)
+    assert (out - action).abs().max() <= 0.15 + 1e-6
+    assert out.abs().max() <= 1.0
+    assert (out - action).abs().max() > 0.14  # the bound is reached, not just respected
+
+
+def test_prior_latents_are_clipped() -> None:
+    z = prior_latents(1000, 3, 0.5, generator=torch.Generator().manual_seed(0), device=CPU)
+    assert z.shape == (1000, 3)
+    assert z.abs().max() == 0.5
+
+
+def test_policy_returns_the_candidate_with_the_highest_q1() -> None:
+    s, k, n = 2, 2, 6
+    vae = ActionVAE(s, k, 3, (8,), -4.0, 15.0)
+    actor = Perturbation(s, k, (8,), rho=0.15)
+    critic = TwinQ(s, k, (4,))
+    set_first_action_coordinate(critic.q1, s)      # Q1 = a_0: prefer the largest a_0
+    set_constant(critic.q2, 1e6)                   # Q2 must not matter for selection
+    latents = prior_latents(n, 3, 0.5, generator=torch.Generator().manual_seed(1), device=CPU)
+    state = torch.randn(5, s)
+    got = BCQPolicy(vae, actor, critic, latents)(state)
+    with torch.no_grad():
+        for i in range(5):
+            s_i = state[i:i + 1].expand(n, s)
+            cand = actor(s_i, vae.decode(s_i, latents))
+            torch.testing.assert_close(got[i], cand[cand[:, 0].argmax()])
+    assert got.shape == (5, k)
+
+
+def test_policy_is_deterministic_with_fixed_latents() -> None:
+    agent = BCQAgent(3, 2, TINY_BCQ, CPU, make_generator(0, CPU))
+    latents = prior_latents(4, agent.nets["vae"].latent_dim, 0.5,
+                            generator=torch.Generator().manual_seed(0), device=CPU)
+    policy = agent.policy(latents)
+    state = torch.randn(10, 3)
+    assert torch.equal(policy(state), policy(state))
+
+
+def _agent() -> BCQAgent:
+    torch.manual_seed(0)
+    return BCQAgent(3, 2, TINY_BCQ, CPU, make_generator(0, CPU))
+
+
+@pytest.mark.parametrize("step_name, owner", [("vae_step", "vae"), ("critic_step", "critic"),
+                                              ("actor_step", "actor")])
+def test_each_optimizer_step_changes_exactly_the_parameters_it_owns(step_name: str,
+                                                                    owner: str) -> None:
+    agent = _agent()
+    before = {name: params(net) for name, net in agent.nets.items()}
+    getattr(agent, step_name)(random_batch(b=16, s=3, k=2))
+    for name, net in agent.nets.items():
+        diff = changed(before[name], net)
+        if name == owner:
+            assert diff == set(before[name]), f"{step_name} left {owner} params unchanged"
+        else:
+            assert diff == set(), f"{step_name} changed {name}: {sorted(diff)}"
+
+
+def test_actor_step_leaves_no_gradient_on_the_critic() -> None:
+    agent = _agent()
+    agent.actor_step(random_batch(b=16, s=3, k=2))
+    assert all(p.grad is None for p in agent.nets["critic"].parameters())
+    assert all(p.requires_grad for p in agent.nets["critic"].parameters())
+
+
+def test_targets_move_by_tau_every_target_update_every_steps() -> None:
+    agent = _agent()
+    tau, every = TINY_BCQ.tau, TINY_BCQ.target_update_every
+    target0 = params(agent.critic_target)
+    batch = random_batch(b=16, s=3, k=2)
+    for step in range(every - 1):
+        agent.update(batch, step)
+    assert changed(target0, agent.critic_target) == set()
+    online = params(agent.nets["critic"])
+    agent.update(batch, every - 1)
+    online_after = params(agent.nets["critic"])
+    for name, p in agent.critic_target.named_parameters():
+        # the soft update uses the online weights after this step's critic update
+        torch.testing.assert_close(p, (1 - tau) * target0[name] + tau * online_after[name])
+    assert changed(online, agent.nets["critic"])  # sanity: the critic did train
+
+
+def test_update_returns_detached_scalar_metrics() -> None:
+    metrics = _agent().update(random_batch(b=16, s=3, k=2), 0)
+    assert set(metrics) == {"loss/vae", "loss/critic", "loss/actor", "q/data", "q/policy",
+                            "q/target"}
+    assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
