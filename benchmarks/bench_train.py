@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="mtf-bench-")
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
         "hidden": args.hidden, "vae_hidden": args.vae_hidden, "workers": args.workers,
         "prefetch": args.prefetch}
@@ -307,17 +308,28 @@ def main(argv: list[str] | None = None) -> int:
             return PetastormSource(table, batch_size=args.batch_size, split="train", seed=0,
                                    cfg=cfg.loader).batches(0)
 
-        mem, peta = [], []
-        for r in range(args.repeats):
-            mem.append(bcq_steps_per_s(cfg, InMemorySource(data, batch_size=args.batch_size,
-                                                           seed=r).batches(0),
-                                       normalizer, table.layout, device, args.steps, args.warmup))
+        def in_memory_rate(r: int) -> float:
+            return bcq_steps_per_s(cfg, InMemorySource(data, batch_size=args.batch_size,
+                                                       seed=r).batches(0),
+                                   normalizer, table.layout, device, args.steps, args.warmup)
+
+        def petastorm_rate(r: int) -> float:
             batches = petastorm_batches()
             try:
-                peta.append(bcq_steps_per_s(cfg, batches, normalizer, table.layout, device,
-                                            args.steps, args.warmup))
+                return bcq_steps_per_s(cfg, batches, normalizer, table.layout, device,
+                                       args.steps, args.warmup)
             finally:
                 batches.close()
+
+        mem, peta = [], []
+        for r in range(args.repeats):
+            # alternate which source goes first, so drifting machine load favours neither
+            if r % 2 == 0:
+                mem.append(in_memory_rate(r))
+                peta.append(petastorm_rate(r))
+            else:
+                peta.append(petastorm_rate(r))
+                mem.append(in_memory_rate(r))
             print(f"  repeat {r}: in-memory {mem[-1]:.2f} steps/s, petastorm {peta[-1]:.2f} "
                   f"steps/s", flush=True)
         results["bcq_in_memory_steps_per_s"] = statistics.median(mem)

@@ -92,11 +92,13 @@ def policy_actions(module: Any, states: np.ndarray,
 
 
 def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: OpeConfig, *,
-                 gamma: float, seed: int) -> dict[str, PolicyFits]:
+                 gamma: float, seed: int,
+                 plain: Mapping[str, PolicyFits] | None = None) -> dict[str, PolicyFits]:
     """Conservative (alpha = ope.alpha) and plain (alpha = 0) FQE of every policy on ``data``.
 
     Both fits of all policies use the same seed (initialisation and minibatch order), so their
-    differences come from the policy and alpha, not from sampling noise.
+    differences come from the policy and alpha, not from sampling noise. ``plain``: reuse these
+    plain fits (e.g. when only alpha changes).
     """
     is_initial = data.position() == 0
     rng = np.random.default_rng(seed)
@@ -110,8 +112,9 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
         fqe_data = FqeData.from_numpy(data.state, data.action, data.reward, data.next_state,
                                       data.is_terminal, pi_s, pi_next, is_initial)
         cons = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, ope.alpha), name=p.name)
-        plain = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
-        fits[p.name] = PolicyFits(p.name, cons, plain, pi_s[sample])
+        plain_fit = plain[p.name].plain if plain and p.name in plain else \
+            fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
+        fits[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample])
     return fits
 
 

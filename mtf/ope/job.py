@@ -204,7 +204,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
 
         truth = ground_truth(cfg, policies, n_sessions=ope.truth_sessions, seed=cfg.seed + 1)
         result = replace(result, truth=truth,
-                         validation=compare_with_truth(result.results, truth))
+                         validation=compare_with_truth(result.results, truth, result.decisions))
     run_id = ope.run_id or (f"ope-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
                             f"{uuid.uuid4().hex[:6]}")
     out_dir = out_dir or os.path.join(cfg.lake.path("reports"), run_id)

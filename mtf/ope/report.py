@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mtf.ope.config import ESTIMATORS, LOGGING_POLICY, OpeConfig
+from mtf.ope.config import ESTIMATORS, OpeConfig
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -197,6 +197,7 @@ def plot_actions(result: "OpeResult", tasks: list[str]) -> "Figure":
         if j == 0:
             ax.legend(fontsize=7)
     fig.suptitle("Normalised actions: logged (grey) vs each policy on the split's states")
+    fig.subplots_adjust(hspace=0.45)
     return fig
 
 
@@ -226,7 +227,7 @@ def plot_fits(result: "OpeResult") -> "Figure":
         ax.set_xlabel("gradient step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("FQE fits (solid: conservative, dashed: plain)")
+    fig.suptitle("FQE fits (solid: conservative, dashed: plain)", y=1.04)
     return fig
 
 
@@ -379,10 +380,28 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
             if not v:
                 continue
             rows.append([ESTIMATOR_LABELS[est], _f(v["mean_abs_error"]), _f(v["rmse"]),
-                         _f(v["spearman"], 3), _f(v["coverage"], 3),
-                         "yes" if v["same_order"] else "no"])
-        parts.append(_table(["estimator", "mean |error|", "RMSE", "Spearman rank corr.",
+                         _f(v.get("diff_mean_abs_error")), _f(v["spearman"], 3),
+                         _f(v["coverage"], 3), "yes" if v["same_order"] else "no"])
+        parts.append(_table(["estimator", "mean |error|", "RMSE",
+                             "mean |error| of V(pi) - V(logging)", "Spearman rank corr.",
                              "interval covers truth (share)", "same order as truth"], rows))
+        if val.get("decisions"):
+            parts.append("<p>Decisions against the true difference to the logging policy:</p>")
+            parts.append(_table(["policy", "decision", "true V(pi) - V(logging)",
+                                 "right call"],
+                                [[e(d["policy"]), "GO" if d["go"] else "NO-GO",
+                                  _f(d["true_diff"]), "yes" if d["agree"] else "<b>no</b>"]
+                                 for d in val["decisions"]]))
+        if val.get("alpha_sweep"):
+            names = list(val["alpha_sweep"][0]["values"])
+            parts.append("<p>Conservative FQE for other regulariser weights alpha (plain FQE "
+                         "fits shared):</p>")
+            parts.append(_table(
+                ["alpha", *[e(n) for n in names], "Spearman", "same order", "wrong calls"],
+                [[_f(s["alpha"]), *[_f(s["values"][n]) for n in names], _f(s["spearman"], 3),
+                  "yes" if s["same_order"] else "no",
+                  str(sum(1 for d in s["decisions"] if not d["agree"]))]
+                 for s in val["alpha_sweep"]]))
         if val.get("discordant_pairs"):
             parts.append("<p>Pairs the conservative estimator orders differently from the "
                          "truth:</p><ul>" + "".join(

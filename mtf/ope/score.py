@@ -141,6 +141,7 @@ def score_arrow_batch(batch: "pa.RecordBatch", models: Sequence[LoadedPolicy],
     is_terminal, is_truncated, explore_group.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from mtf.rl.loader import list_column_to_matrix
 
@@ -153,7 +154,7 @@ def score_arrow_batch(batch: "pa.RecordBatch", models: Sequence[LoadedPolicy],
         list_column_to_matrix(col(D.NEXT_STATE), bundle.state_dim, D.NEXT_STATE),
         list_column_to_matrix(col(D.ACTION), bundle.action_dim, D.ACTION),
         _logp_column(batch), bundle.target_sigma)
-    exploit = pa.compute.fill_null(pa.compute.equal(col(D.EXPLORE_GROUP), D.EXPLOIT), False)
+    exploit = pc.fill_null(pc.equal(col(D.EXPLORE_GROUP), D.EXPLOIT), False)
     p = len(models)
     names = pa.array(np.repeat(np.array([m.name for m in models], dtype=object), n),
                      pa.string())

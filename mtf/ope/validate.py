@@ -16,10 +16,12 @@ Pieces:
   pairs the conservative estimator orders differently from the truth.
 * ``python -m mtf.ope.validate``: the whole experiment, report included.
 
-Caveat (also in the report): the truth is the value of a session of an evaluation user after
-``sim.eval.warmup_sessions`` baseline sessions, while OPE averages over the initial states of
-the logged sessions of the split; the two start distributions are close but not equal, so part
-of each error is this mismatch (the logging policy's row shows its size).
+Start distributions: the truth is the value of one session of an evaluation user (drawn from
+the population, user-weighted) after ``sim.eval.warmup_sessions`` baseline sessions; OPE averages
+over the initial states of the split's logged sessions, which are visit-weighted (engaged users
+have more sessions). :func:`run_validation` therefore uses, by default, simulator settings
+under which both are the same (:func:`matched_sim`); the logging policy's model-free logged
+return next to its truth shows how well they agree.
 """
 from __future__ import annotations
 
@@ -43,14 +45,16 @@ if TYPE_CHECKING:
 
     from mtf.config import MtfConfig
     from mtf.ope.policies import TargetPolicy
-    from mtf.ope.results import PolicyEstimates
+    from mtf.ope.results import Decision, PolicyEstimates
     from mtf.sim.world import World
 
 logger = logging.getLogger(__name__)
 
-TRUTH_NOTE = ("Ground truth: mtf.sim.evaluate (sessions of evaluation users after warm-up "
-              "sessions under the baseline); OPE averages over the logged sessions' initial "
-              "states, so errors include that start-distribution mismatch.")
+TRUTH_NOTE = ("Ground truth: mtf.sim.evaluate (one session per evaluation user after warm-up "
+              "sessions under the baseline, same reward and gamma). With the matched simulator "
+              "settings (default) the test split holds each user's session of the last day, "
+              "the same kind of start; otherwise errors include a start-distribution mismatch "
+              "(logged sessions are visit-weighted).")
 
 
 class ThresholdModule(nn.Module):
@@ -83,8 +87,6 @@ def simulated_transitions(world: "World", *, test_share: float = 1.0,
     next state of a truncated step is unknown; its own state stands in (FQE and DR bootstrap
     through it). ``split`` = "test" for the last ``test_share`` of sessions by start time.
     """
-    import pandas as pd
-
     from mtf.features import compute_states
     from mtf.fusion import weights_to_action
     from mtf.reward import impression_reward
@@ -228,12 +230,16 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def compare_with_truth(results: Sequence["PolicyEstimates"],
-                       truth: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per estimator: errors, Spearman, coverage; discordant pairs of the conservative one."""
+                       truth: Mapping[str, Mapping[str, Any]],
+                       decisions: Sequence["Decision"] = ()) -> dict[str, Any]:
+    """Per estimator: errors (of values and of differences to the logging policy), Spearman,
+    interval coverage; the pairs the conservative estimator orders differently from the truth;
+    each decision against the true difference."""
     rows = [r for r in results if r.policy in truth]
     true = np.array([truth[r.policy]["mean"] for r in rows])
     out: dict[str, Any] = {"policies": [r.policy for r in rows], "truth": true.tolist(),
                            "estimators": {}, "note": TRUTH_NOTE}
+    ref = truth.get(LOGGING_POLICY)
     for est in ESTIMATORS:
         ok = [i for i, r in enumerate(rows) if r.estimates[est].available]
         if len(ok) < 1:
@@ -252,6 +258,12 @@ def compare_with_truth(results: Sequence["PolicyEstimates"],
             "same_order": bool(np.array_equal(np.argsort(est_v, kind="mergesort"),
                                               np.argsort(true[ok], kind="mergesort"))),
         }
+        diffs = [(rows[i].diff_vs_logging[est].value, true[i] - ref["mean"]) for i in ok
+                 if ref is not None and est in rows[i].diff_vs_logging
+                 and rows[i].diff_vs_logging[est].available]
+        if diffs:
+            d_err = np.array([a - b for a, b in diffs])
+            out["estimators"][est]["diff_mean_abs_error"] = float(np.abs(d_err).mean())
     pairs = []
     cons = {r.policy: r for r in rows}
     for i, a in enumerate(rows):
@@ -265,16 +277,42 @@ def compare_with_truth(results: Sequence["PolicyEstimates"],
                               "penalty_a": cons[a.policy].diagnostics["conservative_penalty"],
                               "penalty_b": cons[b.policy].diagnostics["conservative_penalty"]})
     out["discordant_pairs"] = pairs
+    if ref is not None:
+        out["decisions"] = []
+        for d in decisions:
+            if d.policy in truth:
+                true_diff = truth[d.policy]["mean"] - ref["mean"]
+                true_go = true_diff > -d.margin
+                out["decisions"].append({"policy": d.policy, "go": d.go, "true_diff": true_diff,
+                                         "true_go": bool(true_go), "agree": d.go == true_go})
     return out
 
 
 # ---- the experiment ---------------------------------------------------------------------------
 
+def matched_sim(sim: "Any", n_days: int) -> "Any":
+    """Simulator settings under which the logged test sessions have the ground truth's start
+    distribution: every user visits every day for exactly one session, so the last day's
+    sessions are each user's ``n_days``-th session (user-weighted, as in mtf.sim.evaluate),
+    and the evaluation episodes run after ``n_days - 1`` warm-up sessions."""
+    pop = replace(sim.population, visit_prob_casual=1.0, visit_prob_engaged=1.0,
+                  extra_sessions_mean=0.0)
+    return replace(sim, n_days=n_days, population=pop,
+                   eval=replace(sim.eval, warmup_sessions=n_days - 1))
+
+
 def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_sessions: int,
-                   test_share: float = 1.0, out_dir: str | None = None,
-                   ope: Any = None, extra_policies: Sequence["TargetPolicy"] = ()) -> Any:
+                   matched: bool = True, out_dir: str | None = None,
+                   ope: Any = None, extra_policies: Sequence["TargetPolicy"] = (),
+                   alpha_sweep: Sequence[float] = ()) -> Any:
     """Simulate -> transitions -> OPE (single process) -> ground truth -> report.
 
+    With ``matched`` (default) the simulator runs under :func:`matched_sim` and the test split
+    is the last day's sessions, so OPE and ground truth average over the same kind of session
+    start; otherwise the configured simulator is used and every session is evaluated (the
+    start distributions then differ: logged sessions are visit-weighted, the truth's are
+    user-weighted). ``alpha_sweep``: also refit the conservative FQE with these alphas and
+    record its values, rank correlation and decisions (``validation["alpha_sweep"]``).
     Returns (OpeResult, ReportPaths or None).
     """
     from mtf.ope.config import OpeConfig
@@ -284,6 +322,8 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
 
     ope = ope or getattr(cfg, "ope", None) or OpeConfig()
     sim = replace(cfg.sim, n_users=n_users, n_days=n_days)
+    sim = matched_sim(sim, n_days) if matched else sim
+    test_share = 1.0 / n_days if matched else 1.0
     world = World.build(sim=sim, fusion=cfg.fusion, features=cfg.features, reward=cfg.reward,
                         gamma=ope.resolved_gamma(cfg.train.bcq.gamma), seed=cfg.seed)
     df = simulated_transitions(world, test_share=test_share)
@@ -292,11 +332,34 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
                 data.session_starts().size, ope.split)
     policies = [*validation_policies(world), *extra_policies]
     result = evaluate_arrays(data, policies, ope, gamma=world.gamma, seed=cfg.seed, meta={
-        "table_path": f"simulator (n_users={n_users}, n_days={n_days}, seed={cfg.seed})",
+        "table_path": f"simulator (n_users={n_users}, n_days={n_days}, seed={cfg.seed}, "
+                      f"{'matched' if matched else 'configured'} start distribution)",
         "table_version": None, "split": ope.split, "n_sessions": int(data.session_starts().size),
         "fit_rows": len(data), "action_tasks": list(cfg.fusion.names)})
     truth = ground_truth(world, policies, n_sessions=truth_sessions, seed=cfg.seed + 1)
-    result = replace(result, truth=truth, validation=compare_with_truth(result.results, truth))
+    validation = compare_with_truth(result.results, truth, result.decisions)
+    sweep = []
+    for alpha in alpha_sweep:
+        from mtf.ope.evaluate import fit_policies
+
+        ope_a = replace(ope, alpha=float(alpha))
+        fits = fit_policies(data, policies, ope_a, gamma=world.gamma, seed=cfg.seed,
+                            plain=result.fits)
+        res_a = evaluate_arrays(data, policies, ope_a, gamma=world.gamma, seed=cfg.seed,
+                                fits=fits)
+        v = compare_with_truth(res_a.results, truth, res_a.decisions)
+        cons = v["estimators"]["conservative_fqe"]
+        sweep.append({"alpha": float(alpha),
+                      "values": dict(zip(cons["policies"], cons["estimate"])),
+                      "spearman": cons["spearman"], "same_order": cons["same_order"],
+                      "mean_abs_error": cons["mean_abs_error"],
+                      "diff_mean_abs_error": cons.get("diff_mean_abs_error"),
+                      "decisions": v.get("decisions", [])})
+        logger.info("alpha %g: conservative Spearman %.3f, values %s", alpha, cons["spearman"],
+                    {k: round(x, 3) for k, x in sweep[-1]["values"].items()})
+    if sweep:
+        validation["alpha_sweep"] = sweep
+    result = replace(result, truth=truth, validation=validation)
     paths = write_report(result, ope, out_dir, run_id=os.path.basename(out_dir)) \
         if out_dir else None
     return result, paths
@@ -316,10 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=3, help="simulated days (default 3)")
     parser.add_argument("--truth-sessions", type=int, default=20000,
                         help="ground-truth sessions per policy (default 20000)")
+    parser.add_argument("--unmatched", action="store_true",
+                        help="use the configured simulator and all sessions (see run_validation)")
     parser.add_argument("--out", type=str, default="lake/reports/validation",
                         help="report directory (default lake/reports/validation)")
     parser.add_argument("--ope", type=str, action="append", default=[], metavar="KEY=VALUE",
                         help="ope config field override, e.g. --ope n_iterations=2000")
+    parser.add_argument("--alpha-sweep", type=str, default="",
+                        help="comma-separated extra alphas for the conservative fit, e.g. "
+                             "0.005,0.05")
     args = parser.parse_args(argv)
     setup_logging("INFO")
     cfg = load_config(args.conf_file)
@@ -330,10 +398,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ope.threads:
         torch.set_num_threads(ope.threads)
     result, paths = run_validation(cfg, n_users=args.users, n_days=args.days,
-                                   truth_sessions=args.truth_sessions, out_dir=args.out, ope=ope)
+                                   truth_sessions=args.truth_sessions, out_dir=args.out, ope=ope,
+                                   matched=not args.unmatched,
+                                   alpha_sweep=[float(a) for a in args.alpha_sweep.split(",")
+                                                if a.strip()])
     for est, v in result.validation["estimators"].items():
-        logger.info("%-17s MAE %.4f  RMSE %.4f  Spearman %.3f  coverage %.2f", est,
-                    v["mean_abs_error"], v["rmse"], v["spearman"], v["coverage"])
+        logger.info("%-17s MAE %.4f  diff MAE %.4f  Spearman %.3f  coverage %.2f", est,
+                    v["mean_abs_error"], v.get("diff_mean_abs_error", float("nan")),
+                    v["spearman"], v["coverage"])
     logger.info("report: %s", paths.html if paths else "-")
     return 0
 

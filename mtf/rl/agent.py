@@ -24,10 +24,10 @@ class Agent(Protocol):
 
     @property
     def nets(self) -> dict[str, nn.Module]:
-        """Every network, targets included, unwrapped from DDP (checkpointed)."""
+        """Every network, targets included, never DDP-wrapped (checkpointed)."""
 
     def wrap_ddp(self) -> None:
-        """Wrap the trained networks in DistributedDataParallel (no-op without a group)."""
+        """Train through DistributedDataParallel wrappers (no-op without a process group)."""
 
     def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
         """One gradient step on a normalised batch; detached scalar metrics by name."""

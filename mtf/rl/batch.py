@@ -7,10 +7,11 @@ every algorithm consumes it; conversion from numpy happens in :meth:`TransitionB
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 # Transitions-table columns read by the trainer, in a fixed order (design section 3).
 STATE, NEXT_STATE, ACTION, REWARD, IS_TERMINAL = (
@@ -33,7 +34,7 @@ class TransitionBatch:
         return int(self.state.shape[0])
 
     @staticmethod
-    def from_numpy(columns: Mapping[str, np.ndarray]) -> "TransitionBatch":
+    def from_numpy(columns: Mapping[str, NDArray[Any]]) -> "TransitionBatch":
         """Columns (as read from Parquet) -> batch; vectors ``(B,)`` become ``(B, 1)``."""
         def f32(name: str) -> torch.Tensor:
             return torch.as_tensor(np.asarray(columns[name], dtype=np.float32))
@@ -67,7 +68,7 @@ class Normalizer:
     MIN_STD = 1e-6
 
     @staticmethod
-    def fit(states: np.ndarray) -> "Normalizer":
+    def fit(states: NDArray[Any]) -> "Normalizer":
         """Fit on ``(N, S)`` raw states (float64 accumulation)."""
         x = np.asarray(states, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] == 0:

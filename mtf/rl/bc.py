@@ -13,7 +13,7 @@ from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCConfig, BCQConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor
-from mtf.rl.updates import optimizer_step, unwrap
+from mtf.rl.updates import optimizer_step
 
 
 def bc_loss(predicted: torch.Tensor, logged: torch.Tensor) -> torch.Tensor:
@@ -30,27 +30,29 @@ class BCAgent:
                  device: torch.device, generator: torch.Generator) -> None:
         self.device = device
         self.generator = generator
-        self.actor: nn.Module = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
-        self.optimizers = {"actor": torch.optim.Adam(self.actor.parameters(), lr=bc.lr)}
+        self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
+        self.actor_train: nn.Module = self.actor   # DDP-wrapped under DDP
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=bc.lr)}
 
     @property
     def nets(self) -> dict[str, nn.Module]:
-        return {"actor": unwrap(self.actor)}
+        return {"actor": self.actor}
 
     def wrap_ddp(self) -> None:
-        self.actor = ddp_wrap(self.actor, self.device)
+        self.actor_train = ddp_wrap(self.actor, self.device)
 
     def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
-        loss = bc_loss(self.actor(batch.state), batch.action)
+        loss = bc_loss(self.actor_train(batch.state), batch.action)
         optimizer_step(self.optimizers["actor"], loss)
         return {"loss/bc": loss.detach()}
 
     def policy(self) -> nn.Module:
-        return unwrap(self.actor)
+        return self.actor
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
-        return unwrap(self.actor)(state)
+        return self.actor(state)
 
     def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor | None:
         return None

@@ -15,16 +15,16 @@ from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import ActionVAE, Perturbation, TwinQ, prior_latents
-from mtf.rl.updates import (bellman_target, frozen, max_over_candidates,
-                            mix_double_q, optimizer_step, soft_update, target_copy,
-                            twin_critic_loss, unwrap)
+from mtf.rl.updates import (bellman_target, frozen, max_over_candidates, mix_double_q,
+                            optimizer_step, soft_update, target_copy, twin_critic_loss)
 
 
 def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
              kl_weight: float) -> torch.Tensor:
-    """``mean (a - D(s, z))^2 + kl_weight * mean KL(N(mu, sigma^2) || N(0, I))`` (elementwise means).
+    """``mean (a - D(s, z))^2 + kl_weight * mean KL(N(mu, sigma^2) || N(0, I))``.
 
-    KL per latent coordinate is ``-0.5 * (1 + log sigma^2 - mu^2 - sigma^2)``.
+    Both means are elementwise (over batch and dimensions), as in BCQ's reference code; the KL
+    of one latent coordinate is ``-0.5 * (1 + log sigma^2 - mu^2 - sigma^2)``.
     """
     recon_loss = F.mse_loss(recon, action)
     kl = -0.5 * (1.0 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
@@ -35,9 +35,10 @@ def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std:
 def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE, actor_target: Perturbation,
                       critic_target: TwinQ, cfg: BCQConfig,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """``y = r + gamma (1 - done) max_i [lam min_j Q'_j + (1 - lam) max_j Q'_j](s', a'_i)``, ``(B, 1)``.
+    """Critic target ``(B, 1)`` of BCQ with soft clipped double Q (paper-spec section 5).
 
-    ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents per state.
+    ``y = r + gamma (1 - done) max_i [lam min_j Q'_j(s', a'_i) + (1 - lam) max_j Q'_j(s', a'_i)]``
+    with ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents z_i.
     """
     n = cfg.n_candidates
     next_s = batch.next_state.repeat_interleave(n, dim=0)                # (B, S) -> (B*n, S)
@@ -84,7 +85,12 @@ class BCQPolicy(nn.Module):
 
 
 class BCQAgent:
-    """Networks, optimisers and the update step of BCQ."""
+    """Networks, optimisers and the update step of BCQ.
+
+    ``vae``, ``actor`` and ``critic`` are the networks; ``*_train`` are the same networks as the
+    losses that train them see them: wrapped in DistributedDataParallel under DDP (so their
+    gradients are averaged over ranks), the bare network otherwise.
+    """
 
     algo = "bcq"
 
@@ -93,14 +99,16 @@ class BCQAgent:
         self.cfg = cfg
         self.device = device
         self.generator = generator
-        latent = cfg.latent_size(action_dim)
-        self.vae: nn.Module = ActionVAE(state_dim, action_dim, latent, cfg.vae_hidden,
-                                        cfg.log_std_min, cfg.log_std_max).to(device)
-        self.actor: nn.Module = Perturbation(state_dim, action_dim, cfg.hidden, cfg.rho).to(device)
-        self.critic: nn.Module = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
+        self.vae = ActionVAE(state_dim, action_dim, cfg.latent_size(action_dim), cfg.vae_hidden,
+                             cfg.log_std_min, cfg.log_std_max).to(device)
+        self.actor = Perturbation(state_dim, action_dim, cfg.hidden, cfg.rho).to(device)
+        self.critic = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
-        self.optimizers = {
+        self.vae_train: nn.Module = self.vae
+        self.actor_train: nn.Module = self.actor
+        self.critic_train: nn.Module = self.critic
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
             "vae": torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr),
             "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
             "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
@@ -108,14 +116,14 @@ class BCQAgent:
 
     @property
     def nets(self) -> dict[str, nn.Module]:
-        return {"vae": unwrap(self.vae), "actor": unwrap(self.actor),
-                "critic": unwrap(self.critic), "actor_target": self.actor_target,
-                "critic_target": self.critic_target}
+        return {"vae": self.vae, "actor": self.actor, "critic": self.critic,
+                "actor_target": self.actor_target, "critic_target": self.critic_target}
 
     def wrap_ddp(self) -> None:
-        """Wrap the trained networks in DDP; targets stay local (every rank updates them alike)."""
-        self.vae, self.actor, self.critic = (ddp_wrap(m, self.device)
-                                             for m in (self.vae, self.actor, self.critic))
+        """Train through DDP wrappers; targets stay local (every rank updates them alike)."""
+        self.vae_train = ddp_wrap(self.vae, self.device)
+        self.actor_train = ddp_wrap(self.actor, self.device)
+        self.critic_train = ddp_wrap(self.critic, self.device)
 
     def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
         """One BCQ step on a normalised batch, in the reference order; detached metrics."""
@@ -129,19 +137,18 @@ class BCQAgent:
 
     def vae_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         """Fit the VAE to the logged actions (updates the VAE only)."""
-        vae = unwrap(self.vae)
-        noise = torch.randn(len(batch), vae.latent_dim, generator=self.generator,
+        noise = torch.randn(len(batch), self.vae.latent_dim, generator=self.generator,
                             device=self.device)
-        recon, mean, std = self.vae(batch.state, batch.action, noise)
+        recon, mean, std = self.vae_train(batch.state, batch.action, noise)
         loss = vae_loss(recon, batch.action, mean, std, self.cfg.kl_weight)
         optimizer_step(self.optimizers["vae"], loss)
         return {"loss/vae": loss.detach()}
 
     def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         """Regress both critics on the soft clipped double-Q target (updates the critic only)."""
-        target = bcq_critic_target(batch, unwrap(self.vae), self.actor_target,
-                                   self.critic_target, self.cfg, self.generator)
-        q1, q2 = self.critic(batch.state, batch.action)
+        target = bcq_critic_target(batch, self.vae, self.actor_target, self.critic_target,
+                                   self.cfg, self.generator)
+        q1, q2 = self.critic_train(batch.state, batch.action)
         loss = twin_critic_loss(q1, q2, target)
         optimizer_step(self.optimizers["critic"], loss)
         return {"loss/critic": loss.detach(), "q/data": q1.detach().mean(),
@@ -149,36 +156,35 @@ class BCQAgent:
 
     def actor_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         """Perturb VAE actions towards higher Q1 with the critic frozen (updates the actor only)."""
-        vae, critic = unwrap(self.vae), unwrap(self.critic)
         with torch.no_grad():
-            z = prior_latents(len(batch), vae.latent_dim, self.cfg.latent_clip,
+            z = prior_latents(len(batch), self.vae.latent_dim, self.cfg.latent_clip,
                               generator=self.generator, device=self.device)
-            sampled = vae.decode(batch.state, z)
-        perturbed = self.actor(batch.state, sampled)
-        with frozen(critic):
-            loss = bcq_actor_loss(critic, batch.state, perturbed)
+            sampled = self.vae.decode(batch.state, z)
+        perturbed = self.actor_train(batch.state, sampled)
+        with frozen(self.critic):
+            loss = bcq_actor_loss(self.critic, batch.state, perturbed)
             optimizer_step(self.optimizers["actor"], loss)
         return {"loss/actor": loss.detach(), "q/policy": -loss.detach()}
 
     def update_targets(self) -> None:
-        soft_update(self.critic_target, unwrap(self.critic), self.cfg.tau)
-        soft_update(self.actor_target, unwrap(self.actor), self.cfg.tau)
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        soft_update(self.actor_target, self.actor, self.cfg.tau)
 
     def policy(self, latents: torch.Tensor | None = None) -> BCQPolicy:
         """The greedy policy over this agent's live networks (shared, not copied)."""
         if latents is None:
             latents = self._latents(self.cfg.n_candidates)
-        return BCQPolicy(unwrap(self.vae), unwrap(self.actor), unwrap(self.critic), latents)
+        return BCQPolicy(self.vae, self.actor, self.critic, latents)
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
         """Greedy actions for normalised states with fresh candidate latents."""
-        return self.policy(self._latents(self.cfg.n_candidates))(state)
+        return self.policy()(state)
 
     @torch.no_grad()
     def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return unwrap(self.critic).q1_value(state, action)
+        return self.critic.q1_value(state, action)
 
     def _latents(self, n: int) -> torch.Tensor:
-        return prior_latents(n, unwrap(self.vae).latent_dim, self.cfg.latent_clip,
+        return prior_latents(n, self.vae.latent_dim, self.cfg.latent_clip,
                              generator=self.generator, device=self.device)

@@ -38,10 +38,12 @@ class BCQConfig:
     """BCQ (Fujimoto et al. 2019) as used by BatchRL-MTF; paper-spec section 5.
 
     Losses (per batch of transitions (s, a, r, s', done)):
-      VAE:    mean ||a - D(s, z)||^2 + kl_weight * KL(N(mu, sigma^2) || N(0, I)),  z = mu + sigma*eps
+      VAE:    mean ||a - D(s, z)||^2 + kl_weight * KL(N(mu, sigma^2) || N(0, I)),
+              z = mu + sigma * eps
       critic: sum_j mean (Q_j(s, a) - y)^2,
-              y = r + gamma (1 - done) max_i [lam min_j Q'_j(s', a'_i) + (1 - lam) max_j Q'_j(s', a'_i)],
-              a'_i = P'(s', D(s', z_i)), z_i ~ N(0, I) clipped to +-latent_clip, i = 1..n_candidates
+              y = r + gamma (1 - done) max_i [lam min_j Q'_j + (1 - lam) max_j Q'_j](s', a'_i),
+              a'_i = P'(s', D(s', z_i)), z_i ~ N(0, I) clipped to +-latent_clip,
+              i = 1..n_candidates
       actor:  -mean Q_1(s, P(s, D(s, z)))  (P = perturbation network, output within +-rho)
       targets: theta' <- tau theta + (1 - tau) theta' every target_update_every steps.
     """
@@ -168,7 +170,7 @@ class TrainConfig:
     log_every: int = 1000                # steps between progress lines / metrics records
     checkpoint_every: int = 10_000       # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 3            # newest checkpoints kept per run
-    run_id: str = ""                     # run directory name under lake models; "" = <algo>-<UTC time>
+    run_id: str = ""                     # run directory under lake models; "" = generated
     resume_from: str = ""                # checkpoint file or run directory to continue from
     export_checkpoint: str = ""          # `mtf export`: checkpoint file or run directory
     device: str = "auto"                 # auto (cuda if available) | cpu | cuda

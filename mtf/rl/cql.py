@@ -12,7 +12,7 @@ import torch
 from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig, CQLConfig, TD3Config
 from mtf.rl.td3 import TD3Agent
-from mtf.rl.updates import twin_critic_loss, unwrap
+from mtf.rl.updates import twin_critic_loss
 
 
 def cql_penalty(q_sampled: torch.Tensor, q_data: torch.Tensor,
@@ -45,10 +45,10 @@ class CQLAgent(TD3Agent):
         uniform = torch.rand(b * n, k, generator=g, device=dev) * 2.0 - 1.0  # (B*n, k)
         with torch.no_grad():
             noise = torch.randn(b * n, k, generator=g, device=dev) * self.cql.sample_noise
-            noisy_policy = (unwrap(self.actor)(s_rep) + noise).clamp(-1.0, 1.0)  # (B*n, k)
+            noisy_policy = (self.actor(s_rep) + noise).clamp(-1.0, 1.0)  # (B*n, k)
         # One critic forward over logged + sampled actions (one DDP forward per step).
-        q1_all, q2_all = self.critic(torch.cat([batch.state, s_rep, s_rep]),
-                                     torch.cat([batch.action, uniform, noisy_policy]))
+        q1_all, q2_all = self.critic_train(torch.cat([batch.state, s_rep, s_rep]),
+                                           torch.cat([batch.action, uniform, noisy_policy]))
 
         def split(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # (B + 2*B*n, 1) -> logged (B, 1) and sampled (2, B, n) -> (B, 2n)

@@ -126,11 +126,11 @@ def _run_dir(cfg: "MtfConfig", info: DistInfo) -> tuple[str, str]:
     run_id = tcfg.run_id or broadcast_str(
         f"{tcfg.algo}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}")
     run_dir = os.path.join(models, run_id)
-    existing = latest_checkpoint(run_dir)
+    # rank 0 decides, so every rank starts from the same step even if they see storage apart
+    existing = broadcast_str((latest_checkpoint(run_dir) or "") if info.is_main else "")
     if existing:
         logger.info("run %s already has checkpoints; resuming from %s", run_id, existing)
-        return run_dir, existing
-    return run_dir, ""
+    return run_dir, existing
 
 
 def train_with_distributor(cfg: "MtfConfig", num_processes: int, *, local_mode: bool = True,

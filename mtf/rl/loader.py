@@ -18,12 +18,12 @@ import random
 import re
 import threading
 import warnings
-from collections import namedtuple
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from mtf.rl.batch import (ACTION, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS, REWARD, SPLIT, STATE,
                           TransitionBatch)
@@ -32,8 +32,6 @@ from mtf.rl.distributed import DistInfo
 from mtf.rl.layout import TableLayout
 
 logger = logging.getLogger(__name__)
-
-ARRAY_COLUMNS = (STATE, NEXT_STATE, ACTION)
 
 
 # ---- the pinned table ------------------------------------------------------------------------
@@ -77,11 +75,11 @@ def open_transitions(path: str, version: int | None = None) -> TransitionTable:
                          f"it has no data files")
     n_rows, n_groups = 0, 0
     for i, uri in enumerate(uris):
-        meta = _parquet_file(uri).metadata
+        meta = _footer(uri)
         n_rows += meta.num_rows
         n_groups += meta.num_row_groups
         if i == 0:
-            _require_columns(_parquet_file(uri).schema_arrow.names, path, pinned, uri)
+            _require_columns(meta.schema.to_arrow_schema().names, path, pinned, uri)
     if n_rows == 0:
         raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
                          f"{len(uris)} files hold 0 rows")
@@ -91,12 +89,23 @@ def open_transitions(path: str, version: int | None = None) -> TransitionTable:
     return TransitionTable(layout, tuple(uris), n_rows, n_groups)
 
 
-def _parquet_file(uri: str) -> Any:
+def _footer(uri: str) -> Any:
+    """Parquet metadata (row counts, row groups, schema) of one file; the file is closed."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     fs, path = pafs.FileSystem.from_uri(uri)
-    return pq.ParquetFile(fs.open_input_file(path))
+    with fs.open_input_file(path) as fh:
+        return pq.ParquetFile(fh).metadata
+
+
+def _read_row_group(uri: str, group: int, columns: Sequence[str]) -> Any:
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_file(path) as fh:
+        return pq.ParquetFile(fh).read_row_group(group, columns=list(columns))
 
 
 def _require_columns(names: Sequence[str], path: str, version: int, uri: str) -> None:
@@ -108,7 +117,7 @@ def _require_columns(names: Sequence[str], path: str, version: int, uri: str) ->
 
 # ---- Arrow -> numpy ---------------------------------------------------------------------------
 
-def list_column_to_matrix(column: Any, width: int, name: str) -> np.ndarray:
+def list_column_to_matrix(column: Any, width: int, name: str) -> NDArray[Any]:
     """A list<float> Arrow column of fixed ``width`` -> ``(N, width)`` float32, zero Python loops.
 
     Raises ValueError naming the column if an array is null, holds nulls, or has another length.
@@ -131,7 +140,7 @@ def list_column_to_matrix(column: Any, width: int, name: str) -> np.ndarray:
 
 
 def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = NUMERIC_COLUMNS,
-               max_rows: int | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], int]:
+               max_rows: int | None = None, seed: int = 0) -> tuple[dict[str, NDArray[Any]], int]:
     """Rows of ``split`` as numpy arrays, read with pyarrow row group by row group.
 
     With ``max_rows``, row groups are visited in a seeded random order until at least that many
@@ -144,13 +153,13 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
     import pyarrow.compute as pc
 
     widths = table.widths()
-    groups = [(uri, g) for uri in table.uris for g in range(_parquet_file(uri).num_row_groups)]
+    groups = [(uri, g) for uri in table.uris for g in range(_footer(uri).num_row_groups)]
     if max_rows is not None:
         random.Random(seed).shuffle(groups)
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    parts: dict[str, list[NDArray[Any]]] = {c: [] for c in columns}
     n = scanned = 0
     for uri, g in groups:
-        t = _parquet_file(uri).read_row_group(g, columns=[*columns, SPLIT])
+        t = _read_row_group(uri, g, [*columns, SPLIT])
         scanned += t.num_rows
         t = t.filter(pc.equal(t[SPLIT], split)).drop([SPLIT])
         for c in columns:
@@ -175,7 +184,7 @@ def load_in_memory(table: TransitionTable, split: str) -> TransitionBatch:
     return TransitionBatch.from_numpy(cols)
 
 
-def _check_finite(cols: dict[str, np.ndarray], where: str) -> None:
+def _check_finite(cols: dict[str, NDArray[Any]], where: str) -> None:
     for name, values in cols.items():
         if not np.isfinite(values).all():
             raise ValueError(f"column {name!r} has NaN or infinite values in {where}")
@@ -221,7 +230,14 @@ class InMemorySource:
         return None
 
 
-_Rows = namedtuple("_Rows", NUMERIC_COLUMNS)
+class _Rows(NamedTuple):
+    """One row group's numeric columns, as BatchedDataLoader reads them (``._asdict()``)."""
+
+    state: NDArray[Any]
+    next_state: NDArray[Any]
+    action: NDArray[Any]
+    reward: NDArray[Any]
+    is_terminal: NDArray[Any]
 
 
 class _SplitRows:
@@ -281,7 +297,7 @@ class _SplitRows:
         self.reader.join()
 
 
-def arrow_to_numpy_columns(table: Any, schema: Any) -> dict[str, np.ndarray]:
+def arrow_to_numpy_columns(table: Any, schema: Any) -> dict[str, NDArray[Any]]:
     """Drop-in for petastorm's ``convert_arrow_table_to_numpy_dict``, without per-row Python.
 
     petastorm turns each list<float> column into an object array of per-row arrays and
@@ -294,7 +310,7 @@ def arrow_to_numpy_columns(table: Any, schema: Any) -> dict[str, np.ndarray]:
     """
     import pyarrow as pa
 
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, NDArray[Any]] = {}
     rest = []
     for name in table.column_names:
         col = table.column(name)
@@ -322,7 +338,7 @@ def arrow_to_numpy_columns(table: Any, schema: Any) -> dict[str, np.ndarray]:
     return out
 
 
-_PETASTORM_CONVERT: list[Callable[[Any, Any], dict[str, np.ndarray]]] = []
+_PETASTORM_CONVERT: list[Callable[[Any, Any], dict[str, NDArray[Any]]]] = []
 
 
 def _use_fast_arrow_conversion() -> None:

@@ -15,11 +15,12 @@ from mtf.rl.config import BCQConfig, TD3Config
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor, TwinQ
 from mtf.rl.updates import (bellman_target, frozen, optimizer_step, soft_update, target_copy,
-                            twin_critic_loss, unwrap)
+                            twin_critic_loss)
 
 
 @torch.no_grad()
-def td3_critic_target(batch: TransitionBatch, actor_target: nn.Module, critic_target: TwinQ,
+def td3_critic_target(batch: TransitionBatch, actor_target: DeterministicActor,
+                      critic_target: TwinQ,
                       gamma: float, policy_noise: float, noise_clip: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """``y = r + gamma (1 - done) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c), -1, 1))``."""
@@ -37,7 +38,11 @@ def deterministic_actor_loss(critic: TwinQ, state: torch.Tensor,
 
 
 class TD3Agent:
-    """Deterministic actor + twin critics with target policy smoothing and delayed actor steps."""
+    """Deterministic actor + twin critics with target policy smoothing and delayed actor steps.
+
+    ``actor_train`` / ``critic_train`` are the networks as their losses see them: DDP-wrapped
+    under DDP, the bare networks otherwise.
+    """
 
     algo = "td3"
 
@@ -47,30 +52,26 @@ class TD3Agent:
         self.td3 = td3
         self.device = device
         self.generator = generator
-        self.actor: nn.Module = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
-        self.critic: nn.Module = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
+        self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
+        self.critic = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
-        self.optimizers = {
+        self.actor_train: nn.Module = self.actor
+        self.critic_train: nn.Module = self.critic
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
             "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
             "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
         }
 
     @property
     def nets(self) -> dict[str, nn.Module]:
-        return {"actor": unwrap(self.actor), "critic": unwrap(self.critic),
-                "actor_target": self.actor_target, "critic_target": self.critic_target}
+        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
+                "critic_target": self.critic_target}
 
     def wrap_ddp(self) -> None:
-        """Wrap actor and critic in DDP; targets stay local (every rank updates them alike)."""
-        self.actor = ddp_wrap(self.actor, self.device)
-        self.critic = ddp_wrap(self.critic, self.device)
-
-    def critic_loss(self, batch: TransitionBatch, target: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, Q1 on logged actions, extra metrics); CQL adds its penalty here."""
-        q1, q2 = self.critic(batch.state, batch.action)
-        return twin_critic_loss(q1, q2, target), q1, {}
+        """Train through DDP wrappers; targets stay local (every rank updates them alike)."""
+        self.actor_train = ddp_wrap(self.actor, self.device)
+        self.critic_train = ddp_wrap(self.critic, self.device)
 
     def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
         metrics = self.critic_step(batch)
@@ -81,6 +82,12 @@ class TD3Agent:
             self.update_targets()
         return metrics
 
+    def critic_loss(self, batch: TransitionBatch, target: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, Q1 on logged actions, extra metrics); CQL adds its penalty here."""
+        q1, q2 = self.critic_train(batch.state, batch.action)
+        return twin_critic_loss(q1, q2, target), q1, {}
+
     def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         target = td3_critic_target(batch, self.actor_target, self.critic_target, self.cfg.gamma,
                                    self.td3.policy_noise, self.td3.noise_clip, self.generator)
@@ -90,24 +97,23 @@ class TD3Agent:
                 "q/target": target.mean(), **extra}
 
     def actor_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
-        critic = unwrap(self.critic)
-        action = self.actor(batch.state)
-        with frozen(critic):
-            loss = deterministic_actor_loss(critic, batch.state, action)
+        action = self.actor_train(batch.state)
+        with frozen(self.critic):
+            loss = deterministic_actor_loss(self.critic, batch.state, action)
             optimizer_step(self.optimizers["actor"], loss)
         return {"loss/actor": loss.detach(), "q/policy": -loss.detach()}
 
     def update_targets(self) -> None:
-        soft_update(self.critic_target, unwrap(self.critic), self.cfg.tau)
-        soft_update(self.actor_target, unwrap(self.actor), self.cfg.tau)
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        soft_update(self.actor_target, self.actor, self.cfg.tau)
 
     def policy(self) -> nn.Module:
-        return unwrap(self.actor)
+        return self.actor
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
-        return unwrap(self.actor)(state)
+        return self.actor(state)
 
     @torch.no_grad()
     def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return unwrap(self.critic).q1_value(state, action)
+        return self.critic.q1_value(state, action)

@@ -2,13 +2,13 @@
 
 Pure tensor -> tensor functions (Bellman target, clipped double-Q mix, critic loss) and the
 few torch helpers every algorithm needs (soft target update, one optimiser step, freezing a
-critic while the actor's loss flows through it, unwrapping DDP).
+critic while the actor's loss flows through it, target copies).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
 
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """Parameters of ``module`` need no gradient inside the block (an actor's loss through a critic).
+    """``module``'s parameters need no gradient inside the block (an actor's loss via a critic).
 
     No critic gradients are computed or accumulated, so the actor's optimiser step cannot touch
     the critic and, under DDP, the critic's gradient reducer is not involved.
@@ -70,13 +70,11 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+M = TypeVar("M", bound=nn.Module)
 
 
-def target_copy(module: nn.Module) -> nn.Module:
+def target_copy(module: M) -> M:
     """A frozen deep copy of ``module`` to serve as its target network."""
-    target = copy.deepcopy(unwrap(module))
+    target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target

@@ -288,7 +288,7 @@ class SimConfig:
     n_users: int = 2000                  # users in the population (user ids u00000000 ...)
     n_days: int = 3                      # days of logs written by `mtf simulate`
     start_date: str = "2026-01-01"       # first ds (UTC), YYYY-MM-DD
-    users_per_shard: int = 500           # users per shard: the unit of seeding and of work in
+    users_per_shard: int = 1000          # users per shard: the unit of seeding and of work in
     #                                      the Spark job (logs do not depend on partitioning)
     spark_partitions: int = 0            # Spark partitions for `mtf simulate`; 0 = one per
     #                                      shard, at most 4 x the default parallelism

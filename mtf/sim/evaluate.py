@@ -70,6 +70,12 @@ class EvalResult:
     ci_level: float
     returns: np.ndarray = field(repr=False)        # (n_sessions,) per-session returns
     first_rewards: np.ndarray = field(repr=False)  # (n_sessions,)
+    first_states: np.ndarray = field(repr=False)   # (n_sessions, S) state at the first
+    #                                                request (equal across paired policies)
+
+    def segment(self, mask: np.ndarray) -> float:
+        """Mean return over the sessions selected by ``mask`` (e.g. on ``first_states``)."""
+        return float(self.returns[np.asarray(mask, dtype=bool)].mean())
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ def _result(world: World, outcomes: list[Outcome]) -> EvalResult:
         mean_dwell_s=float(np.concatenate([o.dwell_s for o in outcomes]).mean()),
         interaction_rate=float(inter.sum() / n_imp) if n_imp else float("nan"),
         mean_session_length=float(steps.mean()), ci_level=level, returns=ret,
-        first_rewards=first)
+        first_rewards=first, first_states=np.concatenate([o.first_states for o in outcomes]))
 
 
 def evaluate_many(world_or_cfg: "World | MtfConfig", policies: Mapping[str, Policy],

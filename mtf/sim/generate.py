@@ -91,8 +91,9 @@ def simulate_shard(world: World, shard: int, base_policy: Policy | None = None, 
     ``ds`` when they run past midnight).
 
     Args:
-        base_policy: the logging policy's base; default: the configured baseline action.
-        include_truth: add ``true_session_id`` / ``true_step`` columns.
+        base_policy: the logging policy's base, e.g. a deployed learned policy (exploration
+            is added around it); default: the configured baseline action.
+        include_truth: add the ``true_session_id`` / ``true_step`` / ``true_state`` columns.
     """
     sim = world.sim
     users = shard_users(world, shard)

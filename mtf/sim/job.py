@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -72,7 +72,7 @@ def n_partitions(spark: "SparkSession", cfg: "MtfConfig") -> int:
     return max(1, min(cfg.sim.n_shards, 4 * spark.sparkContext.defaultParallelism))
 
 
-def _impression_batches(cfg: "MtfConfig", batches: Iterator[pa.RecordBatch],
+def _impression_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch],
                         day_counters: Sequence[Any] = ()) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: shard ids in, impression-log batches out (runs on executors).
 

@@ -64,7 +64,7 @@ def truncated_normal_sample(mu: np.ndarray, sigma: float, rng: np.random.Generat
                        f"[{lo}, {hi}] relative to sigma={sigma}?")
 
 
-def truncated_normal_logpdf(a: np.ndarray, mu: np.ndarray, sigma: float,
+def truncated_normal_logpdf(a: np.ndarray, mu: np.ndarray | float, sigma: float,
                             lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
     """Elementwise log-density of ``N(mu, sigma^2)`` truncated to ``[lo, hi]``."""
     a = np.asarray(a, dtype=np.float64)

@@ -145,6 +145,7 @@ class Outcome:
     n_interactions: np.ndarray   # impressions with any like/share/comment/follow
     end_ts_us: np.ndarray        # end of the last session (last request + its dwell)
     end_satisfaction: np.ndarray
+    first_states: np.ndarray     # (B, S) float32 state at the first request (0 if none)
     steps: list[StepLog] = field(default_factory=list)
 
 
@@ -270,7 +271,8 @@ def run_sessions(world: World, users: Users, tracker: StateTracker, rows: np.nda
                   discounted_return=np.zeros(b_total), first_reward=np.zeros(b_total),
                   total_reward=np.zeros(b_total), dwell_s=np.zeros(b_total),
                   n_interactions=np.zeros(b_total, dtype=np.int64), end_ts_us=ts.copy(),
-                  end_satisfaction=np.zeros(b_total))
+                  end_satisfaction=np.zeros(b_total),
+                  first_states=np.zeros((b_total, tracker.state_dim), dtype=np.float32))
 
     def start(pos: np.ndarray) -> None:
         sat[pos] = (base[pos] + g.carryover * dev[pos]
@@ -293,11 +295,13 @@ def run_sessions(world: World, users: Users, tracker: StateTracker, rows: np.nda
             out.steps.append(StepLog(
                 pos=active, session=session[active].astype(np.int32),
                 step=step[active].astype(np.int32), ts_us=ts[active].copy(),
-                states=page.states, actions=page.actions, logp=page.logp, items=page.items, preds=page.preds,
+                states=page.states, actions=page.actions, logp=page.logp, items=page.items,
+                preds=page.preds,
                 play_time_s=page.play_time_s, liked=page.liked, shared=page.shared,
                 commented=page.commented, followed=page.followed))
         first = (session[active] == 0) & (step[active] == 0)
         out.first_reward[active[first]] = page.reward[first]
+        out.first_states[active[first]] = page.states[first]
         out.discounted_return[active] += world.gamma ** step[active] * page.reward
         out.total_reward[active] += page.reward
         out.n_steps[active] += 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtf.ope.policies import (check_policy, discover_exports, fixed_policy, load_exported,
-                              module_policy, script_bytes, truncated_normal_logpdf)
+                              module_policy, truncated_normal_logpdf)
 from mtf.sim.logging_policy import truncated_normal_logpdf as sim_logpdf
 from tests.ope.tables import write_export
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -36,8 +37,7 @@ def test_td3_target_smoothing_noise_is_clipped_and_actions_stay_in_the_box() -> 
     set_first_action_coordinate(critic_target.q1, s)   # Q' = the smoothed action itself
     set_first_action_coordinate(critic_target.q2, s)
     batch = random_batch(b=256, s=s, k=k, terminal_every=10_000)
-    batch = batch.__class__(batch.state, batch.action, torch.zeros(256, 1), batch.next_state,
-                            batch.is_terminal)
+    batch = replace(batch, reward=torch.zeros(256, 1))
     y = td3_critic_target(batch, actor_target, critic_target, gamma=1.0, policy_noise=10.0,
                           noise_clip=0.3, generator=torch.Generator().manual_seed(0))
     assert y.abs().max().item() == pytest.approx(0.3)    # huge noise, clipped to +-0.3

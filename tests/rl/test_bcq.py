@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_vae_loss_is_zero_for_perfect_reconstruction_and_standard_posterior() ->
 @pytest.mark.parametrize("lam", [1.0, 0.75, 0.0])
 def test_critic_target_is_exact_with_constant_target_critics(lam: float) -> None:
     s, k = 3, 2
-    cfg = TINY_BCQ.__class__(**{**TINY_BCQ.__dict__, "lam": lam, "gamma": 0.9})
+    cfg = replace(TINY_BCQ, lam=lam, gamma=0.9)
     vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
     actor_target = Perturbation(s, k, (8,), rho=0.15)
     critic_target = TwinQ(s, k, (8, 8))
@@ -59,8 +60,8 @@ def test_critic_target_terminal_rows_do_not_bootstrap_truncated_rows_do() -> Non
     set_constant(critic_target.q1, 10.0)
     set_constant(critic_target.q2, 10.0)
     batch = random_batch(b=4, s=s, k=k)
-    batch = batch.__class__(batch.state, batch.action, torch.ones(4, 1), batch.next_state,
-                            torch.tensor([[1.0], [0.0], [1.0], [0.0]]))
+    batch = replace(batch, reward=torch.ones(4, 1),
+                    is_terminal=torch.tensor([[1.0], [0.0], [1.0], [0.0]]))
     y = bcq_critic_target(batch, ActionVAE(s, k, 2, (4,), -4, 15), Perturbation(s, k, (4,), 0.15),
                           critic_target, TINY_BCQ)
     torch.testing.assert_close(y, torch.tensor([[1.0], [1.0 + 0.95 * 10], [1.0],
@@ -69,7 +70,7 @@ def test_critic_target_terminal_rows_do_not_bootstrap_truncated_rows_do() -> Non
 
 def test_critic_target_takes_the_max_over_each_states_own_candidates() -> None:
     s, k, n = 3, 2, 5
-    cfg = TINY_BCQ.__class__(**{**TINY_BCQ.__dict__, "n_candidates": n, "gamma": 0.5})
+    cfg = replace(TINY_BCQ, n_candidates=n, gamma=0.5)
     vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
     actor_target = Perturbation(s, k, (8,), rho=0.15)
     critic_target = TwinQ(s, k, (8,))

@@ -78,8 +78,8 @@ def test_petastorm_batches_hold_only_training_rows_of_the_right_shape(
     assert first.action.shape == (32, 6)
     assert first.reward.shape == (32, 1) and first.is_terminal.shape == (32, 1)
     assert all(t.dtype == torch.float32 for t in (first.state, first.reward, first.is_terminal))
-    seen = _keys(np.concatenate([first.state.numpy()] + [next(batches).state.numpy()
-                                                         for _ in range(3 * len(train_rows) // 32)]))
+    more = [next(batches).state.numpy() for _ in range(3 * len(train_rows) // 32)]
+    seen = _keys(np.concatenate([first.state.numpy(), *more]))
     batches.close()
     assert seen <= train_rows and not seen & test_rows
     assert seen == train_rows       # three passes' worth of batches visit every training row

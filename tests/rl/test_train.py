@@ -113,7 +113,7 @@ def test_resume_refuses_another_layout_naming_the_mismatch(tmp_path: Any) -> Non
 
 
 def test_resume_refuses_another_algorithm(tmp_path: Any) -> None:
-    first = _train(tmp_path, tiny_config("td3", max_steps=2, checkpoint_every=2))
+    _train(tmp_path, tiny_config("td3", max_steps=2, checkpoint_every=2))
     with pytest.raises(ValueError, match="trained with train.algo='td3', this run has "
                                          "train.algo='bcq'"):
         _train(tmp_path, tiny_config("bcq", max_steps=4), resume_from=str(tmp_path / "run"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_defaults_are_valid_and_shards_cover_users() -> None:
     (lambda: ResponseConfig(skip_play_max_s=3.5), r"skip_play_max_s < min_watch_s"),
     (lambda: PopulationConfig(visit_prob_casual=1.5), r"visit_prob_casual must be in \[0, 1\]"),
 ])
-def test_invalid_values_name_the_key(make, match) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_values_name_the_key(make: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make()
 

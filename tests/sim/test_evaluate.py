@@ -100,3 +100,18 @@ def test_hand_written_personalised_policy_beats_every_fixed_weight_vector(
                               action_low=ref["engaging"], action_high=ref["careful"])
     res_swapped = evaluate(world, swapped, n_sessions=1500, seed=77)
     assert res_swapped.mean_return < min(res["engaging"].mean_return, res["careful"].mean_return)
+
+
+def test_torch_policy_wraps_a_module(world: World) -> None:
+    torch = pytest.importorskip("torch")
+    from mtf.sim.policies import torch_policy
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(world.features.state_dim, world.k),
+                              torch.nn.Tanh())
+    states = np.random.default_rng(0).random((7, world.features.state_dim), dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(states)).numpy()
+    np.testing.assert_allclose(torch_policy(net)(states), want, rtol=1e-6)
+    res = evaluate(world, torch_policy(net), n_sessions=20, seed=0)
+    assert res.n_sessions == 20

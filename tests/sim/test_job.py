@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import SparkSession
 
 from mtf.config import MtfConfig, load_config
 from mtf.delta import read_delta, table_properties, table_version
@@ -56,23 +58,35 @@ class Runs:
     later_local: SimLogs
 
 
+# Delta rebuilds table snapshots with 50 tasks by default: slow for tiny tables on 2 cores.
+SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
+
+
 @pytest.fixture(scope="module")
-def runs(spark, tmp_path_factory) -> Runs:  # type: ignore[no-untyped-def]
-    root = str(tmp_path_factory.mktemp("simlake"))
-    cfg = _cfg(root)                                   # ds 02-27, 02-28; 3 shards
-    assert run(cfg) == 0                               # -> 3 partitions
-    first_version = table_version(spark, cfg.lake.path("raw_logs"))
-    later_cfg = _cfg(root, "sim.start_date='2026-02-28'", "seed=8")   # ds 02-28, 03-01
-    later = simulate_to_delta(spark, later_cfg, partitions=1)
-    return Runs(cfg, later_cfg, first_version, later, simulate_logs(World.from_config(cfg)),
-                simulate_logs(World.from_config(later_cfg)))
+def runs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    before = spark.conf.get(SNAPSHOT_PARTITIONS, None)
+    spark.conf.set(SNAPSHOT_PARTITIONS, "2")
+    try:
+        root = str(tmp_path_factory.mktemp("simlake"))
+        cfg = _cfg(root)                                   # ds 02-27, 02-28; 3 shards
+        assert run(cfg) == 0                               # -> 3 partitions
+        first_version = table_version(spark, cfg.lake.path("raw_logs"))
+        later_cfg = _cfg(root, "sim.start_date='2026-02-28'", "seed=8")   # ds 02-28, 03-01
+        later = simulate_to_delta(spark, later_cfg, partitions=1)
+        yield Runs(cfg, later_cfg, first_version, later, simulate_logs(World.from_config(cfg)),
+                   simulate_logs(World.from_config(later_cfg)))
+    finally:
+        if before is None:
+            spark.conf.unset(SNAPSHOT_PARTITIONS)
+        else:
+            spark.conf.set(SNAPSHOT_PARTITIONS, before)
 
 
 def _ds(df: pd.DataFrame) -> pd.Series:
     return df[S.DS].astype(str)
 
 
-def test_table_layout(spark, runs: Runs) -> None:  # type: ignore[no-untyped-def]
+def test_table_layout(spark: SparkSession, runs: Runs) -> None:
     path = runs.cfg.lake.path("raw_logs")
     table = read_delta(spark, path)
     # Delta stores every column as nullable; types and order are the contract's.
@@ -84,14 +98,15 @@ def test_table_layout(spark, runs: Runs) -> None:  # type: ignore[no-untyped-def
     assert table_properties(spark, path)["mtf.sim.seed"] == "8"
 
 
-def test_three_partitions_write_the_in_process_logs(spark, runs: Runs) -> None:  # type: ignore[no-untyped-def]
+def test_three_partitions_write_the_in_process_logs(spark: SparkSession, runs: Runs) -> None:
     got = read_delta(spark, runs.cfg.lake.path("raw_logs"), version=runs.first_version)
     want = _canonical(runs.local.impressions.to_pandas())
     pd.testing.assert_frame_equal(_canonical(got.toPandas()), want, check_exact=True)
 
 
-def test_one_partition_writes_the_in_process_logs(spark, runs: Runs) -> None:  # type: ignore[no-untyped-def]
-    got = read_delta(spark, runs.cfg.lake.path("raw_logs"), version=runs.later.impressions_version)
+def test_one_partition_writes_the_in_process_logs(spark: SparkSession, runs: Runs) -> None:
+    path = runs.cfg.lake.path("raw_logs")
+    got = read_delta(spark, path, version=runs.later.impressions_version)
     got = got.where(window_predicate(runs.later_cfg)).toPandas()
     want = _canonical(runs.later_local.impressions.to_pandas())
     assert runs.later.n_impressions == len(want)
@@ -101,7 +116,7 @@ def test_one_partition_writes_the_in_process_logs(spark, runs: Runs) -> None:  #
                                   runs.later_local.profiles.to_pandas(), check_exact=True)
 
 
-def test_a_rerun_replaces_exactly_its_days(spark, runs: Runs) -> None:  # type: ignore[no-untyped-def]
+def test_a_rerun_replaces_exactly_its_days(spark: SparkSession, runs: Runs) -> None:
     table = read_delta(spark, runs.cfg.lake.path("raw_logs")).toPandas()
     counts = _ds(table).value_counts().to_dict()
     assert sorted(counts) == ["2026-02-27", "2026-02-28", "2026-03-01"]

@@ -8,6 +8,7 @@ import pytest
 from mtf.features import BEHAVIOURS, FeatureConfig, compute_states
 from mtf.sim.generate import TRUE_SESSION_ID, TRUE_STATE, TRUE_STEP, SimLogs, simulate_logs
 from mtf.sim.state import StateTracker
+from mtf.sim.world import World
 
 from .conftest import SMALL_SIM, small_world
 
@@ -25,7 +26,8 @@ def _reference(features: FeatureConfig, logs: SimLogs) -> tuple[np.ndarray, np.n
     return np.stack(ref["state"].to_numpy()), np.stack(sim.to_numpy())
 
 
-def test_states_the_policy_saw_equal_the_reference_on_the_written_logs(world, logs) -> None:  # type: ignore[no-untyped-def]
+def test_states_the_policy_saw_equal_the_reference_on_the_written_logs(world: World,
+                                                                       logs: SimLogs) -> None:
     ref, sim = _reference(world.features, logs)
     assert ref.shape == (logs.impressions.num_rows // world.sim.session.page_size,
                          world.features.state_dim)
@@ -81,6 +83,6 @@ def test_tracker_rejects_a_bad_page_shape() -> None:
         tracker.push(np.array([0]), np.array([0]), np.zeros((1, 6, 3)))
 
 
-def test_small_sim_is_the_fixture_config(world) -> None:  # type: ignore[no-untyped-def]
+def test_small_sim_is_the_fixture_config(world: World) -> None:
     assert world.sim == SMALL_SIM
     assert isinstance(pd.Timestamp(SMALL_SIM.start_date), pd.Timestamp)

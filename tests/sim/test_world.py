@@ -14,8 +14,11 @@ from mtf.sim.world import (N_ITEM_UNIFORMS, World, candidate_truth, leave_probab
 from .conftest import SMALL_SIM
 
 
+Batch = dict[str, np.ndarray]
+
+
 @pytest.fixture(scope="module")
-def batch(world: World) -> dict[str, np.ndarray]:
+def batch(world: World) -> Batch:
     rng = np.random.default_rng(0)
     b, c = 200, 12
     return {"pref": rng.standard_normal((b, world.sim.catalog.n_categories)),
@@ -32,7 +35,7 @@ def test_catalog_letdown_is_bait_over_quality(world: World) -> None:
     assert -0.4 < np.corrcoef(cat.quality, cat.bait)[0, 1] < -0.2
 
 
-def test_task_values_are_probabilities_in_task_order(world: World, batch) -> None:  # type: ignore[no-untyped-def]
+def test_task_values_are_probabilities_in_task_order(world: World, batch: Batch) -> None:
     truth = candidate_truth(world, batch["pref"], batch["sat"], batch["items"])
     values = task_values(world, truth, batch["sat"], batch["base"], batch["sens"])
     assert values.shape == (*batch["items"].shape, world.k)
@@ -42,7 +45,7 @@ def test_task_values_are_probabilities_in_task_order(world: World, batch) -> Non
     np.testing.assert_allclose(values[..., j("finish")], truth.p_click * truth.p_finish_c)
 
 
-def test_exit_rises_with_letdown_only_for_sensitive_users(world: World, batch) -> None:  # type: ignore[no-untyped-def]
+def test_exit_rises_with_letdown_only_for_sensitive_users(world: World, batch: Batch) -> None:
     truth = candidate_truth(world, batch["pref"], batch["sat"], batch["items"])
     j = world.fusion.names.index("exit")
     tolerant = task_values(world, truth, batch["sat"], batch["base"], np.zeros(200))[..., j]
@@ -70,7 +73,7 @@ def test_mtl_without_errors_predicts_the_truth() -> None:
     np.testing.assert_allclose(mtl_predict(exact, truths, items, np.ones_like(truths)), truths)
 
 
-def test_mtl_errors_are_noisy_but_informative(world: World, batch) -> None:  # type: ignore[no-untyped-def]
+def test_mtl_errors_are_noisy_but_informative(world: World, batch: Batch) -> None:
     truth = candidate_truth(world, batch["pref"], batch["sat"], batch["items"])
     values = task_values(world, truth, batch["sat"], batch["base"], batch["sens"])
     noise = np.random.default_rng(2).standard_normal(values.shape).astype(np.float32)
@@ -80,7 +83,7 @@ def test_mtl_errors_are_noisy_but_informative(world: World, batch) -> None:  # t
         assert 0.5 < corr < 0.9999, world.fusion.names[t]
 
 
-def test_sampled_page_is_consistent(world: World, batch) -> None:  # type: ignore[no-untyped-def]
+def test_sampled_page_is_consistent(world: World, batch: Batch) -> None:
     truth = candidate_truth(world, batch["pref"], batch["sat"], batch["items"])
     shown = np.tile(np.arange(6), (200, 1))
     items = batch["items"][:, :6]

@@ -1,0 +1,17 @@
+"""Off-policy evaluation of fusion policies (paper-spec section 7; docs/ope.md).
+
+Entry points (import them from their modules; importing this package loads nothing heavy):
+
+* ``mtf evaluate`` / :func:`mtf.ope.job.run` -- the Spark job over the transitions table;
+* :func:`mtf.ope.job.evaluate_table` -- the same, from a SparkSession, returning the result;
+* :func:`mtf.ope.evaluate.evaluate_arrays` -- the single-process path over numpy arrays;
+* :func:`mtf.ope.validate.run_validation` -- estimators against the simulator's ground truth.
+
+Modules: ``config`` (OpeConfig), ``policies`` (target policies, target density), ``fqe``
+(plain / conservative FQE), ``estimators`` (per-session statistics and estimator formulas),
+``bootstrap`` (Poisson bootstrap), ``score`` (row scoring, Spark aggregation), ``results``
+(intervals, decisions), ``evaluate`` (orchestration), ``report``, ``job``, ``validate``.
+"""
+from mtf.ope.config import ESTIMATORS, LOGGING_POLICY, OpeConfig
+
+__all__ = ["ESTIMATORS", "LOGGING_POLICY", "OpeConfig"]

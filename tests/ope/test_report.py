@@ -1,0 +1,46 @@
+"""The report files: JSON without NaN, every estimate and interval, HTML with the plots."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import torch
+
+from mtf.ope.config import ESTIMATORS, OpeConfig
+from mtf.ope.evaluate import evaluate_arrays
+from mtf.ope.policies import fixed_policy
+from mtf.ope.report import write_report
+from mtf.ope.validate import compare_with_truth
+from tests.ope.tables import sessions
+
+
+def test_report_round_trip_with_ground_truth(tmp_path) -> None:
+    torch.set_num_threads(1)
+    ope = OpeConfig(n_iterations=20, hidden=(8,), batch_size=32, log_every=10, n_bootstrap=30)
+    policies = [fixed_policy("logging", [0.0, 0.0]), fixed_policy("far", [1.0, -1.0])]
+    result = evaluate_arrays(sessions(60, seed=1), policies, ope, gamma=0.9, seed=0,
+                             meta={"table_path": "mem", "table_version": 4, "split": "test",
+                                   "action_tasks": ["click", "like"]})
+    truth = {"logging": {"mean": 1.0, "ci_low": 0.9, "ci_high": 1.1, "std_err": 0.05},
+             "far": {"mean": 0.2, "ci_low": 0.1, "ci_high": 0.3, "std_err": 0.05}}
+    result = replace(result, truth=truth, validation=compare_with_truth(result.results, truth))
+    paths = write_report(result, ope, str(tmp_path / "r1"), run_id="r1")
+    with open(paths.json) as fh:
+        report = json.load(fh)     # allow_nan=False at write time: no NaN or inf inside
+    assert report["run_id"] == "r1" and report["table"]["table_version"] == 4
+    assert [r["policy"] for r in report["results"]] == ["logging", "far"]
+    far = report["results"][1]
+    for est in ESTIMATORS:
+        e = far["estimates"][est]
+        assert e["available"] is False or e["ci_low"] <= e["ci_high"]
+        assert est in far["diff_vs_logging"]
+    assert report["decisions"][0]["policy"] == "far"
+    assert report["config"]["ope"]["alpha"] == 0.5e-3
+    assert len(report["fqe"]["far"]["conservative"]["curve"]) == 2
+    assert report["validation"]["estimators"]["conservative_fqe"]["policies"] == ["logging", "far"]
+    html = open(paths.html).read()
+    assert html.count("data:image/png;base64,") == 5
+    assert "Ground truth comparison" in html
+    assert ("&nbsp;GO&nbsp;" in html) != ("&nbsp;NO-GO&nbsp;" in html)   # one candidate
+    assert not any(isinstance(v, float) and math.isnan(v) for v in far["diagnostics"].values())
