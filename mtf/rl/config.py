@@ -8,6 +8,7 @@ specific to them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 ALGORITHMS = ("bcq", "td3", "cql", "bc")
@@ -165,6 +166,9 @@ class TrainConfig:
     split: str = "train"                 # rows of the transitions table used for training
     table_version: int | None = None     # pinned Delta version of the transitions; None = latest
     feature_version: str = ""            # required mtf.feature_version; "" accepts the table's
+    start_ds: str = ""                   # first ds (YYYY-MM-DD) trained on; "" = from the start
+    end_ds: str = ""                     # last ds trained on, inclusive; "" = to the end
+    explore_groups: tuple[str, ...] = () # only rows logged in these exploration groups; () = all
     batch_size: int = 256                # transitions per update step and rank (paper: 256)
     max_steps: int = 300_000             # update steps, every rank runs exactly this many (paper)
     log_every: int = 1000                # steps between progress lines / metrics records
@@ -190,6 +194,12 @@ class TrainConfig:
             raise ValueError(f"train.device must be one of {list(DEVICES)}, got {self.device!r}")
         if not self.split:
             raise ValueError("train.split must name a split, e.g. 'train'")
+        for key in ("start_ds", "end_ds"):
+            value = getattr(self, key)
+            if value and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+                raise ValueError(f"train.{key} must be a date YYYY-MM-DD, got {value!r}")
+        if self.start_ds and self.end_ds and self.start_ds > self.end_ds:
+            raise ValueError(f"train.start_ds {self.start_ds} is after train.end_ds {self.end_ds}")
         if self.table_version is not None and self.table_version < 0:
             raise ValueError(f"train.table_version must be >= 0, got {self.table_version!r}")
         _positive("train", batch_size=self.batch_size, max_steps=self.max_steps,

@@ -52,15 +52,17 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
     configure_threads(tcfg.num_threads, info, device)
     created = init_distributed(info, device)
     try:
-        table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version)
+        table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version,
+                                 start_ds=tcfg.start_ds, end_ds=tcfg.end_ds)
         table.layout.require_request(cfg.fusion.names, tcfg.feature_version)
         run_dir, resume_from = _run_dir(cfg, info)
         normalizer, n_train_rows = None, None
         if not resume_from:
             normalizer, n_train_rows = fit_normalizer(table, tcfg.split, tcfg.normalizer_rows,
-                                                      cfg.seed)
+                                                      cfg.seed, groups=tcfg.explore_groups)
         source = PetastormSource(table, batch_size=tcfg.batch_size, split=tcfg.split,
-                                 seed=cfg.seed, info=info, cfg=tcfg.loader)
+                                 seed=cfg.seed, info=info, cfg=tcfg.loader,
+                                 groups=tcfg.explore_groups)
         result = train(tcfg, source, layout=table.layout,
                        action_space=ActionSpace.from_fusion(cfg.fusion), run_dir=run_dir,
                        seed=cfg.seed, normalizer=normalizer, info=info, device=device,
@@ -99,13 +101,14 @@ def run_export(cfg: "MtfConfig") -> int:
 
 
 def fit_normalizer(table: TransitionTable, split: str, max_rows: int,
-                   seed: int) -> tuple[Normalizer, int]:
+                   seed: int, groups: tuple[str, ...] = ()) -> tuple[Normalizer, int]:
     """State mean/std from up to ``max_rows`` rows of ``split`` (seeded row-group sample).
 
     Deterministic, so every rank computes the same statistics without communicating. Also
     returns the estimated number of ``split`` rows in the table (for ``data/epoch``).
     """
-    cols, scanned = read_split(table, split, columns=(STATE,), max_rows=max_rows, seed=seed)
+    cols, scanned = read_split(table, split, columns=(STATE,), max_rows=max_rows, seed=seed,
+                               groups=groups)
     states = cols[STATE]
     logger.info("state normaliser fitted on %d rows of split %r", len(states), split)
     return Normalizer.fit(states), round(table.n_rows * len(states) / max(scanned, 1))

@@ -27,6 +27,8 @@ from numpy.typing import NDArray
 
 from mtf.rl.batch import (ACTION, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS, REWARD, SPLIT, STATE,
                           TransitionBatch)
+
+EXPLORE_GROUP = "explore_group"
 from mtf.rl.config import LoaderConfig
 from mtf.rl.distributed import DistInfo
 from mtf.rl.layout import TableLayout
@@ -51,8 +53,13 @@ class TransitionTable:
         return {STATE: s, NEXT_STATE: s, ACTION: k}
 
 
-def open_transitions(path: str, version: int | None = None) -> TransitionTable:
+def open_transitions(path: str, version: int | None = None, *, start_ds: str = "",
+                     end_ds: str = "") -> TransitionTable:
     """Pin ``version`` (latest when None) of the transitions table at ``path`` and check it.
+
+    ``start_ds`` / ``end_ds`` (inclusive, YYYY-MM-DD) keep only the files of those ``ds``
+    partitions (the paper retrains daily on the last 3 days); files are chosen by their
+    ``ds=`` partition directory, so no row is read to filter.
 
     Raises:
         FileNotFoundError: no Delta table at ``path``.
@@ -70,6 +77,8 @@ def open_transitions(path: str, version: int | None = None) -> TransitionTable:
         raise ValueError(f"cannot open transitions table {path!r} at version "
                          f"{'latest' if version is None else version}: {exc}") from exc
     layout = TableLayout.from_properties(path, pinned, props)
+    if start_ds or end_ds:
+        uris = select_days(uris, start_ds, end_ds, where=f"transitions table {path!r}")
     if not uris:
         raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
                          f"it has no data files")
@@ -87,6 +96,26 @@ def open_transitions(path: str, version: int | None = None) -> TransitionTable:
                 "%d features (version %s), tasks %s", path, pinned, n_rows, len(uris), n_groups,
                 layout.state_dim, layout.feature_version, list(layout.action_tasks))
     return TransitionTable(layout, tuple(uris), n_rows, n_groups)
+
+
+def select_days(uris: Sequence[str], start_ds: str, end_ds: str, where: str) -> list[str]:
+    """The files whose ``ds=YYYY-MM-DD`` partition lies in [start_ds, end_ds] ("" = open)."""
+    kept = []
+    for uri in uris:
+        m = _DS_DIR.search(uri)
+        if m is None:
+            raise ValueError(f"{where}: file {uri} is not under a ds=YYYY-MM-DD partition, so "
+                             f"train.start_ds/end_ds cannot select days")
+        day = m.group(1)
+        if (not start_ds or day >= start_ds) and (not end_ds or day <= end_ds):
+            kept.append(uri)
+    if not kept:
+        raise ValueError(f"{where}: no data files for ds in [{start_ds or '-'}, "
+                         f"{end_ds or '-'}]")
+    return kept
+
+
+_DS_DIR = re.compile(r"/ds=(\d{4}-\d{2}-\d{2})/")
 
 
 def _footer(uri: str) -> Any:
@@ -140,8 +169,10 @@ def list_column_to_matrix(column: Any, width: int, name: str) -> NDArray[Any]:
 
 
 def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = NUMERIC_COLUMNS,
-               max_rows: int | None = None, seed: int = 0) -> tuple[dict[str, NDArray[Any]], int]:
-    """Rows of ``split`` as numpy arrays, read with pyarrow row group by row group.
+               max_rows: int | None = None, seed: int = 0,
+               groups: Sequence[str] = ()) -> tuple[dict[str, NDArray[Any]], int]:
+    """Rows of ``split`` (and of exploration ``groups``, when given) as numpy arrays, read with
+    pyarrow row group by row group.
 
     With ``max_rows``, row groups are visited in a seeded random order until at least that many
     rows are collected (whole row groups: a sample for the state normaliser); otherwise all
@@ -150,18 +181,23 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
     Returns:
         (column name -> array, number of rows of all splits scanned to find them).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     widths = table.widths()
-    groups = [(uri, g) for uri in table.uris for g in range(_footer(uri).num_row_groups)]
+    row_groups = [(uri, g) for uri in table.uris for g in range(_footer(uri).num_row_groups)]
     if max_rows is not None:
-        random.Random(seed).shuffle(groups)
+        random.Random(seed).shuffle(row_groups)
     parts: dict[str, list[NDArray[Any]]] = {c: [] for c in columns}
     n = scanned = 0
-    for uri, g in groups:
-        t = _read_row_group(uri, g, [*columns, SPLIT])
+    for uri, g in row_groups:
+        filters = [SPLIT, *([EXPLORE_GROUP] if groups else [])]
+        t = _read_row_group(uri, g, [*columns, *filters])
         scanned += t.num_rows
-        t = t.filter(pc.equal(t[SPLIT], split)).drop([SPLIT])
+        keep = pc.equal(t[SPLIT], split)
+        if groups:
+            keep = pc.and_(keep, pc.is_in(t[EXPLORE_GROUP], value_set=pa.array(list(groups))))
+        t = t.filter(keep).drop(filters)
         for c in columns:
             if c in widths:
                 parts[c].append(list_column_to_matrix(t[c], widths[c], c))
@@ -173,7 +209,8 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
     out = {c: np.concatenate(v) for c, v in parts.items()}
     if n == 0:
         raise ValueError(f"transitions table {table.layout.table_path!r} (version "
-                         f"{table.layout.table_version}) has no rows with split={split!r}")
+                         f"{table.layout.table_version}) has no rows with split={split!r}"
+                         + (f" in exploration groups {list(groups)}" if groups else ""))
     return out, scanned
 
 
@@ -251,9 +288,10 @@ class _SplitRows:
     batched_output = True
 
     def __init__(self, reader: Any, split: str, widths: dict[str, int], give_up_after: int,
-                 where: str) -> None:
+                 where: str, groups: Sequence[str] = ()) -> None:
         self.reader = reader
         self.split = split
+        self.groups = np.asarray(list(groups), dtype=object)
         self.widths = widths
         self.give_up_after = give_up_after  # consecutive row groups without a `split` row
         self.where = where
@@ -264,13 +302,17 @@ class _SplitRows:
         for group in self.reader:
             cols = group._asdict()
             keep = cols.pop(SPLIT) == self.split
+            if len(self.groups):
+                keep &= np.isin(cols.pop(EXPLORE_GROUP), self.groups)
             n = int(keep.sum())
             if n == 0:
                 empty_in_a_row += 1
                 if empty_in_a_row > self.give_up_after:
-                    raise ValueError(f"{self.where}: no rows with split={self.split!r} in "
-                                     f"{empty_in_a_row} row groups in a row (a full pass); "
-                                     f"check train.split")
+                    raise ValueError(f"{self.where}: no rows with split={self.split!r}"
+                                     + (f" in exploration groups {list(self.groups)}"
+                                        if len(self.groups) else "")
+                                     + f" in {empty_in_a_row} row groups in a row (a full "
+                                     f"pass); check train.split / train.explore_groups")
                 continue
             empty_in_a_row = 0
             out = {}
@@ -363,7 +405,8 @@ class PetastormSource:
     """
 
     def __init__(self, table: TransitionTable, *, batch_size: int, split: str, seed: int,
-                 info: DistInfo = DistInfo(), cfg: LoaderConfig = LoaderConfig()) -> None:
+                 info: DistInfo = DistInfo(), cfg: LoaderConfig = LoaderConfig(),
+                 groups: Sequence[str] = ()) -> None:
         if table.n_row_groups < info.world_size:
             raise ValueError(
                 f"transitions table {table.layout.table_path!r} (version "
@@ -373,6 +416,7 @@ class PetastormSource:
         self.table = table
         self.batch_size = batch_size
         self.split = split
+        self.groups = tuple(groups)
         self.seed = seed
         self.info = info
         self.cfg = cfg
@@ -394,7 +438,8 @@ class PetastormSource:
         info, cfg = self.info, self.cfg
         reader = make_batch_reader(
             list(self.table.uris),
-            schema_fields=[f"{re.escape(c)}$" for c in (*NUMERIC_COLUMNS, SPLIT)],
+            schema_fields=[f"{re.escape(c)}$" for c in (*NUMERIC_COLUMNS, SPLIT,
+                                                       *([EXPLORE_GROUP] if self.groups else []))],
             reader_pool_type=cfg.reader_pool, workers_count=cfg.workers_count,
             results_queue_size=cfg.results_queue_size,
             # A different order per rank and per (re)start. Shard membership does not depend on
@@ -407,7 +452,7 @@ class PetastormSource:
         where = (f"transitions table {self.table.layout.table_path!r} (version "
                  f"{self.table.layout.table_version}), shard {info.rank} of {info.world_size}")
         rows = _SplitRows(reader, self.split, self.table.widths(),
-                          give_up_after=self.table.n_row_groups, where=where)
+                          give_up_after=self.table.n_row_groups, where=where, groups=self.groups)
         loader = BatchedDataLoader(rows, batch_size=self.batch_size,
                                    shuffling_queue_capacity=cfg.shuffle_buffer_rows)
         n = 0

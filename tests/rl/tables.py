@@ -56,7 +56,8 @@ def transition_rows(n_sessions: int, state_dim: int, action_dim: int, seed: int,
 def write_transitions(spark: Any, path: str, *, n_sessions: int = 300, state_dim: int = 5,
                       tasks: Sequence[str] = TASKS, n_files: int = 4, seed: int = 0,
                       test_share: float = 0.2,
-                      properties: Mapping[str, str] | None = None) -> int:
+                      properties: Mapping[str, str] | None = None,
+                      explore_groups: Sequence[str] = ("noise",)) -> int:
     """Write a synthetic transitions table at ``path``; returns its Delta version."""
     import pandas as pd
     from pyspark.sql import functions as F
@@ -81,7 +82,8 @@ def write_transitions(spark: Any, path: str, *, n_sessions: int = 300, state_dim
         "reward_activeness": rows["reward"] * 0.5,
         "is_terminal": rows["is_terminal"],
         "is_truncated": rows["is_truncated"],
-        "explore_group": "noise",
+        "explore_group": np.asarray(explore_groups, dtype=object)[
+            rows["session"] % len(explore_groups)],
         "split": rows["split"],
     })
     df = (spark.createDataFrame(pdf, schema=transitions_schema())
