@@ -78,7 +78,9 @@ def cem_fixed_action(world: "World", cfg: SearchConfig, seed: int,
         cands = np.clip(mean + sd * rng.standard_normal((cfg.cem_population, k)), -1.0, 1.0)
         cands[0] = np.clip(mean, -1.0, 1.0)       # keep the current mean in the race
         policies = {str(i): FixedPolicy(a) for i, a in enumerate(cands)}
-        res = evaluate_many(world, policies, cfg.sessions_per_eval, seed=seed * 1000 + gen)
+        # The same sessions every generation (common random numbers across generations too),
+        # so values are comparable and the search is not chasing seed noise.
+        res = evaluate_many(world, policies, cfg.sessions_per_eval, seed=seed * 1000)
         values = np.array([res[str(i)].mean_return for i in range(len(cands))])
         result.n_sessions += cfg.sessions_per_eval * len(cands)
         elite = cands[np.argsort(values)[-n_elite:]]
@@ -152,7 +154,7 @@ def es_linear_policy(world: "World", cfg: SearchConfig, seed: int,
         for i, e in enumerate(eps):
             cands[f"+{i}"] = policy.with_params(theta + cfg.es_sigma * e)
             cands[f"-{i}"] = policy.with_params(theta - cfg.es_sigma * e)
-        res = evaluate_many(world, cands, cfg.sessions_per_eval, seed=seed * 1000 + gen)
+        res = evaluate_many(world, cands, cfg.sessions_per_eval, seed=seed * 1000)
         result.n_sessions += cfg.sessions_per_eval * len(cands)
         f = np.array([res[f"+{i}"].mean_return for i in range(cfg.es_pairs)]
                      + [res[f"-{i}"].mean_return for i in range(cfg.es_pairs)])

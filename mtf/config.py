@@ -16,6 +16,7 @@ from mtf.configtools import ConfigError, apply_overrides, from_dict, read_yaml, 
 from mtf.etl.config import EtlConfig
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
+from mtf.pipeline import PipelineConfig
 from mtf.reward import RewardConfig
 from mtf.rl.config import TrainConfig
 from mtf.sim.config import SimConfig
@@ -82,6 +83,7 @@ class MtfConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     etl: EtlConfig = field(default_factory=EtlConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def default_config_path() -> str:

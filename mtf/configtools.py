@@ -8,6 +8,7 @@ that names the dotted key, and applies ``section.key=value`` overrides from the 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import types
 import typing
@@ -88,6 +89,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (dt.date, dt.datetime)):  # YAML reads 2026-01-01 as a date
+            return value.isoformat()
         raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
     raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
 

@@ -178,7 +178,7 @@ def compute_states(cfg: FeatureConfig, impressions: pd.DataFrame,
         sess = ureq["session_id"].to_numpy()
         new_sess = np.r_[True, sess[1:] != sess[:-1]]
         sess_start = np.maximum.accumulate(np.where(new_sess, starts, 0))
-        ts = ureq["ts"].to_numpy().astype("datetime64[us]").astype(np.int64)
+        ts = _epoch_us(ureq["ts"])
         gap_h = np.r_[np.nan, np.diff(ts) / 3.6e9]          # microseconds -> hours
         out_parts.append(_user_states(cfg, beh[u0:u1], starts, sess_start,
                                       ureq["step"].to_numpy(), gap_h))
@@ -189,6 +189,13 @@ def compute_states(cfg: FeatureConfig, impressions: pd.DataFrame,
     out = req[["user_id", "request_id", "session_id", "step"]].reset_index(drop=True)
     out["state"] = list(states)
     return out
+
+
+def _epoch_us(ts: pd.Series) -> np.ndarray:
+    """Timestamps (naive = UTC, or tz-aware) -> int64 microseconds since the epoch."""
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return ts.to_numpy().astype("datetime64[us]").astype(np.int64)
 
 
 def _profile_matrix(cfg: FeatureConfig, user_ids: np.ndarray,

@@ -14,7 +14,8 @@ def spark() -> Iterator["object"]:
     cfg = SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="3g",
                       conf={"spark.ui.enabled": "false",
                             "spark.sql.adaptive.coalescePartitions.enabled": "false",
-                            "spark.default.parallelism": "2"})
+                            "spark.default.parallelism": "2",
+                            "spark.databricks.delta.snapshotPartitions": "2"})
     session = get_spark("mtf-tests", cfg)
     yield session
     session.stop()

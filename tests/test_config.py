@@ -103,3 +103,7 @@ def test_lake_paths_are_absolute_and_overridable(tmp_path) -> None:
     assert cfg.lake.path("quarantine") == "/data/q"
     with pytest.raises(KeyError, match="unknown lake location"):
         cfg.lake.path("root")
+
+
+def test_yaml_dates_are_accepted_for_string_fields() -> None:
+    assert load_config(None, ["sim.start_date=2026-02-27"]).sim.start_date == "2026-02-27"

@@ -24,14 +24,16 @@ from mtf.configtools import to_dict
 from mtf.etl import schema as S
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.sessionize import SESSION_START_TS, sessionize
-from mtf.etl.state import (IS_SENTINEL, STATE_CORE, add_impression_history, add_profile_state,
+from mtf.etl.state import (IS_SENTINEL, PREV_TS, STATE_CORE, add_impression_history, add_profile_state,
                            add_state_core)
 from mtf.etl.steps import (APP_SID_HASH, EXPLORE_IDX, FEEDBACK, action_array, action_col,
                            add_impression_feedback, add_reward, explore_group_col, fb_col,
                            to_requests)
-from mtf.etl.transitions import (NEXT_CORE, add_next_state, add_sentinels, add_split,
+from mtf.etl.transitions import (NEXT_CORE, active_users, add_next_state, add_sentinels,
+                                 add_split,
                                  fix_previous_rows, select_transitions, zeros)
-from mtf.etl.validate import REASONS, RowRules, add_reject_reason
+from mtf.etl.validate import (REASONS, RowRules, add_row_reason, duplicate_keys,
+                              mark_duplicates)
 from mtf.features import FEATURE_VERSION
 
 if TYPE_CHECKING:
@@ -42,6 +44,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UTC = dt.timezone.utc
+FIRST_IN_WINDOW = "first_in_window"   # first step of its session among the output days
+# EtlConfig fields that say which days a run builds, not how: left out of mtf.config.
+RUN_FIELDS = ("start_ds", "end_ds")
+# At most this many duplicated (ds, event_id) keys are broadcast to mark duplicates without
+# shuffling every row; above it every row is ranked (one shuffle).
+MAX_BROADCAST_DUPLICATE_KEYS = 1_000_000
 # percentile_approx accuracy for the train/test cutoff: exact up to this many sessions starting
 # in a run, relative rank error 1/SPLIT_ACCURACY beyond.
 SPLIT_ACCURACY = 100_000
@@ -81,14 +89,17 @@ class RunWindow:
         return dt.datetime.combine(self.end + dt.timedelta(days=1), dt.time(), tzinfo=UTC)
 
     @property
+    def start_ts(self) -> dt.datetime:
+        return dt.datetime.combine(self.start, dt.time(), tzinfo=UTC)
+
+    @property
     def previous_day(self) -> dt.date:
         return self.start - dt.timedelta(days=1)
 
     @property
     def boundary_from(self) -> dt.datetime:
         """Rows of the previous day at/after this instant may have been written truncated."""
-        start = dt.datetime.combine(self.start, dt.time(), tzinfo=UTC)
-        return start - dt.timedelta(seconds=self.session_gap_s)
+        return self.start_ts - dt.timedelta(seconds=self.session_gap_s)
 
     def days_predicate(self) -> str:
         return f"{S.DS} >= DATE'{self.start.isoformat()}' AND {S.DS} <= DATE'{self.end.isoformat()}'"
@@ -101,10 +112,13 @@ class RunWindow:
 
 # ---- the pure chain --------------------------------------------------------------------------
 
-def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow) -> "DataFrame":
+def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
+                   open_users: "DataFrame | None" = None) -> "DataFrame":
     """Validated impressions of the context days -> request rows of the output days.
 
     Requires the impression-contract columns, valid rows only (``reject_reason`` null).
+    ``open_users``: user_id of every user that may have a session open at the window's end
+    (default: derived from ``valid``; the job passes a cheaper superset from the raw rows).
     Returns one row per request with ds in the window: user_id, ts, request_id, ds,
     session_id, step, ``session_start_ts``, ``state_core`` and ``next_core`` (non-profile
     state, array<double>; next_core null when terminal), is_terminal, is_truncated, ``a_<i>``,
@@ -114,14 +128,15 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow) -
     from pyspark.sql import functions as F
 
     k = cfg.fusion.k
+    if open_users is None:
+        open_users = active_users(valid, data_end=window.data_end, gap_s=cfg.etl.session_gap_s)
     keep = [S.USER_ID, S.TS, S.REQUEST_ID, S.POSITION, S.EVENT_ID, S.DS, S.ACTION_LOGP,
             S.PLAY_TIME_S, S.DURATION_S, *S.INTERACTIONS, IS_SENTINEL, EXPLORE_IDX,
             APP_SID_HASH, *(fb_col(f) for f in FEEDBACK), *(action_col(i) for i in range(k))]
     imps = (valid
             .transform(add_impression_feedback, reward=cfg.reward, fusion=cfg.fusion,
                        explore_groups=cfg.etl.explore_groups)
-            .transform(add_sentinels, data_end=window.data_end,
-                       gap_s=cfg.etl.session_gap_s)
+            .transform(add_sentinels, users=open_users, data_end=window.data_end)
             .select(*keep)
             .transform(add_impression_history, features=cfg.features))
     in_window = (F.col(S.DS) >= F.lit(window.start)) & (F.col(S.DS) <= F.lit(window.end))
@@ -130,6 +145,8 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow) -
             .transform(sessionize, gap_s=cfg.etl.session_gap_s)
             .transform(add_state_core, features=cfg.features)
             .transform(add_next_state)
+            .withColumn(FIRST_IN_WINDOW, (F.col(S.STEP) == 0)
+                        | (F.col(PREV_TS) < F.lit(window.start_ts)))
             .where(~F.col(IS_SENTINEL) & in_window)
             .transform(add_reward, reward=cfg.reward))
 
@@ -156,7 +173,7 @@ def finish_transitions(requests: "DataFrame", profiles: "DataFrame | None", *,
         S.ACTION_LOGP, S.REWARD, S.REWARD_STICKINESS, S.REWARD_ACTIVENESS,
         S.IS_TERMINAL, S.IS_TRUNCATED,
         explore_group_col(cfg.etl.explore_groups).alias(S.EXPLORE_GROUP),
-        SESSION_START_TS)
+        SESSION_START_TS, FIRST_IN_WINDOW)
 
 
 # ---- I/O -------------------------------------------------------------------------------------
@@ -189,7 +206,8 @@ def table_properties_for(cfg: "MtfConfig") -> dict[str, str]:
     """The Delta table properties of the transitions table (read by the trainer)."""
     from mtf.delta import json_property
 
-    config = {"etl": to_dict(cfg.etl), "features": to_dict(cfg.features),
+    etl = {k: v for k, v in to_dict(cfg.etl).items() if k not in RUN_FIELDS}
+    config = {"etl": etl, "features": to_dict(cfg.features),
               "reward": to_dict(cfg.reward), "fusion": to_dict(cfg.fusion)}
     return {S.PROP_FEATURE_NAMES: json_property(list(cfg.features.feature_names)),
             S.PROP_FEATURE_VERSION: FEATURE_VERSION,
@@ -216,8 +234,19 @@ def check_compatible(existing: dict[str, str], wanted: dict[str, str], path: str
                          f"to another lake.transitions path.")
 
 
-def _day_range(raw: "DataFrame") -> tuple[dt.date | None, dt.date | None]:
+def _day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.date | None]:
+    """First and last ds in the logs: from the snapshot's partition paths when the table is
+    partitioned by ds (no scan), else by an aggregation."""
+    import re
+
     from pyspark.sql import functions as F
+
+    pattern = re.compile(rf"/{re.escape(ds_column)}=(\d{{4}}-\d{{2}}-\d{{2}})/")
+    files = raw.inputFiles()
+    days = [pattern.search(f) for f in files]
+    if files and all(days):
+        found = sorted({dt.date.fromisoformat(m.group(1)) for m in days if m})
+        return found[0], found[-1]
     row = raw.agg(F.min(S.DS).alias("lo"), F.max(S.DS).alias("hi")).first()
     return (row["lo"], row["hi"]) if row is not None else (None, None)
 
@@ -242,8 +271,83 @@ def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None"
     return prof.groupBy(S.USER_ID).agg(*(F.max(c).alias(c) for c in cols))
 
 
+def _context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
+    """The rows a run reads: the output days and the look-back days before them."""
+    from pyspark.sql import functions as F
+
+    if window.full_rebuild:
+        return raw
+    context = raw.where(F.col(S.DS) <= F.lit(window.end))
+    if window.context_start is not None:
+        context = context.where(F.col(S.DS) >= F.lit(window.context_start))
+    return context
+
+
+class _Validator:
+    """Row rules + duplicates, with the duplicate keys of the context computed once.
+
+    Duplicates are rare, so the keys are found first with a narrow aggregation; when there are
+    none, validation is a per-row filter and no row is shuffled for it.
+    """
+
+    def __init__(self, context: "DataFrame", rules: RowRules) -> None:
+        self.rules = rules
+        self.keys = duplicate_keys(add_row_reason(context, rules=rules)).persist()
+        self.n_keys = self.keys.count()
+        if self.n_keys:
+            logger.info("%d (ds, event_id) keys have duplicate rows", self.n_keys)
+
+    def flag(self, df: "DataFrame") -> "DataFrame":
+        flagged = add_row_reason(df, rules=self.rules)
+        if not self.n_keys:
+            return flagged
+        small = self.n_keys <= MAX_BROADCAST_DUPLICATE_KEYS
+        return mark_duplicates(flagged, candidates=self.keys if small else None)
+
+    def close(self) -> None:
+        self.keys.unpersist()
+
+
+def _write_quarantine(flagged: "DataFrame", path: str, window: RunWindow
+                      ) -> tuple[int, int, dict[str, int]]:
+    """Write the rejected rows of the output days; (version, rows_in, count per reason)."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from mtf.delta import write_delta
+
+    obs = Observation("mtf_quarantine")
+    observed = flagged.observe(
+        obs, F.count(F.lit(1)).alias("rows_in"),
+        *(F.sum(F.when(F.col(S.REJECT_REASON) == r, 1).otherwise(0)).alias(r) for r in REASONS))
+    bad = observed.where(F.col(S.REJECT_REASON).isNotNull()) \
+        .withColumn(S.RUN_DS, F.lit(window.end))
+    version = write_delta(bad, path, mode="overwrite", partition_by=[S.DS],
+                          replace_where=None if window.full_rebuild else window.days_predicate())
+    counts = {k: int(v or 0) for k, v in obs.get.items()}
+    rows_in = counts.pop("rows_in")
+    return version, rows_in, {r: n for r, n in counts.items() if n}
+
+
+def _train_until(cutoff: dt.datetime | None, window: RunWindow) -> dt.datetime:
+    if cutoff is None:  # no session starts in the run: nothing to split
+        return window.data_end
+    return cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=UTC)
+
+
+def _test_from(etl: EtlConfig) -> dt.datetime | None:
+    if not etl.test_start_ts:
+        return None
+    ts = dt.datetime.fromisoformat(etl.test_start_ts)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     """Validate the logs, write the quarantine and the transitions, return the summary.
+
+    Order: schema checks (raise before anything is written) -> quarantine table (one commit)
+    -> transitions table (one data commit, replacing exactly the run's days and the previous
+    day's last ``session_gap_s``; properties are set in a second commit only when they change).
 
     Raises:
         FileNotFoundError: no impression-log table.
@@ -259,100 +363,87 @@ def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary
 
     raw_path = cfg.lake.path("raw_logs")
     trans_path = cfg.lake.path("transitions")
-    q_path = cfg.lake.path("quarantine")
     raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
                     where=f"raw_logs {raw_path!r}", column_map=cfg.etl.column_map)
     profiles = read_profiles(spark, cfg)
-    first_ds, last_ds = _day_range(raw) if cfg.etl.is_full_rebuild else (None, None)
+    first_ds, last_ds = (_day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
+                         if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)
     props = table_properties_for(cfg)
-    incremental_on_table = not window.full_rebuild and is_delta_table(trans_path)
+    existing = table_properties(spark, trans_path) if is_delta_table(trans_path) else {}
+    incremental_on_table = not window.full_rebuild and bool(existing)
     if incremental_on_table:
-        check_compatible(table_properties(spark, trans_path), props, trans_path)
+        check_compatible(existing, props, trans_path)
     logger.info("building transitions for %s..%s (%s) from %s", window.start, window.end,
                 "full rebuild" if window.full_rebuild else
                 f"context from {window.context_start or 'the first day'}", raw_path)
-    rules = RowRules.from_config(cfg)
     days = F.col(S.DS).between(F.lit(window.start), F.lit(window.end))
-
-    # 1. Quarantine: every row of the output days gets checked; bad ones are written.
-    out_days = raw if window.full_rebuild else raw.where(days)
-    q_obs = Observation("mtf_quarantine")
-    flagged = out_days.transform(add_reject_reason, rules=rules).observe(
-        q_obs, F.count(F.lit(1)).alias("rows_in"),
-        *(F.sum(F.when(F.col(S.REJECT_REASON) == r, 1).otherwise(0)).alias(r)
-          for r in REASONS))
-    bad = flagged.where(F.col(S.REJECT_REASON).isNotNull()) \
-        .withColumn(S.RUN_DS, F.lit(window.end))
-    q_version = write_delta(bad, q_path, mode="overwrite", partition_by=[S.DS],
-                            replace_where=None if window.full_rebuild
-                            else window.days_predicate())
-    q_counts = {k: int(v or 0) for k, v in q_obs.get.items()}
-    rows_in = q_counts.pop("rows_in")
-    rejected = {r: n for r, n in q_counts.items() if n}
-
-    # 2. Transitions: context days -> validated -> steps -> one commit.
-    context = raw.where(F.col(S.DS) <= F.lit(window.end))
-    if window.context_start is not None:
-        context = context.where(F.col(S.DS) >= F.lit(window.context_start))
-    v_obs = Observation("mtf_valid")
-    valid = (context.transform(add_reject_reason, rules=rules)
-             .where(F.col(S.REJECT_REASON).isNull()).drop(S.REJECT_REASON)
-             .observe(v_obs, F.sum(F.when(days, 1).otherwise(0)).alias("rows_valid")))
-    current = finish_transitions(build_requests(valid, cfg=cfg, window=window), profiles,
-                                 cfg=cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    context = _context(raw, window)
+    validator = _Validator(context, RowRules.from_config(cfg))
+    current = None
     try:
-        # (No distinct aggregate here: next to percentile_approx it makes Spark merge digests
-        # per row.)
+        # 1. Quarantine: every row of the output days is checked; the bad ones are written.
+        out_days = raw if window.full_rebuild else raw.where(days)
+        q_version, rows_in, rejected = _write_quarantine(
+            validator.flag(out_days), cfg.lake.path("quarantine"), window)
+
+        # 2. Transitions: context days -> valid rows -> steps, cached for the split cutoff.
+        v_obs = Observation("mtf_valid")
+        valid = (validator.flag(context).where(F.col(S.REJECT_REASON).isNull())
+                 .drop(S.REJECT_REASON)
+                 .observe(v_obs, F.sum(F.when(days, 1).otherwise(0)).alias("rows_valid")))
+        # Sentinel users from the raw rows: no second validation pass (a superset is fine).
+        open_users = active_users(context, data_end=window.data_end,
+                                  gap_s=cfg.etl.session_gap_s)
+        requests = build_requests(valid, cfg=cfg, window=window, open_users=open_users)
+        current = finish_transitions(requests, profiles, cfg=cfg) \
+            .persist(StorageLevel.MEMORY_AND_DISK)
         stats = current.agg(
             F.count(F.lit(1)).alias("steps"),
+            F.sum(F.col(FIRST_IN_WINDOW).cast("int")).alias("sessions"),
             F.sum(F.col(S.IS_TERMINAL).cast("int")).alias("terminal"),
             F.sum(F.col(S.IS_TRUNCATED).cast("int")).alias("truncated"),
             F.percentile_approx(F.when(F.col(S.STEP) == 0, F.col(SESSION_START_TS)),
                                 cfg.etl.train_fraction, SPLIT_ACCURACY).alias("cutoff"),
         ).first()
-        n_sessions = current.select(S.SESSION_ID).distinct().count()
         rows_valid = int(v_obs.get.get("rows_valid") or 0)
+
+        # 3. Split, the previous day's open rows, one commit.
         previous = None
+        replace = None if window.full_rebuild else window.days_predicate()
         if incremental_on_table:
             previous = read_delta(spark, trans_path).where(window.previous_rows_predicate())
-        if cfg.etl.test_start_ts:
-            test_from = dt.datetime.fromisoformat(cfg.etl.test_start_ts)
-            test_from = test_from if test_from.tzinfo else test_from.replace(tzinfo=UTC)
-            with_split = add_split(current, train_until=None, test_from=test_from,
-                                   previous=previous)
-        else:
-            cutoff = stats["cutoff"] or window.data_end  # no session starts: all train
-            cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=UTC)
-            with_split = add_split(current, train_until=cutoff, test_from=None,
-                                   previous=previous)
-        s_obs = Observation("mtf_split")
+            replace = f"({replace}) OR ({window.previous_rows_predicate()})"
+        test_from = _test_from(cfg.etl)
+        with_split = add_split(current, previous=previous, test_from=test_from,
+                               train_until=None if test_from else
+                               _train_until(stats["cutoff"], window))
+        s_obs, p_obs = Observation("mtf_split"), Observation("mtf_previous")
         out = select_transitions(with_split).observe(
             s_obs, F.sum(F.when(F.col(S.SPLIT) == S.TRAIN, 1).otherwise(0)).alias("train"))
-        p_obs = Observation("mtf_previous")
-        replace = None if window.full_rebuild else window.days_predicate()
         if previous is not None:
             fixed = fix_previous_rows(previous, select_transitions(with_split),
                                       state_dim=len(cfg.features.feature_names))
             out = out.unionByName(fixed.observe(p_obs, F.count(F.lit(1)).alias("n")))
-            replace = f"({replace}) OR ({window.previous_rows_predicate()})"
         out = out.repartition(cfg.etl.files_per_day, S.SESSION_ID, S.STEP)
+        changed = any(existing.get(k) != v for k, v in props.items())
         t_version = write_delta(out, trans_path, mode="overwrite", partition_by=[S.DS],
-                                replace_where=replace, properties=props)
+                                replace_where=replace, properties=props if changed else None)
         train_steps = int(s_obs.get.get("train") or 0)
+        n_previous = int(p_obs.get.get("n") or 0) if previous is not None else 0
     finally:
-        current.unpersist()
-    n_prev = int(p_obs.get.get("n") or 0) if previous is not None else 0
+        validator.close()
+        if current is not None:
+            current.unpersist()
     rows_quarantined = sum(rejected.values())
     summary = JobSummary(
         start_ds=window.start.isoformat(), end_ds=window.end.isoformat(),
         full_rebuild=window.full_rebuild, rows_in=rows_in, rows_valid=rows_valid,
         rows_quarantined=rows_quarantined, rejected_by_reason=rejected,
-        steps=int(stats["steps"]), sessions=n_sessions,
+        steps=int(stats["steps"]), sessions=int(stats["sessions"] or 0),
         terminal_steps=int(stats["terminal"] or 0), truncated_steps=int(stats["truncated"] or 0),
-        train_steps=train_steps,
-        previous_rows_rewritten=n_prev, quarantine_version=q_version,
-        transitions_version=t_version)
+        train_steps=train_steps, previous_rows_rewritten=n_previous,
+        quarantine_version=q_version, transitions_version=t_version)
     logger.info("build-transitions summary: %s", json.dumps(summary.to_dict(), sort_keys=True))
     if rows_in != rows_valid + rows_quarantined:
         raise RuntimeError(f"row accounting failed for {window.start}..{window.end}: rows_in="

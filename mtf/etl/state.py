@@ -78,6 +78,29 @@ def _behaviour_exprs(features: FeatureConfig) -> dict[str, "Column"]:
     return {b: exprs[b] for b in BEHAVIOURS}
 
 
+# Largest factor by which a block-local weight is divided (see _recent_grids): bounds the
+# amplification of float64 rounding in the recent-window sums.
+MAX_WEIGHT_DIVISOR = 256.0
+
+
+def _recent_grids(recent_len: int, decay: float) -> tuple[int, int, int]:
+    """(block size B, grid shift D, number of grids m) for the decayed recent window.
+
+    Grid g splits the impression index into blocks of B starting at -g*D. A window of W =
+    recent_len impressions ending at row s is read from the grid in which s sits in the last D
+    slots of its block: the window fits in that block when B - D >= W - 1, and s's weight is at
+    least decay**(D - 1) >= 1 / MAX_WEIGHT_DIVISOR. With m * D = B, exactly one grid qualifies.
+    For the default decay 0.9 and W = 32 this is 2 grids of 66.
+    """
+    W = recent_len
+    if decay >= 1.0:
+        D = W + 1
+    else:
+        D = max(1, min(W + 1, int(math.log(MAX_WEIGHT_DIVISOR) / -math.log(decay)) + 1))
+    m = -(-(W - 1 + D) // D)  # ceil
+    return m * D, D, m
+
+
 def add_impression_history(imps: "DataFrame", *, features: FeatureConfig) -> "DataFrame":
     """Per impression: index, behaviours and the history/recent window sums before it.
 
@@ -85,24 +108,31 @@ def add_impression_history(imps: "DataFrame", *, features: FeatureConfig) -> "Da
     shared, commented, followed (already validated: no nulls in feedback).
     Adds: ``imp_idx``; ``b_<b>``; ``cx_<b>`` (sum over all earlier impressions), ``cl_<b>``
     (sum over impressions earlier than the history window), ``rc_<b>`` (decayed sum over the
-    recent window) for every behaviour b. Windows are partitioned by user only.
+    recent window) for every behaviour b. Two window operators over one sort by user and
+    impression order; all frames grow from the partition start, so Spark evaluates them
+    incrementally: O(n) per user, no frame of history_len rows.
+
+    Recent window: with ``v_j = b_{j-1}`` it is ``sum_{j in (s-W, s]} decay**(s-j) v_j``. For a
+    grid (:func:`_recent_grids`) let ``w_j = decay**(B-1-offset_j)`` (block-local weights,
+    between decay**(B-1) and 1) and ``G`` the running sum of ``w_j v_j``; when the window lies in
+    one block it equals ``(G(s) - G(s-W)) / w_s``. ``G(s)`` and ``G(s-W)`` are partial sums of one
+    addition sequence, so their difference carries the rounding of W additions only.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     W = features.recent_len
-    B = 2 * W
     d = float(features.decay)
-    if d ** (B - 1) < 1e-300:
-        raise ValueError(f"features.decay={d} is too small for recent_len={W}: decay**(2*"
-                         f"recent_len-1) underflows; use decay >= {1e-300 ** (1 / (B - 1)):.3g}")
+    B, D, m = _recent_grids(W, d)
     H = features.history_len
     beh = _behaviour_exprs(features)
     imps = imps.select("*", *(expr.alias(beh_col(b)) for b, expr in beh.items()))
 
     by_user = Window.partitionBy(S.USER_ID).orderBy(*IMPRESSION_ORDER)
+    upto = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     before = by_user.rowsBetween(Window.unboundedPreceding, -1)
     before_hist = by_user.rowsBetween(Window.unboundedPreceding, -(H + 1))
+    before_recent = by_user.rowsBetween(Window.unboundedPreceding, -W)
     zero = F.lit(0.0)
     cols = [(F.row_number().over(by_user) - 1).alias(IMP_IDX)]
     for b in BEHAVIOURS:
@@ -112,24 +142,25 @@ def add_impression_history(imps: "DataFrame", *, features: FeatureConfig) -> "Da
         cols.append(F.coalesce(F.lag(beh_col(b), 1).over(by_user), zero).alias(f"_v_{b}"))
     imps = imps.select("*", *cols)
 
-    for grid, shift in (("a", 0), ("b", W)):
-        pos = F.col(IMP_IDX) + shift
-        block, offset = F.floor(pos / B), F.pmod(pos, F.lit(B))
-        weight = F.pow(F.lit(d), F.lit(B - 1) - offset)
-        imps = imps.withColumn(f"_blk_{grid}", block).withColumn(f"_w_{grid}", weight)
-        in_block = Window.partitionBy(S.USER_ID, f"_blk_{grid}").orderBy(IMP_IDX)
-        upto = in_block.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-        upto_lag = in_block.rowsBetween(Window.unboundedPreceding, -W)
-        sums = []
+    offsets = [F.pmod(F.col(IMP_IDX) + g * D, F.lit(B)) for g in range(m)]
+    weights = [F.pow(F.lit(d), F.lit(B - 1) - off) for off in offsets]
+    imps = imps.select("*", *(w.alias(f"_w{g}") for g, w in enumerate(weights)))
+    sums = []
+    for g in range(m):
         for b in BEHAVIOURS:
-            wv = F.col(f"_w_{grid}") * F.col(f"_v_{b}")
-            sums.append(((F.sum(wv).over(upto) - F.coalesce(F.sum(wv).over(upto_lag), zero))
-                         / F.col(f"_w_{grid}")).alias(f"_r{grid}_{b}"))
-        imps = imps.select("*", *sums)
-    offset_a = F.pmod(F.col(IMP_IDX), F.lit(B))
-    imps = imps.select("*", *(
-        F.when(offset_a >= W - 1, F.col(f"_ra_{b}")).otherwise(F.col(f"_rb_{b}"))
-         .alias(recent_col(b)) for b in BEHAVIOURS))
+            wv = F.col(f"_w{g}") * F.col(f"_v_{b}")
+            sums.append(((F.sum(wv).over(upto) - F.coalesce(F.sum(wv).over(before_recent), zero))
+                         / F.col(f"_w{g}")).alias(f"_r{g}_{b}"))
+    imps = imps.select("*", *sums)
+    # Read each row from the one grid in which it sits in the last D slots of its block.
+    rc = []
+    for b in BEHAVIOURS:
+        expr = F.col(f"_r0_{b}")
+        for g in range(1, m):
+            expr = F.when(F.pmod(F.col(IMP_IDX) + g * D, F.lit(B)) >= B - D, F.col(f"_r{g}_{b}")
+                          ).otherwise(expr)
+        rc.append(expr.alias(recent_col(b)))
+    imps = imps.select("*", *rc)
     return imps.drop(*[c for c in imps.columns if c.startswith("_")])
 
 

@@ -35,18 +35,29 @@ if TYPE_CHECKING:
 NEXT_CORE = "next_core"          # non-profile part of next_state (null when terminal)
 
 
-def add_sentinels(imps: "DataFrame", *, data_end: dt.datetime, gap_s: int) -> "DataFrame":
-    """Add ``is_sentinel`` (false) and one sentinel row at ``data_end`` per user who was active
-    in the last ``gap_s`` seconds before it (the only users whose session can be open).
+def active_users(df: "DataFrame", *, data_end: dt.datetime, gap_s: int) -> "DataFrame":
+    """Users with a row in the last ``gap_s`` seconds before ``data_end``: the only users whose
+    session can still be open at ``data_end`` (a superset is fine: see add_sentinels)."""
+    from pyspark.sql import functions as F
 
-    Requires user_id, ts (all before ``data_end``). The sentinel has ts = ``data_end``, null
-    request_id/event_id, zero feedback and null for every other column.
+    return (df.where((F.col(S.TS) >= F.lit(data_end - dt.timedelta(seconds=gap_s)))
+                     & F.col(S.USER_ID).isNotNull())
+            .select(S.USER_ID).distinct())
+
+
+def add_sentinels(imps: "DataFrame", *, users: "DataFrame", data_end: dt.datetime
+                  ) -> "DataFrame":
+    """Add ``is_sentinel`` (false) and one sentinel impression at ``data_end`` per user in
+    ``users`` (:func:`active_users`).
+
+    The sentinel has ts = ``data_end`` (after every real row), null request_id/event_id, zero
+    feedback and null for every other column. It only ever affects its own row: a sentinel of a
+    user whose last session ended before ``data_end`` - gap starts a session of its own and is
+    dropped with the other sentinels.
     """
     from pyspark.sql import functions as F
 
     end = F.lit(data_end).cast("timestamp")
-    users = (imps.where(F.col(S.TS) >= F.lit(data_end - dt.timedelta(seconds=gap_s)))
-             .select(S.USER_ID).distinct())
     sentinels = users.select(
         S.USER_ID, end.alias(S.TS), F.to_date(end).alias(S.DS),
         F.lit(0).alias(S.POSITION),

@@ -118,22 +118,71 @@ def _row_rules(rules: RowRules) -> list[tuple["Column", str]]:
     ]
 
 
-def add_reject_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
-    """Add ``reject_reason`` (null = valid) to impression rows.
+def add_row_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
+    """Add ``reject_reason`` from the per-row rules only (no duplicate check; narrow).
 
-    Requires the impression-contract columns (:func:`mtf.etl.schema.impression_contract`);
-    adds ``reject_reason`` (string, one of :data:`REASONS` or null). Row count is unchanged.
+    Requires the impression-contract columns (:func:`mtf.etl.schema.impression_contract`).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     reason = F.lit(None).cast("string")
     for cond, name in reversed(_row_rules(rules)):
         reason = F.when(cond, F.lit(name)).otherwise(reason)
-    flagged = df.withColumn(S.REJECT_REASON, reason)
+    return df.withColumn(S.REJECT_REASON, reason)
+
+
+def _rank_copies(flagged: "DataFrame") -> "DataFrame":
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     is_ok = F.col(S.REJECT_REASON).isNull()
     copies = Window.partitionBy(S.DS, S.EVENT_ID, is_ok).orderBy(*DEDUP_ORDER)
     return flagged.withColumn(
         S.REJECT_REASON,
         F.when(is_ok & (F.row_number().over(copies) > 1), F.lit(DUPLICATE_EVENT_ID))
          .otherwise(F.col(S.REJECT_REASON)))
+
+
+def duplicate_keys(flagged: "DataFrame") -> "DataFrame":
+    """(ds, event_id) held by more than one row that passes the row rules.
+
+    Requires ``reject_reason`` from :func:`add_row_reason`. Narrow: shuffles only the keys.
+    """
+    from pyspark.sql import functions as F
+
+    return (flagged.where(F.col(S.REJECT_REASON).isNull())
+            .groupBy(S.DS, S.EVENT_ID).agg(F.count(F.lit(1)).alias("_n"))
+            .where(F.col("_n") > 1).select(S.DS, S.EVENT_ID))
+
+
+def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = None
+                    ) -> "DataFrame":
+    """Set ``reject_reason`` = duplicate_event_id on every copy but the first (see module doc).
+
+    Args:
+        flagged: rows with ``reject_reason`` from :func:`add_row_reason`.
+        candidates: optionally the :func:`duplicate_keys` of (a superset of) ``flagged``, small
+            enough to broadcast: only rows with those keys are ranked, so the other rows are
+            not shuffled. None ranks every row (one shuffle by (ds, event_id)).
+    """
+    from pyspark.sql import functions as F
+
+    if candidates is None:
+        return _rank_copies(flagged)
+    keyed = flagged.join(F.broadcast(candidates.select(S.DS, S.EVENT_ID,
+                                                       F.lit(True).alias("_dup_key"))),
+                         on=[S.DS, S.EVENT_ID], how="left")
+    ranked = _rank_copies(keyed.where(F.col("_dup_key")))
+    rest = keyed.where(F.col("_dup_key").isNull())
+    return rest.unionByName(ranked).select(*flagged.columns)
+
+
+def add_reject_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
+    """Add ``reject_reason`` (null = valid) to impression rows: row rules, then duplicates.
+
+    Requires the impression-contract columns (:func:`mtf.etl.schema.impression_contract`);
+    adds ``reject_reason`` (string, one of :data:`REASONS` or null). Row count is unchanged.
+    The job runs the same two stages but checks for duplicate keys first, so that the common
+    case (none) costs no shuffle.
+    """
+    return mark_duplicates(add_row_reason(df, rules=rules))

@@ -63,6 +63,10 @@ class OpeConfig:
     go_margin: float = 0.01              # non-inferiority margin, as a fraction of
     #                                      |V_cons(logging)|: go iff lower(V_cons(pi) -
     #                                      V_cons(logging)) > -go_margin * |V_cons(logging)|
+    max_penalty: float = 0.1             # support guard: no go when FQE - conservative FQE of
+    #                                      the candidate exceeds this fraction of
+    #                                      |V_cons(logging)| (its value rests on extrapolation
+    #                                      the regulariser had to cut); 0 = no guard
 
     # ---- which policies ----------------------------------------------------------------------
     policies: tuple[str, ...] = ()       # exported policy dirs (policy.pt + policy.json) or run
@@ -94,7 +98,8 @@ class OpeConfig:
                   wpdis_horizon=self.wpdis_horizon, n_bootstrap=self.n_bootstrap,
                   udf_threads=self.udf_threads, plot_sample_rows=self.plot_sample_rows)
         _non_negative(alpha=self.alpha, n_initial_states=self.n_initial_states,
-                      go_margin=self.go_margin, threads=self.threads,
+                      go_margin=self.go_margin, max_penalty=self.max_penalty,
+                      threads=self.threads,
                       truth_sessions=self.truth_sessions)
         if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"ope.gamma must be in (0, 1], got {self.gamma!r}")

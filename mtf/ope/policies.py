@@ -207,7 +207,8 @@ def discover_exports(models_dir: str, latest_per_algorithm: bool = True) -> list
     With ``latest_per_algorithm`` only the newest export (sidecar ``exported_utc``, then file
     time) of each algorithm is kept.
     """
-    found = sorted({os.path.dirname(p) for pattern in ("*/export/" + POLICY_FILE, "*/" + POLICY_FILE)
+    patterns = (os.path.join("*", "export", POLICY_FILE), os.path.join("*", POLICY_FILE))
+    found = sorted({os.path.dirname(p) for pattern in patterns
                     for p in glob.glob(os.path.join(models_dir, pattern))})
     found = [d for d in found if os.path.isfile(os.path.join(d, SIDECAR_FILE))]
     if not latest_per_algorithm:

@@ -35,6 +35,7 @@ ESTIMATOR_LABELS = {
     "wpdis": "Weighted PDIS",
     "dr": "Doubly robust",
 }
+_LOW_ESS = 30.0   # below this the IS-family cells are marked unreliable (as results._MIN_ESS)
 _COLORS = {"conservative_fqe": "#c0392b", "fqe": "#2980b9", "pdis": "#8e44ad",
            "wpdis": "#16a085", "dr": "#d35400"}
 
@@ -78,7 +79,9 @@ def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, A
         "gamma": result.meta.get("gamma"),
         "decision_rule": (f"go iff the lower end of the {ope.ci_level:.0%} paired bootstrap "
                           f"interval of V_cons(policy) - V_cons(logging) > -{ope.go_margin} * "
-                          f"|V_cons(logging)|"),
+                          f"|V_cons(logging)|"
+                          + (f" and FQE(policy) - V_cons(policy) <= {ope.max_penalty} * "
+                             f"|V_cons(logging)| (support guard)" if ope.max_penalty > 0 else "")),
         "policies": [p.describe() for p in result.policies],
         "decisions": [d.to_dict() for d in result.decisions],
         "results": [r.to_dict() for r in result.results],
@@ -90,7 +93,7 @@ def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, A
     })
 
 
-# ---- plots ----------------------------------------------------------------------------------------
+# ---- plots ------------------------------------------------------------------------------------
 
 def _png(fig: "Figure") -> str:
     buf = io.BytesIO()
@@ -264,7 +267,7 @@ def plot_validation(result: "OpeResult") -> "Figure | None":
     return fig
 
 
-# ---- HTML -----------------------------------------------------------------------------------------
+# ---- HTML -------------------------------------------------------------------------------------
 
 def _f(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -284,7 +287,8 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;max-width:1250px;
 color:#222}
-h1{font-size:22px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h1{font-size:22px}
+h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right} th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}
@@ -310,6 +314,11 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
              f"{e(report['created_utc'])}.</p>"]
 
     parts.append("<h2>Decision</h2>")
+    if report["decisions"]:
+        go = [d["policy"] for d in report["decisions"] if d["go"]]
+        no = [d["policy"] for d in report["decisions"] if not d["go"]]
+        parts.append(f"<p><b>May go online:</b> {e(', '.join(go) or 'none')}. "
+                     f"<b>Not:</b> {e(', '.join(no) or 'none')}.</p>")
     parts.append(f"<p class='note'>Rule: {e(report['decision_rule'])}.</p>")
     if report["decisions"]:
         rows = []
@@ -331,10 +340,14 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
     rows = []
     for r in report["results"]:
         cells = [e(r["policy"])]
+        ess = r["diagnostics"].get("ess_trajectory") or 0.0
         for est in ESTIMATORS:
             v = r["estimates"][est]
-            cells.append(f"{_f(v['value'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]"
-                         if v["available"] else f"<span class='warn'>{e(v['note'])}</span>")
+            cell = (f"{_f(v['value'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]"
+                    if v["available"] else f"<span class='warn'>{e(v['note'])}</span>")
+            if v["available"] and est in ("pdis", "wpdis", "dr") and ess < _LOW_ESS:
+                cell += f" <span class='warn'>unreliable: ESS {ess:.0f}</span>"
+            cells.append(cell)
         rows.append(cells)
     if report.get("truth"):
         header.append("ground truth")
@@ -348,10 +361,11 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
     rows = []
     for r in report["results"]:
         d = r["diagnostics"]
+        clipped = d["clipped_share"]
         rows.append([e(r["policy"]), _f(d["n_initial_states"]), _f(d["n_sessions_is"]),
                      _f(d["n_sessions_excluded_is"]), _f(d["ess_trajectory"], 3),
                      _f(d["ess_first_step"], 3),
-                     f"{_f(100 * d['clipped_share'] if d['clipped_share'] is not None else None, 3)}%",
+                     f"{_f(100 * clipped if clipped is not None else None, 3)}%",
                      _f(d["conservative_penalty"]), _f(d["n_truncated_sessions"]),
                      _f(d["logged_return"]), _f(d["exploit_logged_return"])])
     parts.append(_table(["policy", "initial states (FQE)", "sessions (IS)",

@@ -6,14 +6,17 @@ bootstrap standard error; paired differences against the logging policy; diagnos
 :class:`Decision` per candidate policy.
 
 Go / no-go rule (docs/ope.md): with ``D = V_cons(pi) - V_cons(logging)`` (conservative FQE of
-each policy, same bootstrap replicates, so D is paired) and ``[D_lo, D_hi]`` its two-sided
-``ci_level`` percentile interval,
+each policy, same bootstrap replicates, so D is paired), ``[D_lo, D_hi]`` its two-sided
+``ci_level`` percentile interval and ``P = V_FQE(pi) - V_cons(pi)`` the conservative penalty,
 
-    go  <=>  D_lo > -go_margin * |V_cons(logging)|
+    go  <=>  D_lo > -go_margin * |V_cons(logging)|   and   P <= max_penalty * |V_cons(logging)|
 
-i.e. a one-sided test at level (1 + ci_level) / 2 that the candidate loses less than the margin.
-The other estimators do not change the decision; disagreements and weak diagnostics are
-attached as warnings.
+i.e. a one-sided test at level (1 + ci_level) / 2 that the candidate loses less than the
+margin, plus a support guard: when the regulariser had to cut the candidate's value by more
+than ``max_penalty`` of the reference value, that value rests on extrapolation beyond the logged
+actions and no bound computed from it is trusted (``max_penalty = 0`` disables the guard). The
+other estimators do not change the decision; disagreements and weak diagnostics are attached
+as warnings.
 """
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ class Decision:
     diff: float              # V_cons(pi) - V_cons(logging)
     diff_low: float          # lower end of its interval
     margin: float            # absolute margin in return units
-    reason: str
+    reason: str              # the bound against the margin, and the support guard if it failed
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +146,7 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
         raise ValueError(f"conservative estimate of {logging_name!r} is not available: "
                          f"{ref.note}")
     margin = cfg.go_margin * abs(ref.value)
+    max_penalty = cfg.max_penalty * abs(ref.value)
     out = []
     for r in results:
         if r.policy == logging_name:
@@ -151,10 +155,16 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
         if not d.available or not math.isfinite(d.ci_low):
             raise ValueError(f"policy {r.policy!r}: the conservative difference to the logging "
                              f"policy is not a number ({d.note or 'NaN replicates'})")
-        go = d.ci_low > -margin
-        relation = ">" if go else "<="
+        bound_ok = d.ci_low > -margin
         reason = (f"lower {cfg.ci_level:.0%} bound of V_cons({r.policy}) - V_cons(logging) = "
-                  f"{d.ci_low:.4g} {relation} -margin = {-margin:.4g}")
+                  f"{d.ci_low:.4g} {'>' if bound_ok else '<='} -margin = {-margin:.4g}")
+        penalty = r.diagnostics["conservative_penalty"]
+        supported = cfg.max_penalty <= 0 or penalty <= max_penalty
+        if bound_ok and not supported:
+            reason += (f", but the support guard fails: FQE - conservative FQE = {penalty:.4g} > "
+                       f"{cfg.max_penalty:g} * |V_cons(logging)| = {max_penalty:.4g} (the "
+                       f"estimate extrapolates beyond the logged actions)")
+        go = bound_ok and supported
         out.append(Decision(r.policy, go, DECISION_ESTIMATOR, d.value, d.ci_low, margin, reason,
                             _warnings(r, margin, go)))
     return out
@@ -176,9 +186,4 @@ def _warnings(r: PolicyEstimates, margin: float, go: bool) -> list[str]:
     clipped = diag.get("clipped_share", float("nan"))
     if math.isfinite(clipped) and clipped > _MAX_CLIPPED_SHARE:
         w.append(f"{clipped:.1%} of importance weights hit ope.max_weight (IS family biased)")
-    penalty = diag.get("conservative_penalty", 0.0)
-    cons = r.estimates[DECISION_ESTIMATOR].value
-    if math.isfinite(penalty) and abs(cons) > 0 and penalty > 0.1 * abs(cons):
-        w.append(f"conservative penalty FQE - conservative FQE = {penalty:.4g} is over 10% of "
-                 f"the estimate: the policy's actions are poorly covered by the data")
     return w

@@ -163,8 +163,9 @@ def to_arrays(df: "pd.DataFrame", split: str | None = None) -> Any:
 # ---- policies and ground truth ---------------------------------------------------------------
 
 def validation_policies(world: "World") -> list["TargetPolicy"]:
-    """Logging baseline, reference actions (mtf.sim.policies), halfway variants and a
-    state-dependent rule (click-leaning for engaged users, quality-leaning for casual ones)."""
+    """Logging baseline; reference actions (mtf.sim.policies) at full, half and a fifth of the
+    way from the baseline (the fifth stays inside the logged noise's reach); a state-dependent
+    rule (click-leaning for engaged users, quality-leaning for casual ones)."""
     from mtf.ope.policies import fixed_policy, module_policy
     from mtf.sim.policies import reference_actions
 
@@ -177,6 +178,10 @@ def validation_policies(world: "World") -> list["TargetPolicy"]:
     out.append(fixed_policy("myopic", ref["myopic"], "clickbait-chasing weights"))
     out.append(fixed_policy("myopic_half", 0.5 * ref["myopic"] + 0.5 * base,
                             "halfway to myopic"))
+    out.append(fixed_policy("quality_fifth", 0.2 * ref["quality"] + 0.8 * base,
+                            "a fifth of the way to quality"))
+    out.append(fixed_policy("myopic_fifth", 0.2 * ref["myopic"] + 0.8 * base,
+                            "a fifth of the way to myopic"))
     names = world.features.feature_names
     feature = "profile_activity"
     if feature in names:
@@ -304,7 +309,8 @@ def matched_sim(sim: "Any", n_days: int) -> "Any":
 def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_sessions: int,
                    matched: bool = True, out_dir: str | None = None,
                    ope: Any = None, extra_policies: Sequence["TargetPolicy"] = (),
-                   alpha_sweep: Sequence[float] = ()) -> Any:
+                   alpha_sweep: Sequence[float] = (),
+                   policy_names: Sequence[str] | None = None) -> Any:
     """Simulate -> transitions -> OPE (single process) -> ground truth -> report.
 
     With ``matched`` (default) the simulator runs under :func:`matched_sim` and the test split
@@ -313,6 +319,7 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
     start distributions then differ: logged sessions are visit-weighted, the truth's are
     user-weighted). ``alpha_sweep``: also refit the conservative FQE with these alphas and
     record its values, rank correlation and decisions (``validation["alpha_sweep"]``).
+    ``policy_names``: evaluate only these of :func:`validation_policies` (+ extra_policies).
     Returns (OpeResult, ReportPaths or None).
     """
     from mtf.ope.config import OpeConfig
@@ -330,7 +337,8 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
     data = to_arrays(df, ope.split)
     logger.info("validation data: %d rows, %d sessions in split %r", len(data),
                 data.session_starts().size, ope.split)
-    policies = [*validation_policies(world), *extra_policies]
+    policies = [p for p in validation_policies(world)
+                if policy_names is None or p.name in policy_names] + list(extra_policies)
     result = evaluate_arrays(data, policies, ope, gamma=world.gamma, seed=cfg.seed, meta={
         "table_path": f"simulator (n_users={n_users}, n_days={n_days}, seed={cfg.seed}, "
                       f"{'matched' if matched else 'configured'} start distribution)",
@@ -385,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="report directory (default lake/reports/validation)")
     parser.add_argument("--ope", type=str, action="append", default=[], metavar="KEY=VALUE",
                         help="ope config field override, e.g. --ope n_iterations=2000")
+    parser.add_argument("--policies", type=str, default="",
+                        help="comma-separated subset of the validation policies (default: all)")
     parser.add_argument("--alpha-sweep", type=str, default="",
                         help="comma-separated extra alphas for the conservative fit, e.g. "
                              "0.005,0.05")
@@ -401,7 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    truth_sessions=args.truth_sessions, out_dir=args.out, ope=ope,
                                    matched=not args.unmatched,
                                    alpha_sweep=[float(a) for a in args.alpha_sweep.split(",")
-                                                if a.strip()])
+                                                if a.strip()],
+                                   policy_names=[p for p in args.policies.split(",") if p]
+                                   or None)
     for est, v in result.validation["estimators"].items():
         logger.info("%-17s MAE %.4f  diff MAE %.4f  Spearman %.3f  coverage %.2f", est,
                     v["mean_abs_error"], v.get("diff_mean_abs_error", float("nan")),

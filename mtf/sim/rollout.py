@@ -78,13 +78,13 @@ class StepRandom:
         """Start an iteration for batch positions ``active`` (sorted, distinct)."""
         self._active = active
         if self._paired:
-            chunk_ids = np.unique(active // self.CHUNK)
+            chunk_of = active // self.CHUNK
+            chunk_ids = np.unique(chunk_of)
             self._chunks = [(int(c), np.random.default_rng([*self._key, iteration, int(c)]))
                             for c in chunk_ids]
             # Position of each active user inside the concatenation of its chunks' draws.
-            slot = {c: j for j, (c, _) in enumerate(self._chunks)}
-            self._index = (np.array([slot[c] for c in (active // self.CHUNK).tolist()],
-                                    dtype=np.int64) * self.CHUNK + active % self.CHUNK)
+            self._index = (np.searchsorted(chunk_ids, chunk_of) * self.CHUNK
+                           + active % self.CHUNK)
             self._gen = np.random.default_rng([*self._key, iteration, self._n])
 
     @property

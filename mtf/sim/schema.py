@@ -3,8 +3,9 @@
 This module is the contract the ETL imports: column-name constants, Spark ``StructType``s and
 the matching Arrow schemas (what the simulator's in-process writer and its ``mapInArrow`` job
 emit). The ``pred_<task>`` columns follow the configured fusion tasks, so the schemas are built
-by functions of the task names; the ``*_SCHEMA`` constants are those for the default tasks
-(``mtf.fusion.DEFAULT_TASKS``).
+by functions of the task names; ``IMPRESSION_LOG_SCHEMA`` / ``USER_PROFILE_SCHEMA`` are those
+for the default tasks (``mtf.fusion.DEFAULT_TASKS``) and profile columns. pyspark is imported
+only when a Spark schema is built, so the in-process simulator runs without it.
 
 Nullability: ``explore_group``, ``action_logp`` and ``app_session_id`` are nullable (pre-
 exploration logs, the deterministic exploit group, users without an app session id); every other
@@ -17,13 +18,14 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pyarrow as pa
-from pyspark.sql.types import (ArrayType, DataType, DateType, DoubleType, IntegerType,
-                               StringType, StructField, StructType, TimestampType)
 
 from mtf.fusion import DEFAULT_TASKS
+
+if TYPE_CHECKING:  # pyspark is imported only when a Spark schema is built
+    from pyspark.sql.types import DataType, StructType
 
 # ---- impression logs -------------------------------------------------------------------------
 EVENT_ID = "event_id"
@@ -61,49 +63,58 @@ def pred_column(task: str) -> str:
 
 TS_ARROW = pa.timestamp("us", tz="UTC")
 
+# Column kinds -> (Spark type factory, Arrow type). Spark types are built lazily so that the
+# in-process simulator and evaluation run without pyspark installed.
+_ARROW = {
+    "string": pa.string(), "timestamp": TS_ARROW, "date": pa.date32(), "int": pa.int32(),
+    "double": pa.float64(),
+    "double_array": pa.list_(pa.field("element", pa.float64(), nullable=False)),
+}
 
-def _columns(task_names: Sequence[str]) -> list[tuple[str, DataType, pa.DataType, bool]]:
-    """(name, Spark type, Arrow type, nullable) of every impression-log column, in order."""
+
+def _spark_type(kind: str) -> "DataType":
+    from pyspark.sql import types as T
+
+    if kind == "double_array":
+        return T.ArrayType(T.DoubleType(), containsNull=False)
+    return {"string": T.StringType(), "timestamp": T.TimestampType(), "date": T.DateType(),
+            "int": T.IntegerType(), "double": T.DoubleType()}[kind]
+
+
+def _columns(task_names: Sequence[str]) -> list[tuple[str, str, bool]]:
+    """(name, kind, nullable) of every impression-log column, in order."""
     if not task_names:
         raise ValueError("impression_log_schema needs at least one task name")
-    cols: list[tuple[str, DataType, pa.DataType, bool]] = [
-        (EVENT_ID, StringType(), pa.string(), False),
-        (USER_ID, StringType(), pa.string(), False),
-        (REQUEST_ID, StringType(), pa.string(), False),
-        (TS, TimestampType(), TS_ARROW, False),
-        (DS, DateType(), pa.date32(), False),
-        (ITEM_ID, StringType(), pa.string(), False),
-        (POSITION, IntegerType(), pa.int32(), False),
-    ]
-    cols += [(pred_column(t), DoubleType(), pa.float64(), False) for t in task_names]
-    cols += [
-        (FUSION_WEIGHTS, ArrayType(DoubleType(), containsNull=False),
-         pa.list_(pa.field("element", pa.float64(), nullable=False)), False),
-        (EXPLORE_GROUP, StringType(), pa.string(), True),
-        (ACTION_LOGP, DoubleType(), pa.float64(), True),
-        (PLAY_TIME_S, DoubleType(), pa.float64(), False),
-        (DURATION_S, DoubleType(), pa.float64(), False),
-        (LIKED, IntegerType(), pa.int32(), False),
-        (SHARED, IntegerType(), pa.int32(), False),
-        (COMMENTED, IntegerType(), pa.int32(), False),
-        (FOLLOWED, IntegerType(), pa.int32(), False),
-        (APP_SESSION_ID, StringType(), pa.string(), True),
-    ]
+    cols = [(EVENT_ID, "string", False), (USER_ID, "string", False),
+            (REQUEST_ID, "string", False), (TS, "timestamp", False), (DS, "date", False),
+            (ITEM_ID, "string", False), (POSITION, "int", False)]
+    cols += [(pred_column(t), "double", False) for t in task_names]
+    cols += [(FUSION_WEIGHTS, "double_array", False), (EXPLORE_GROUP, "string", True),
+             (ACTION_LOGP, "double", True), (PLAY_TIME_S, "double", False),
+             (DURATION_S, "double", False), (LIKED, "int", False), (SHARED, "int", False),
+             (COMMENTED, "int", False), (FOLLOWED, "int", False),
+             (APP_SESSION_ID, "string", True)]
     return cols
 
 
-def impression_log_schema(task_names: Sequence[str] = DEFAULT_TASK_NAMES) -> StructType:
+def impression_log_schema(task_names: Sequence[str] = DEFAULT_TASK_NAMES) -> "StructType":
     """Spark schema of the impression logs for fusion tasks ``task_names`` (in order)."""
-    return StructType([StructField(n, st, nullable) for n, st, _, nullable in _columns(task_names)])
+    from pyspark.sql.types import StructField, StructType
+
+    return StructType([StructField(n, _spark_type(kind), nullable)
+                       for n, kind, nullable in _columns(task_names)])
 
 
 def impression_log_arrow_schema(task_names: Sequence[str] = DEFAULT_TASK_NAMES) -> pa.Schema:
     """Arrow schema matching :func:`impression_log_schema` (what the simulator emits)."""
-    return pa.schema([pa.field(n, at, nullable) for n, _, at, nullable in _columns(task_names)])
+    return pa.schema([pa.field(n, _ARROW[kind], nullable)
+                      for n, kind, nullable in _columns(task_names)])
 
 
-def user_profile_schema(profile_columns: Sequence[str] = PROFILE_COLUMNS) -> StructType:
+def user_profile_schema(profile_columns: Sequence[str] = PROFILE_COLUMNS) -> "StructType":
     """Spark schema of the user-profile table: user_id + numeric profile columns."""
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
     return StructType([StructField(USER_ID, StringType(), False)]
                       + [StructField(c, DoubleType(), False) for c in profile_columns])
 
@@ -113,5 +124,12 @@ def user_profile_arrow_schema(profile_columns: Sequence[str] = PROFILE_COLUMNS) 
                      + [pa.field(c, pa.float64(), False) for c in profile_columns])
 
 
-IMPRESSION_LOG_SCHEMA = impression_log_schema()
-USER_PROFILE_SCHEMA = user_profile_schema()
+def __getattr__(name: str) -> Any:
+    """``IMPRESSION_LOG_SCHEMA`` / ``USER_PROFILE_SCHEMA``: the Spark schemas for the default
+    tasks and profile columns, built on first access (PEP 562) so importing this module does
+    not need pyspark."""
+    if name == "IMPRESSION_LOG_SCHEMA":
+        return impression_log_schema()
+    if name == "USER_PROFILE_SCHEMA":
+        return user_profile_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

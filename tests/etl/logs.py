@@ -15,12 +15,13 @@ def at(day: dt.date, hh: int, mm: int = 0, ss: int = 0) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=UTC)
 
 
-def imp(user: str, request: str, ts: dt.datetime, position: int = 0, **kw: Any) -> dict:
-    """One impression row with contract defaults (valid, weights 1.0 -> action 0)."""
+def imp(user: str, request: str, when: dt.datetime, pos: int = 0, **kw: Any) -> dict:
+    """One impression row with contract defaults (valid, weights 1.0 -> action 0); ``kw``
+    overrides any column."""
     row = {
-        S.EVENT_ID: f"{user}/{request}/{position}", S.USER_ID: user, S.REQUEST_ID: request,
-        S.TS: ts, S.DS: ts.astimezone(UTC).date() if ts is not None else None,
-        S.ITEM_ID: f"item{position}", S.POSITION: position,
+        S.EVENT_ID: f"{user}/{request}/{pos}", S.USER_ID: user, S.REQUEST_ID: request,
+        S.TS: when, S.DS: when.astimezone(UTC).date(),
+        S.ITEM_ID: f"item{pos}", S.POSITION: pos,
         **{S.pred_column(t): 0.5 for t in TASKS},
         S.FUSION_WEIGHTS: [1.0] * len(TASKS), S.EXPLORE_GROUP: "exploit", S.ACTION_LOGP: -1.0,
         S.PLAY_TIME_S: 10.0, S.DURATION_S: 20.0,
@@ -30,9 +31,9 @@ def imp(user: str, request: str, ts: dt.datetime, position: int = 0, **kw: Any) 
     return row
 
 
-def page(user: str, request: str, ts: dt.datetime, n: int = 2, **kw: Any) -> list[dict]:
+def page(user: str, request: str, when: dt.datetime, n: int = 2, **kw: Any) -> list[dict]:
     """A request showing ``n`` items (positions 0..n-1), same feedback on each."""
-    return [imp(user, request, ts, p, **kw) for p in range(n)]
+    return [imp(user, request, when, p, **kw) for p in range(n)]
 
 
 def logs_df(spark: Any, rows: Sequence[dict], tasks: Sequence[str] = TASKS) -> Any:

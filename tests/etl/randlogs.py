@@ -10,13 +10,13 @@ from tests.etl.logs import DAY1, UTC, imp
 
 
 def random_logs(seed: int, n_users: int = 4, max_requests: int = 40, long_user_imps: int = 0,
-                days: int = 2) -> list[dict]:
+                days: int = 2, user_prefix: str = "u") -> list[dict]:
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     start = dt.datetime.combine(DAY1, dt.time(), tzinfo=UTC)
     end = start + dt.timedelta(days=days)
     for u in range(n_users):
-        user = f"u{u}"
+        user = f"{user_prefix}{u}"
         n_req = int(rng.integers(1, max_requests + 1))
         target = long_user_imps if (u == 0 and long_user_imps) else 0
         t = start + dt.timedelta(seconds=int(rng.integers(0, 20 * 3600)))

@@ -41,8 +41,9 @@ def arrays_to_frame(data: TransitionArrays, split: str = "test") -> pd.DataFrame
 
 def write_delta_table(spark: Any, path: str, frame: pd.DataFrame, feature_names: Sequence[str],
                       tasks: Sequence[str] = TASKS, n_files: int = 3,
-                      properties: Mapping[str, str] | None = None) -> int:
-    """Write a transition frame as a Delta table (with the layout properties); its version."""
+                      properties: Mapping[str, str] | None = None, append: bool = False) -> int:
+    """Write a transition frame as a Delta table (with the layout properties) and return its
+    version; ``append`` adds the rows in one commit and leaves the properties alone."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -69,6 +70,8 @@ def write_delta_table(spark: Any, path: str, frame: pd.DataFrame, feature_names:
     pdf["action_logp"] = pdf["action_logp"].astype(object).where(pdf["action_logp"].notna(), None)
     df = (spark.createDataFrame(pdf[[f.name for f in schema]], schema=schema)
           .withColumn("ds", F.to_date("ts")).repartition(n_files))
+    if append:
+        return write_delta(df, path, mode="append", partition_by=["ds"])
     props = {"mtf.feature_names": json.dumps(list(feature_names)),
              "mtf.feature_version": "ope-test",
              "mtf.action_tasks": json.dumps(list(tasks)), **(properties or {})}

@@ -51,7 +51,9 @@ def job(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
     import pandas as pd
 
     version = write_delta_table(spark, path, pd.concat([frame, train]), FEATURES)
-    write_delta_table(spark, path, arrays_to_frame(sessions(20, seed=7)), FEATURES)  # newer
+    newer = write_delta_table(spark, path, arrays_to_frame(sessions(20, seed=7)), FEATURES,
+                              n_files=1, append=True)   # 20 more test sessions, not pinned
+    assert newer > version
     write_export(os.path.join(root, "models", "bc-run1", "export"))
     cfg = MtfConfig(lake=LakeConfig(root=root),
                     fusion=FusionConfig(tasks=(TaskSpec("click"), TaskSpec("like"))))

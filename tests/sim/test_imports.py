@@ -1,4 +1,5 @@
-"""Importing the simulator has no side effects (no logging set-up, no Spark, no RNG seeding)."""
+"""Importing the simulator has no side effects (no logging set-up, no Spark, no RNG seeding)
+and needs neither pyspark nor torch."""
 from __future__ import annotations
 
 import subprocess
@@ -16,6 +17,7 @@ for name in {MODULES!r}:
     __import__("mtf.sim." + name)
 assert logging.getLogger().handlers == handlers, "logging configured at import"
 assert random.getstate() == py_state and (np.random.get_state()[1] == np_state).all()
+assert "pyspark" not in sys.modules, "pyspark imported: the in-process simulator needs none"
 from pyspark import SparkContext
 assert SparkContext._active_spark_context is None, "SparkContext created at import"
 assert "torch" not in sys.modules, "torch imported at import time"

@@ -1,0 +1,357 @@
+"""The closed loop, day after day in the simulator, and the comparison with the paper's baselines.
+
+``mtf pipeline`` (the README's main command) runs, for each simulated day D:
+
+1. **logs**: the simulator serves day D with the deployed policy plus exploration (exploit /
+   action-noise / random user groups, log-densities logged) and the day's impression logs land
+   in Delta (partition ``ds = D``; sessions running past midnight land in D + 1 next day, as
+   real daily partitions do);
+2. **transitions**: ``build-transitions`` for ``ds = D`` (incremental, continuing yesterday's
+   sessions);
+3. **train**: BatchRL-MTF (BCQ) on the last ``train_window_days`` days (paper: 3);
+4. **evaluate**: the conservative off-policy estimate of the new policy against the logging
+   baseline on the held-out split, and the go / no-go decision;
+5. **deploy**: on "go", the new policy (wrapped in the exploration policy) serves day D + 1.
+
+Each day prints the deployed policy's true value (simulator ground truth), the OPE estimate and
+the logging baseline. After the last day, the baselines the paper compares against are trained
+or searched on the same data and evaluated on ground truth in one table, with paired
+confidence intervals (common random numbers): logging baseline weights, the best fixed weights
+found by CEM with simulator access, ES over a small state -> weights network, TD3, CQL, BCQ
+(BatchRL-MTF) and BCQ trained on random-exploration data only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from mtf.blackbox import SearchConfig, cem_fixed_action, es_linear_policy
+from mtf.configtools import to_dict
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from mtf.config import MtfConfig
+
+logger = logging.getLogger(__name__)
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Section ``pipeline``: the closed loop and the final comparison."""
+
+    days: int = 4                   # simulated days in the closed loop
+    train_window_days: int = 3      # retrain daily on the last N days (paper: 3)
+    first_train_day: int = 1        # 0-based day of the first retrain (day 0 = baseline only)
+    truth_sessions: int = 4000      # simulated sessions per ground-truth evaluation
+    truth_seed: int = 1234          # common random numbers of every ground-truth evaluation
+    compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random")  # final table
+    go_requires_ope: bool = True    # deploy only on the OPE's "go"; False = always deploy
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self) -> None:
+        if self.days <= 0 or self.train_window_days <= 0 or self.truth_sessions < 2:
+            raise ValueError("days and train_window_days must be > 0, truth_sessions >= 2")
+        if not 0 <= self.first_train_day < self.days:
+            raise ValueError(f"first_train_day must be in [0, days), got {self.first_train_day}")
+        known = {"cem", "es", "td3", "cql", "bc", "bcq", "bcq_random"}
+        bad = [c for c in self.compare if c not in known]
+        if bad:
+            raise ValueError(f"compare has unknown entries {bad}; known: {sorted(known)}")
+
+
+class SwitchablePolicy:
+    """The base policy the simulator serves; the loop swaps it when it deploys a new one."""
+
+    def __init__(self, policy: Policy, name: str) -> None:
+        self.policy, self.name = policy, name
+
+    def __call__(self, states: np.ndarray) -> np.ndarray:
+        return self.policy(states)
+
+
+@dataclass
+class DayRow:
+    day: str
+    impressions: int
+    transitions: int
+    deployed: str                     # policy that served this day
+    true_deployed: float              # its true discounted session return
+    true_baseline: float
+    candidate: str = ""               # policy trained at the end of the day
+    true_candidate: float = float("nan")
+    ope_candidate: float = float("nan")   # conservative OPE estimate of the candidate
+    ope_baseline: float = float("nan")
+    decision: str = ""
+    seconds: float = 0.0
+
+
+# ---- the simulator side ---------------------------------------------------------------------
+
+class DailyLogs:
+    """Serves the simulated users one day at a time with a switchable base policy.
+
+    Every shard runs :func:`mtf.sim.generate.simulate_shard` as a generator; the base policy is
+    read when a day is simulated, so swapping :attr:`serving` between days deploys a new policy.
+    Rows of sessions that run past midnight are held back and written with the next day.
+    """
+
+    def __init__(self, world: Any, serving: SwitchablePolicy) -> None:
+        from mtf.sim.generate import simulate_shard
+
+        self.world, self.serving = world, serving
+        self._gens = [simulate_shard(world, s, serving) for s in range(world.sim.n_shards)]
+        self._carry: Any = None
+
+    def next_day(self) -> tuple[dt.date, Any]:
+        """(day, Arrow table of impressions with ds == day)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from mtf.sim import schema as S
+
+        parts = [next(g) for g in self._gens]
+        day = parts[0][0]
+        table = pa.concat_tables([t for _, t in parts] + ([self._carry] if self._carry else []))
+        ds = table[S.DS]
+        today = pc.equal(ds, pa.scalar(day, ds.type))
+        self._carry = table.filter(pc.invert(today))
+        return day, table.filter(today)
+
+
+def _truth(world: Any, policies: dict[str, Policy], cfg: PipelineConfig) -> dict[str, Any]:
+    from mtf.sim.evaluate import evaluate_many
+    return evaluate_many(world, policies, cfg.truth_sessions, seed=cfg.truth_seed)
+
+
+# ---- the data / training / evaluation side ------------------------------------------------------
+
+def _write_logs(spark: "SparkSession", cfg: "MtfConfig", day: dt.date, table: Any,
+                first: bool) -> int:
+    from mtf.delta import write_delta
+    from mtf.sim import schema as S
+
+    schema = S.impression_log_schema(cfg.fusion.names)
+    df = spark.createDataFrame(table.to_pandas(), schema=schema)
+    write_delta(df, cfg.lake.path("raw_logs"), mode="overwrite", partition_by=[S.DS],
+                replace_where=None if first else f"{S.DS} = '{day.isoformat()}'")
+    return table.num_rows
+
+
+def _build_day(spark: "SparkSession", cfg: "MtfConfig", day: dt.date) -> int:
+    from mtf.etl.pipeline import run_build_transitions
+
+    day_cfg = dataclasses.replace(cfg, etl=dataclasses.replace(
+        cfg.etl, start_ds=day.isoformat(), end_ds=day.isoformat()))
+    summary = run_build_transitions(spark, day_cfg)
+    return summary.steps
+
+
+def _train(cfg: "MtfConfig", algo: str, first: dt.date, last: dt.date, run_id: str,
+           groups: tuple[str, ...] = ()) -> str:
+    """Train ``algo`` on ds in [first, last]; returns the exported policy directory."""
+    from mtf.rl.job import EXPORT_DIR, train_job
+
+    tcfg = dataclasses.replace(cfg.train, algo=algo, start_ds=first.isoformat(),
+                               end_ds=last.isoformat(), explore_groups=groups, run_id=run_id,
+                               resume_from="")
+    result = train_job(dataclasses.replace(cfg, train=tcfg))
+    return os.path.join(result.run_dir, EXPORT_DIR)
+
+
+def _load_policy(export_dir: str) -> Policy:
+    import torch
+
+    from mtf.rl.export import POLICY_FILE
+    from mtf.sim.policies import torch_policy
+
+    return torch_policy(torch.jit.load(os.path.join(export_dir, POLICY_FILE)))
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
+                 offline_eval: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run the closed loop and the final comparison; returns the summary written to disk."""
+    from mtf.sim.policies import FixedPolicy
+    from mtf.sim.world import World
+
+    pcfg: PipelineConfig = cfg.pipeline
+    cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, n_days=pcfg.days))
+    world = World.from_config(cfg)
+    baseline = FixedPolicy(world.baseline_action)
+    serving = SwitchablePolicy(baseline, "baseline")
+    logs = DailyLogs(world, serving)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = os.path.join(cfg.lake.path("reports"), f"pipeline-{stamp}")
+    os.makedirs(out_dir, exist_ok=True)
+    offline_eval = offline_eval or _offline_eval
+    days: list[DayRow] = []
+    for d in range(pcfg.days):
+        t0 = time.perf_counter()
+        day, table = logs.next_day()
+        n_imp = _write_logs(spark, cfg, day, table, first=d == 0)
+        n_tr = _build_day(spark, cfg, day)
+        truth = _truth(world, {"deployed": serving.policy, "baseline": baseline}, pcfg)
+        row = DayRow(day=day.isoformat(), impressions=n_imp, transitions=n_tr,
+                     deployed=serving.name, true_deployed=truth["deployed"].mean_return,
+                     true_baseline=truth["baseline"].mean_return)
+        if d >= pcfg.first_train_day:
+            first = day - dt.timedelta(days=pcfg.train_window_days - 1)
+            name = f"bcq-{day.isoformat()}"
+            export = _train(cfg, "bcq", max(first, cfg.sim.start), day, f"{stamp}-{name}")
+            candidate = _load_policy(export)
+            ope = offline_eval(spark, cfg, {"baseline": None, name: export}, day=day,
+                               out_dir=os.path.join(out_dir, f"ope-{day.isoformat()}"))
+            row.candidate = name
+            row.true_candidate = _truth(world, {"c": candidate}, pcfg)["c"].mean_return
+            row.ope_candidate = ope["estimates"].get(name, float("nan"))
+            row.ope_baseline = ope["estimates"].get("baseline", float("nan"))
+            go = bool(ope["decisions"].get(name, False)) or not pcfg.go_requires_ope
+            row.decision = "go" if go else "no-go"
+            if go and d < pcfg.days - 1:
+                serving.policy, serving.name = candidate, name
+                _export_serving(cfg, export, out_dir, name)
+        row.seconds = time.perf_counter() - t0
+        days.append(row)
+        logger.info("day %s: %s", day, _fmt_day(row))
+    comparison = compare_baselines(cfg, world, baseline, out_dir, stamp,
+                                   last_day=cfg.sim.start + dt.timedelta(days=pcfg.days - 1))
+    summary = {"days": [dataclasses.asdict(r) for r in days], "comparison": comparison,
+               "report_dir": out_dir, "config": to_dict(cfg)}
+    with open(os.path.join(out_dir, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    with open(os.path.join(out_dir, "summary.md"), "w") as fh:
+        fh.write(render_tables(summary))
+    return summary
+
+
+def _export_serving(cfg: "MtfConfig", export_dir: str, out_dir: str, name: str) -> str:
+    """The deployment artefact: the exploration policy wrapping the new policy."""
+    import torch
+
+    from mtf.explore import export_exploration
+    from mtf.rl.export import POLICY_FILE
+
+    module = torch.jit.load(os.path.join(export_dir, POLICY_FILE))
+    return export_exploration(module, cfg.sim.exploration, cfg.fusion.lo, cfg.fusion.hi,
+                              os.path.join(out_dir, f"deploy-{name}"),
+                              meta={"policy": export_dir})
+
+
+def _offline_eval(spark: "SparkSession", cfg: "MtfConfig", policies: dict[str, str | None], *,
+                  day: dt.date, out_dir: str) -> dict[str, Any]:
+    """Conservative OPE of ``policies`` (name -> export dir; None = logging baseline)."""
+    from mtf.ope.pipeline_api import evaluate_policies  # type: ignore[import-not-found]
+
+    return evaluate_policies(spark, cfg, policies, day=day, out_dir=out_dir)
+
+
+def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: str, stamp: str,
+                      last_day: dt.date) -> list[dict[str, Any]]:
+    """Train/search every configured baseline on the final window; paired ground truth."""
+    from mtf.rl.loader import open_transitions, read_split
+    from mtf.sim.evaluate import paired_difference
+
+    pcfg: PipelineConfig = cfg.pipeline
+    first = max(cfg.sim.start, last_day - dt.timedelta(days=pcfg.train_window_days - 1))
+    policies: dict[str, Policy] = {"logging baseline": baseline}
+    sessions: dict[str, int] = {}
+    if "cem" in pcfg.compare:
+        res = cem_fixed_action(world, pcfg.search, seed=cfg.seed, init=world.baseline_action)
+        policies["best fixed weights (CEM)"] = res.best
+        sessions["best fixed weights (CEM)"] = res.n_sessions
+    if "es" in pcfg.compare:
+        table = open_transitions(cfg.lake.path("transitions"), start_ds=first.isoformat(),
+                                 end_ds=last_day.isoformat())
+        states = read_split(table, "train", columns=("state",), max_rows=20_000)[0]["state"]
+        init = getattr(policies.get("best fixed weights (CEM)"), "action", world.baseline_action)
+        res = es_linear_policy(world, pcfg.search, seed=cfg.seed, state_sample=states,
+                               init_bias=init)
+        policies["ES (state -> weights)"] = res.best
+        sessions["ES (state -> weights)"] = res.n_sessions
+    algos = {"td3": ("TD3", "td3", ()), "cql": ("CQL", "cql", ()), "bc": ("BC", "bc", ()),
+             "bcq": ("BatchRL-MTF (BCQ)", "bcq", ()),
+             "bcq_random": ("BCQ, random exploration only", "bcq", ("random",))}
+    for key, (label, algo, groups) in algos.items():
+        if key in pcfg.compare:
+            export = _train(cfg, algo, first, last_day, f"{stamp}-final-{key}", groups)
+            policies[label] = _load_policy(export)
+    truth = _truth(world, policies, pcfg)
+    best_fixed = truth.get("best fixed weights (CEM)")
+    rows = []
+    base = truth["logging baseline"]
+    for label, res in truth.items():
+        vs_base = paired_difference(res, base)
+        row = {"policy": label, "true_return": res.mean_return, "ci": list(res.ci),
+               "vs_baseline_pct": 100.0 * vs_base.diff_return / abs(base.mean_return),
+               "vs_baseline_ci": list(vs_base.diff_ci), "dwell_s": res.mean_dwell_s,
+               "interaction_rate": res.interaction_rate,
+               "session_length": res.mean_session_length,
+               "search_sessions": sessions.get(label, 0)}
+        if best_fixed is not None:
+            vs_fixed = paired_difference(res, best_fixed)
+            row["vs_best_fixed"] = vs_fixed.diff_return
+            row["vs_best_fixed_ci"] = list(vs_fixed.diff_ci)
+        rows.append(row)
+    return rows
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+def _fmt_day(r: DayRow) -> str:
+    return (f"{r.impressions} impressions, {r.transitions} transitions; deployed {r.deployed} "
+            f"true {r.true_deployed:.3f} (baseline {r.true_baseline:.3f}); candidate "
+            f"{r.candidate or '-'} true {r.true_candidate:.3f} OPE {r.ope_candidate:.3f} "
+            f"(baseline OPE {r.ope_baseline:.3f}) -> {r.decision or '-'} [{r.seconds:.0f} s]")
+
+
+def render_tables(summary: dict[str, Any]) -> str:
+    """The per-day closed-loop table and the comparison table, as Markdown."""
+    lines = ["## Closed loop, per day", "",
+             "| day | impressions | deployed | true value (deployed) | true value (baseline) "
+             "| candidate | true value (candidate) | OPE (candidate) | OPE (baseline) | decision |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["days"]:
+        lines.append(f"| {r['day']} | {r['impressions']} | {r['deployed']} | "
+                     f"{r['true_deployed']:.3f} | {r['true_baseline']:.3f} | "
+                     f"{r['candidate'] or '-'} | {r['true_candidate']:.3f} | "
+                     f"{r['ope_candidate']:.3f} | {r['ope_baseline']:.3f} | "
+                     f"{r['decision'] or '-'} |")
+    lines += ["", "## Comparison on ground truth (paired, common random numbers)", "",
+              "| policy | true discounted session return [95% CI] | vs logging baseline "
+              "| vs best fixed weights [95% CI] | dwell s / session | interaction rate "
+              "| session length |", "|---|---|---|---|---|---|---|"]
+    for r in summary["comparison"]:
+        fixed = (f"{r['vs_best_fixed']:+.3f} [{r['vs_best_fixed_ci'][0]:+.3f}, "
+                 f"{r['vs_best_fixed_ci'][1]:+.3f}]" if "vs_best_fixed" in r else "-")
+        lines.append(f"| {r['policy']} | {r['true_return']:.3f} [{r['ci'][0]:.3f}, "
+                     f"{r['ci'][1]:.3f}] | {r['vs_baseline_pct']:+.1f}% | {fixed} | "
+                     f"{r['dwell_s']:.0f} | {r['interaction_rate']:.3f} | "
+                     f"{r['session_length']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: "MtfConfig") -> int:
+    """Entry point of ``mtf pipeline``: prints the tables and the report directory."""
+    from mtf.spark import get_spark
+
+    spark = get_spark("mtf-pipeline", cfg.spark)
+    try:
+        t0 = time.perf_counter()
+        summary = run_pipeline(spark, cfg)
+    finally:
+        spark.stop()
+    print(render_tables(summary))
+    print(f"report: {summary['report_dir']}  ({time.perf_counter() - t0:.0f} s)")
+    return 0
