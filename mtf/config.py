@@ -16,6 +16,7 @@ from mtf.configtools import ConfigError, apply_overrides, from_dict, read_yaml, 
 from mtf.etl.config import EtlConfig
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
+from mtf.ope.config import OpeConfig
 from mtf.pipeline import PipelineConfig
 from mtf.reward import RewardConfig
 from mtf.rl.config import TrainConfig
@@ -83,6 +84,7 @@ class MtfConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     etl: EtlConfig = field(default_factory=EtlConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ope: OpeConfig = field(default_factory=OpeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 

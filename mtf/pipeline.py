@@ -249,10 +249,11 @@ def _export_serving(cfg: "MtfConfig", export_dir: str, out_dir: str, name: str) 
                               meta={"policy": export_dir})
 
 
-def _offline_eval(spark: "SparkSession", cfg: "MtfConfig", policies: dict[str, str | None], *,
-                  day: dt.date, out_dir: str) -> dict[str, Any]:
-    """Conservative OPE of ``policies`` (name -> export dir; None = logging baseline)."""
-    from mtf.ope.pipeline_api import evaluate_policies  # type: ignore[import-not-found]
+def _offline_eval(spark: "SparkSession", cfg: "MtfConfig", policies: dict[str, str | None],
+                  *, day: dt.date, out_dir: str) -> dict[str, Any]:
+    """Conservative OPE of ``policies`` (name -> export dir, None = the logging baseline) on the
+    held-out split of the data available on ``day``: estimates and go / no-go decisions."""
+    from mtf.ope.pipeline_api import evaluate_policies
 
     return evaluate_policies(spark, cfg, policies, day=day, out_dir=out_dir)
 

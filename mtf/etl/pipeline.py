@@ -132,7 +132,7 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
         open_users = active_users(valid, data_end=window.data_end, gap_s=cfg.etl.session_gap_s)
     keep = [S.USER_ID, S.TS, S.REQUEST_ID, S.POSITION, S.EVENT_ID, S.DS, S.ACTION_LOGP,
             S.PLAY_TIME_S, S.DURATION_S, *S.INTERACTIONS, IS_SENTINEL, EXPLORE_IDX,
-            APP_SID_HASH, *(fb_col(f) for f in FEEDBACK), *(action_col(i) for i in range(k))]
+            APP_SID_HASH, fb_col("play_time_norm"), *(action_col(i) for i in range(k))]
     imps = (valid
             .transform(add_impression_feedback, reward=cfg.reward, fusion=cfg.fusion,
                        explore_groups=cfg.etl.explore_groups)

@@ -116,7 +116,8 @@ def add_impression_history(imps: "DataFrame", *, features: FeatureConfig) -> "Da
     grid (:func:`_recent_grids`) let ``w_j = decay**(B-1-offset_j)`` (block-local weights,
     between decay**(B-1) and 1) and ``G`` the running sum of ``w_j v_j``; when the window lies in
     one block it equals ``(G(s) - G(s-W)) / w_s``. ``G(s)`` and ``G(s-W)`` are partial sums of one
-    addition sequence, so their difference carries the rounding of W additions only.
+    addition sequence, so their difference carries the rounding of W additions only. (G is read
+    as ``sum_{k < s} w_{k+1} b_k``, so no lagged column is needed.)
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -129,29 +130,29 @@ def add_impression_history(imps: "DataFrame", *, features: FeatureConfig) -> "Da
     imps = imps.select("*", *(expr.alias(beh_col(b)) for b, expr in beh.items()))
 
     by_user = Window.partitionBy(S.USER_ID).orderBy(*IMPRESSION_ORDER)
-    upto = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     before = by_user.rowsBetween(Window.unboundedPreceding, -1)
     before_hist = by_user.rowsBetween(Window.unboundedPreceding, -(H + 1))
-    before_recent = by_user.rowsBetween(Window.unboundedPreceding, -W)
+    before_recent = by_user.rowsBetween(Window.unboundedPreceding, -(W + 1))
     zero = F.lit(0.0)
-    cols = [(F.row_number().over(by_user) - 1).alias(IMP_IDX)]
+    imps = imps.select("*", (F.row_number().over(by_user) - 1).alias(IMP_IDX))
+
+    def weight(g: int, shift: int) -> "Column":  # w_g of the row at imp_idx + shift
+        return F.pow(F.lit(d), F.lit(B - 1) - F.pmod(F.col(IMP_IDX) + (g * D + shift), F.lit(B)))
+
+    # G_g(s) = sum_{k < s} w_g(k+1) b_k (= sum_{j <= s} w_g(j) v_j) and G_g(s - W), read from
+    # two growing frames; no lag columns needed.
+    cols = []
     for b in BEHAVIOURS:
         cols.append(F.coalesce(F.sum(beh_col(b)).over(before), zero).alias(hist_cum_col(b)))
         cols.append(F.coalesce(F.sum(beh_col(b)).over(before_hist), zero)
                     .alias(hist_lag_col(b)))
-        cols.append(F.coalesce(F.lag(beh_col(b), 1).over(by_user), zero).alias(f"_v_{b}"))
-    imps = imps.select("*", *cols)
-
-    offsets = [F.pmod(F.col(IMP_IDX) + g * D, F.lit(B)) for g in range(m)]
-    weights = [F.pow(F.lit(d), F.lit(B - 1) - off) for off in offsets]
-    imps = imps.select("*", *(w.alias(f"_w{g}") for g, w in enumerate(weights)))
-    sums = []
     for g in range(m):
         for b in BEHAVIOURS:
-            wv = F.col(f"_w{g}") * F.col(f"_v_{b}")
-            sums.append(((F.sum(wv).over(upto) - F.coalesce(F.sum(wv).over(before_recent), zero))
-                         / F.col(f"_w{g}")).alias(f"_r{g}_{b}"))
-    imps = imps.select("*", *sums)
+            u = weight(g, 1) * F.col(beh_col(b))
+            cols.append(((F.coalesce(F.sum(u).over(before), zero)
+                          - F.coalesce(F.sum(u).over(before_recent), zero))
+                         / weight(g, 0)).alias(f"_r{g}_{b}"))
+    imps = imps.select("*", *cols)
     # Read each row from the one grid in which it sits in the last D slots of its block.
     rc = []
     for b in BEHAVIOURS:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
-from mtf.etl.state import (IMP_IDX, IMP_START, IS_SENTINEL, hist_cum_col, hist_lag_col,
-                           recent_col)
+from mtf.etl.state import (IMP_IDX, IMP_START, IS_SENTINEL, beh_col, hist_cum_col,
+                           hist_lag_col, recent_col)
 from mtf.features import BEHAVIOURS
 from mtf.fusion import FusionConfig
 from mtf.reward import RewardConfig
@@ -38,7 +38,13 @@ REWARD_WEIGHT_NAMES = ("w_play_time", "w_integrity", "w_like", "w_share", "w_com
 
 
 def fb_col(name: str) -> str:
+    """Page sum of feedback ``name`` (request level)."""
     return f"fb_{name}"
+
+
+def _impression_feedback_col(name: str) -> str:
+    # The reward's play-time term has its own cap; the others equal the state behaviours.
+    return fb_col(name) if name == "play_time_norm" else beh_col(name)
 
 
 def action_col(i: int) -> str:
@@ -52,22 +58,18 @@ def reward_weights(reward: RewardConfig) -> tuple[float, ...]:
 
 def add_impression_feedback(imps: "DataFrame", *, reward: RewardConfig, fusion: FusionConfig,
                             explore_groups: tuple[str, ...]) -> "DataFrame":
-    """Per impression: reward regressors, normalised action components, encoded strings.
+    """Per impression: capped play time for the reward, normalised action, encoded strings.
 
-    Requires: play_time_s, duration_s, the interactions, fusion_weights (length k, validated),
-    explore_group, app_session_id. Adds ``fb_<f>`` for f in :data:`FEEDBACK`, ``a_<i>`` for
-    i < k, ``explore_idx``, ``app_sid_hash``. (Strings are encoded so that the request
-    aggregation stays a hash aggregation.)
+    Requires: play_time_s, fusion_weights (length k, validated), explore_group,
+    app_session_id. Adds ``fb_play_time_norm`` (play time capped at the *reward's* play_cap_s;
+    the other reward regressors are the state behaviours ``b_*``), ``a_<i>`` for i < k,
+    ``explore_idx``, ``app_sid_hash``. (Strings are encoded so that the request aggregation
+    stays a hash aggregation.)
     """
     from pyspark.sql import functions as F
 
     play = F.col(S.PLAY_TIME_S).cast("double")
-    dur = F.col(S.DURATION_S).cast("double")
-    ratio = F.when(dur > 0, F.least(F.greatest(play / dur, F.lit(0.0)), F.lit(1.0))) \
-             .otherwise(F.lit(0.0))
-    fb = {"play_time_norm": F.least(F.greatest(play / reward.play_cap_s, F.lit(0.0)), F.lit(1.0)),
-          "play_ratio": ratio,
-          **{c: F.col(c).cast("double") for c in S.INTERACTIONS}}
+    play_norm = F.least(F.greatest(play / reward.play_cap_s, F.lit(0.0)), F.lit(1.0))
     lo, hi = fusion.lo, fusion.hi
     actions = [(F.lit(2.0) * (F.get(F.col(S.FUSION_WEIGHTS), i) - float(lo[i]))
                 / float(hi[i] - lo[i]) - F.lit(1.0)).alias(action_col(i))
@@ -75,7 +77,7 @@ def add_impression_feedback(imps: "DataFrame", *, reward: RewardConfig, fusion: 
     sid = F.col(S.APP_SESSION_ID)
     return imps.select(
         "*",
-        *(fb[f].alias(fb_col(f)) for f in FEEDBACK),
+        play_norm.alias(fb_col("play_time_norm")),
         *actions,
         F.array_position(F.array(*map(F.lit, explore_groups)), F.col(S.EXPLORE_GROUP))
          .cast("int").alias(EXPLORE_IDX),
@@ -104,7 +106,7 @@ def to_requests(imps: "DataFrame", *, k: int) -> "DataFrame":
         F.max(F.col(IS_SENTINEL)).alias(IS_SENTINEL),
         F.count(F.lit(1)).alias(N_ITEMS),
         F.sum(F.col(S.PLAY_TIME_S).cast("double")).alias(DWELL_S),
-        *(F.sum(fb_col(f)).alias(fb_col(f)) for f in FEEDBACK),
+        *(F.sum(_impression_feedback_col(f)).alias(fb_col(f)) for f in FEEDBACK),
         *(first(c) for c in firsts))
 
 
@@ -138,13 +140,3 @@ def explore_group_col(explore_groups: tuple[str, ...]) -> "Column":
     from pyspark.sql import functions as F
     groups = F.array(*map(F.lit, explore_groups))
     return F.when(F.col(EXPLORE_IDX) > 0, F.element_at(groups, F.col(EXPLORE_IDX)))
-
-
-# A row that is not a sentinel.
-def is_real() -> "Column":
-    from pyspark.sql import functions as F
-    return ~F.col(IS_SENTINEL)
-
-
-__all__ = ["DWELL_S", "FEEDBACK", "IMP_START", "N_ITEMS", "action_array", "add_impression_feedback",
-           "add_reward", "explore_group_col", "reward_weights", "to_requests"]

@@ -125,10 +125,11 @@ def add_row_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
     """
     from pyspark.sql import functions as F
 
-    reason = F.lit(None).cast("string")
-    for cond, name in reversed(_row_rules(rules)):
-        reason = F.when(cond, F.lit(name)).otherwise(reason)
-    return df.withColumn(S.REJECT_REASON, reason)
+    rule_list = _row_rules(rules)
+    reason = F.when(rule_list[0][0], F.lit(rule_list[0][1]))
+    for cond, name in rule_list[1:]:  # one flat CASE WHEN: the first failing rule wins
+        reason = reason.when(cond, F.lit(name))
+    return df.withColumn(S.REJECT_REASON, reason.otherwise(F.lit(None).cast("string")))
 
 
 def _rank_copies(flagged: "DataFrame") -> "DataFrame":

@@ -3,6 +3,8 @@
 Entry points (import them from their modules; importing this package loads nothing heavy):
 
 * ``mtf evaluate`` / :func:`mtf.ope.job.run` -- the Spark job over the transitions table;
+* :func:`mtf.ope.pipeline_api.evaluate_policies` -- what the closed loop calls: named export
+  directories (None = logging baseline) in, values and go / no-go decisions out;
 * :func:`mtf.ope.job.evaluate_table` -- the same, from a SparkSession, returning the result;
 * :func:`mtf.ope.evaluate.evaluate_arrays` -- the single-process path over numpy arrays;
 * :func:`mtf.ope.validate.run_validation` -- estimators against the simulator's ground truth.

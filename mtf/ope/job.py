@@ -134,12 +134,15 @@ def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: i
 
 def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | None = None, *,
                    policies: Sequence["TargetPolicy"] | None = None,
-                   out_dir: str | None = None) -> tuple["OpeResult", "ReportPaths"]:
+                   out_dir: str | None = None, where: str | None = None,
+                   logging_name: str = LOGGING_POLICY) -> tuple["OpeResult", "ReportPaths"]:
     """Evaluate policies on the lake's transitions table and write the report.
 
     Args:
         policies: evaluate these instead of resolving them from the config.
         out_dir: report directory; default ``<lake reports>/<ope.run_id or UTC time>``.
+        where: an extra Spark SQL filter on the split's rows (e.g. ``"ds <= '2026-01-03'"``).
+        logging_name: the policy the go / no-go rule compares with.
     Returns:
         (the result, the paths of report.json and report.html).
     """
@@ -157,6 +160,8 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     gamma = ope.resolved_gamma(cfg.train.bcq.gamma)
     path = cfg.lake.path("transitions")
     split_df, version = read_split(spark, path, ope.table_version, ope.split)
+    if where:
+        split_df = split_df.where(where)
     features, tasks = _layout(spark, path, version, cfg)
     counts = split_df.agg(F.count(F.lit(1)).alias("n"),
                           F.countDistinct(SESSION_ID).alias("s")).first()
@@ -191,13 +196,14 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     from mtf.configtools import to_dict
 
     meta = {"path": "spark", "table_path": path, "table_version": version, "split": ope.split,
+            "where": where,
             "n_rows": n_rows, "n_sessions": n_sessions, "fit_rows": len(fit_data),
             "gamma": gamma, "seed": cfg.seed, "feature_names": features, "action_tasks": tasks,
             "spark_master": spark.sparkContext.master, "mtf_version": __version__,
             "seconds": {"collect": t_collect - t0, "fqe_fit": t_fit - t_collect,
                         "spark_score_aggregate": t_spark - t_fit},
             "fusion": to_dict(cfg.fusion)}
-    result = assemble(policies, fits, sums, fit_data, ope, logging_name=LOGGING_POLICY,
+    result = assemble(policies, fits, sums, fit_data, ope, logging_name=logging_name,
                       meta=meta)
     if ope.truth_sessions > 0:
         from mtf.ope.validate import compare_with_truth, ground_truth

@@ -35,6 +35,8 @@ ESTIMATOR_LABELS = {
     "wpdis": "Weighted PDIS",
     "dr": "Doubly robust",
 }
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf")
 _LOW_ESS = 30.0   # below this the IS-family cells are marked unreliable (as results._MIN_ESS)
 _COLORS = {"conservative_fqe": "#c0392b", "fqe": "#2980b9", "pdis": "#8e44ad",
            "wpdis": "#16a085", "dr": "#d35400"}
@@ -181,8 +183,7 @@ def plot_actions(result: "OpeResult", tasks: list[str]) -> "Figure":
     rows = math.ceil(k / cols)
     fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
     bins = np.linspace(-1.0, 1.0, 41)
-    cmap = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-            "#7f7f7f", "#bcbd22", "#17becf"]
+    cmap = _PALETTE
     for j in range(k):
         ax = fig.add_subplot(rows, cols, j + 1)
         ax.hist(result.logged_action_sample[:, j], bins=bins, density=True, color="#cccccc",
@@ -210,7 +211,7 @@ def plot_fits(result: "OpeResult") -> "Figure":
 
     fig = Figure(figsize=(13, 3.6))
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
-    cmap = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    cmap = _PALETTE
     for i, (name, f) in enumerate(result.fits.items()):
         color = cmap[i % len(cmap)]
         for fit, ls in ((f.conservative, "-"), (f.plain, "--")):
@@ -242,7 +243,7 @@ def plot_validation(result: "OpeResult") -> "Figure | None":
 
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot(1, 1, 1)
-    xs_all: list[float] = []
+    span: list[float] = []   # truth and model-based estimates set the range; IS may fall out
     for est in ESTIMATORS:
         xs, ys = [], []
         for r in result.results:
@@ -252,13 +253,14 @@ def plot_validation(result: "OpeResult") -> "Figure | None":
                 ys.append(e.value)
         if xs:
             ax.scatter(xs, ys, color=_COLORS[est], label=ESTIMATOR_LABELS[est])
-            xs_all += xs
-    if xs_all:
-        lo, hi = min(xs_all), max(xs_all)
-        pad = 0.3 * (hi - lo or 1.0)
+            span += xs + (ys if est in ("conservative_fqe", "fqe", "dr") else [])
+    span = [v for v in span if math.isfinite(v)]
+    if span:
+        lo, hi = min(span), max(span)
+        pad = 0.1 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="gray", lw=1)
         ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("true value (simulator)")
     ax.set_ylabel("estimate")
     ax.set_title("Estimates vs ground truth (diagonal = exact)")

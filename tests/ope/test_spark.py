@@ -3,6 +3,7 @@ single-process path, plus the mapInArrow body tested without Spark."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import glob
 import json
 import os
@@ -139,3 +140,23 @@ def test_the_mapinarrow_body_equals_score_rows_without_spark() -> None:
         np.testing.assert_allclose(lr.to_numpy(zero_copy_only=False), want[name]["log_ratio"],
                                    rtol=1e-9)
     assert out.column("is_exploit").to_pylist() == list(data.is_exploit) * 2
+
+
+def test_closed_loop_entry_point_names_the_reference_and_filters_days(spark, job) -> None:
+    from mtf.ope.pipeline_api import evaluate_policies
+
+    cfg = with_ope(job.cfg, job.ope)
+    export = os.path.join(job.root, "models", "bc-run1", "export")
+    out_dir = os.path.join(job.root, "reports", "loop-day")
+    out = evaluate_policies(spark, cfg, {"baseline": None, "bcq-new": export},
+                            day=datetime.date(2026, 1, 3), out_dir=out_dir)
+    assert set(out["estimates"]) == {"baseline", "bcq-new"}
+    assert set(out["decisions"]) == {"bcq-new"} and isinstance(out["decisions"]["bcq-new"], bool)
+    assert out["table_version"] == job.version
+    with open(out["report_json"]) as fh:
+        report = json.load(fh)
+    # sessions start one hour apart from 2026-01-01 (tables.arrays_to_frame): 3 of ~7 days
+    assert 0 < report["table"]["n_rows"] < len(job.data)
+    assert report["meta"]["where"] == "ds <= DATE'2026-01-03'"
+    with pytest.raises(ValueError, match="exactly one logging baseline"):
+        evaluate_policies(spark, cfg, {"a": export})
