@@ -3,8 +3,9 @@
 Copy this file into your Airflow ``dags/`` folder and set the Airflow Variables
 ``mtf_conf_file`` (a YAML like conf/cluster.yaml), ``mtf_spark_master`` and ``mtf_home`` (where
 mtf's jobs/ live on the workers). Each task is idempotent: re-running a date replaces exactly
-that date's partitions (build-transitions uses Delta replaceWhere on ds), retraining writes a
-new run directory, and the evaluation report is written under a run id. Backfills therefore
+that date's partitions (build-transitions uses Delta replaceWhere on ds), training uses the run
+id ``bcq-<ds>`` (a retried task resumes from its last checkpoint) and the evaluation report is
+written under ``daily-<ds>``. Backfills therefore
 are just `airflow dags backfill -s 2026-01-01 -e 2026-01-07 mtf_daily`.
 
 The command lines are built by :func:`daily_commands`, a plain function that the tests check
@@ -34,8 +35,8 @@ def daily_commands(ds: str, first_ds: str, *, conf_file: str, master: str, mtf_h
          f"{submit} {job('build_transitions')} {conf} etl.start_ds={ds} etl.end_ds={ds}"),
         ("train",
          f"torchrun --nproc_per_node {nproc} {job('train')} {conf} "
-         f"train.start_ds={first_ds} train.end_ds={ds}"),
-        ("evaluate", f"{submit} {job('evaluate')} {conf} ope.start_ds={ds} ope.end_ds={ds}"),
+         f"train.start_ds={first_ds} train.end_ds={ds} train.run_id=bcq-{ds}"),
+        ("evaluate", f"{submit} {job('evaluate')} {conf} ope.run_id=daily-{ds}"),
     ]
 
 

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Callable, NamedTuple, Sequence
 
@@ -93,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mtf.config import load_config
     from mtf.log import setup_logging
 
-    setup_logging(args.log_level)
+    # Under torchrun every rank logs; tag lines with the rank (torchrun owns RANK).
+    rank = os.environ.get("RANK")
+    setup_logging(args.log_level, rank=int(rank) if rank is not None else None)
     try:
         cfg = load_config(args.conf_file, [*args.set, *args.overrides])
     except ConfigError as exc:
