@@ -58,10 +58,14 @@ def test_lock_pins_every_declared_dependency() -> None:
 
 def test_lock_matches_this_environment() -> None:
     """The venv the tests run in is exactly the lock (so CI tests what the images ship)."""
+    import sysconfig
     from importlib import metadata
 
     pins = locked()
+    # Only the environment's site-packages: setuptools puts its vendored copies (packaging,
+    # zipp, ...) on sys.path once imported.
+    site = sysconfig.get_paths()["purelib"]
     have = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
-            for d in metadata.distributions()}
+            for d in metadata.distributions(path=[site])}
     wrong = {n: (v, have.get(n)) for n, v in pins.items() if have.get(n) != v}
     assert not wrong, f"installed versions differ from requirements.lock: {wrong}"

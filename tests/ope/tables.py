@@ -45,27 +45,10 @@ def write_delta_table(spark: Any, path: str, frame: pd.DataFrame, feature_names:
     """Write a transition frame as a Delta table (with the layout properties) and return its
     version; ``append`` adds the rows in one commit and leaves the properties alone."""
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
     from mtf.delta import write_delta
+    from tests.rl.tables import transitions_schema
 
-    schema = T.StructType([
-        T.StructField("session_id", T.StringType(), False),
-        T.StructField("user_id", T.StringType(), False),
-        T.StructField("step", T.IntegerType(), False),
-        T.StructField("ts", T.TimestampType(), False),
-        T.StructField("state", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("next_state", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("action", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("action_logp", T.DoubleType(), True),
-        T.StructField("reward", T.DoubleType(), False),
-        T.StructField("reward_stickiness", T.DoubleType(), False),
-        T.StructField("reward_activeness", T.DoubleType(), False),
-        T.StructField("is_terminal", T.BooleanType(), False),
-        T.StructField("is_truncated", T.BooleanType(), False),
-        T.StructField("explore_group", T.StringType(), True),
-        T.StructField("split", T.StringType(), False),
-    ])
+    schema = transitions_schema()   # the contract of design section 3
     pdf = frame.copy()
     pdf["action_logp"] = pdf["action_logp"].astype(object).where(pdf["action_logp"].notna(), None)
     df = (spark.createDataFrame(pdf[[f.name for f in schema]], schema=schema)
