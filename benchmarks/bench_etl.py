@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add one user with 1M impressions to the first size")
     parser.add_argument("--repeat", type=int, default=2, metavar="R",
                         help="runs per measurement; the fastest counts (default 2)")
+    parser.add_argument("--warmup", type=int, default=300_000, metavar="N",
+                        help="impressions of an untimed copy + build first, so that the JIT has "
+                             "compiled Spark's generated code (default 300000; 0 = none)")
     parser.add_argument("--workdir", type=str, default=None,
                         help="scratch directory (default: a temp dir, removed at the end)")
     args = parser.parse_args(argv)
@@ -160,18 +163,25 @@ def main(argv: list[str] | None = None) -> int:
     from mtf.config import SparkConfig
     from mtf.spark import get_spark
 
-    spark = get_spark("mtf-bench-etl", SparkConfig(conf={"spark.ui.enabled": "false"}))
+    from mtf.config import load_config
+    spark_cfg = load_config(None).spark
+    spark = get_spark("mtf-bench-etl", SparkConfig(
+        master=spark_cfg.master, shuffle_partitions=spark_cfg.shuffle_partitions,
+        driver_memory=spark_cfg.driver_memory,
+        conf={**spark_cfg.conf, "spark.ui.enabled": "false"}))
     workdir = args.workdir or tempfile.mkdtemp(prefix="mtf-bench-etl-")
     results = []
     try:
+        if args.warmup:
+            raw = write_raw(spark, generate(args.warmup, seed=1), workdir, "raw_warmup")
+            copy_floor(spark, raw, os.path.join(workdir, "warm_copy"))
+            full_build(spark, raw, os.path.join(workdir, "warm_lake"))
         for i, n in enumerate(args.sizes):
             skew = 1_000_000 if (args.skew and i == 0) else 0
             table = generate(n, seed=42 + i, skew_user_impressions=skew)
             raw = write_raw(spark, table, workdir, f"raw_{i}")
             rows = table.num_rows
             del table
-            if i == 0:  # warm the JVM (JIT, Delta classes) on this data
-                copy_floor(spark, raw, os.path.join(workdir, "warm_copy"))
             copy_s = min(copy_floor(spark, raw, os.path.join(workdir, f"copy_{i}"))
                          for _ in range(args.repeat))
             runs = [full_build(spark, raw, os.path.join(workdir, f"lake_{i}"))

@@ -24,14 +24,13 @@ from mtf.configtools import to_dict
 from mtf.etl import schema as S
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.sessionize import SESSION_START_TS, sessionize
-from mtf.etl.state import (IS_SENTINEL, PREV_TS, STATE_CORE, add_impression_history, add_profile_state,
-                           add_state_core)
-from mtf.etl.steps import (APP_SID_HASH, EXPLORE_IDX, FEEDBACK, action_array, action_col,
+from mtf.etl.state import (IS_SENTINEL, PREV_TS, STATE_CORE, add_impression_history,
+                           add_profile_state, add_state_core)
+from mtf.etl.steps import (APP_SID_HASH, EXPLORE_IDX, action_array, action_col,
                            add_impression_feedback, add_reward, explore_group_col, fb_col,
                            to_requests)
 from mtf.etl.transitions import (NEXT_CORE, active_users, add_next_state, add_sentinels,
-                                 add_split,
-                                 fix_previous_rows, select_transitions, zeros)
+                                 add_split, fix_previous_rows, select_transitions, zeros)
 from mtf.etl.validate import (REASONS, RowRules, add_row_reason, duplicate_keys,
                               mark_duplicates)
 from mtf.features import FEATURE_VERSION
@@ -102,7 +101,8 @@ class RunWindow:
         return self.start_ts - dt.timedelta(seconds=self.session_gap_s)
 
     def days_predicate(self) -> str:
-        return f"{S.DS} >= DATE'{self.start.isoformat()}' AND {S.DS} <= DATE'{self.end.isoformat()}'"
+        return (f"{S.DS} >= DATE'{self.start.isoformat()}' "
+                f"AND {S.DS} <= DATE'{self.end.isoformat()}'")
 
     def previous_rows_predicate(self) -> str:
         ts = self.boundary_from.strftime("%Y-%m-%d %H:%M:%S")

@@ -10,12 +10,12 @@ numbered ``imp_idx`` = 0, 1, ...; a request's past is the impressions before its
   (``ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` and ``... AND H+1 PRECEDING``), which
   Spark evaluates incrementally: no 500-row sliding frame.
 * decayed recent window (last W = recent_len impressions, weight decay**age): block sums. With
-  ``v_j = b_{j-1}`` the window is ``sum_{j in (s-W, s]} decay**(s-j) v_j``. Split the index into
-  blocks of 2W; inside a block, with weights ``w_j = decay**(2W-1-offset_j)``, the window equals
-  ``(Z(s) - Z(s-W)) / w_s`` where Z is the block's running sum of ``w_j v_j``: exact whenever the
-  window lies inside one block. A second block grid shifted by W covers the windows the first one
-  splits, so every request is served by one of the two. Block-local sums keep every term within
-  a factor ``decay**(2W)`` of the window's scale (no overflow, no cancellation).
+  ``v_j = b_{j-1}`` the window is ``sum_{j in (s-W, s]} decay**(s-j) v_j``. Cut the index into
+  blocks; inside a block, with weights ``w_j = decay**(B-1-offset_j)``, the window equals
+  ``(G(s) - G(s-W)) / w_s`` where G is the running sum of ``w_j v_j``: exact whenever the window
+  lies inside one block. A few block grids shifted against each other (:func:`_recent_grids`;
+  two for the default decay) make sure every row is served by a grid in which its window fits
+  and its weight is not tiny, so float64 rounding is not amplified.
 * session and gap features are read at the request level (``add_state_core``).
 
 The sums are float64 (as the reference); the state is cast to float32 at the end.
@@ -37,6 +37,7 @@ IS_SENTINEL = "is_sentinel"      # end-of-data marker row (see mtf.etl.transitio
 IMPRESSION_ORDER = (S.TS, S.REQUEST_ID, S.POSITION, S.EVENT_ID)
 STATE_CORE = "state_core"        # the non-profile part of the state, array<double>
 PREV_TS = "prev_ts"              # ts of the user's previous request (null for the first)
+SESS_IMP_START = "sess_imp_start"  # imp_start of the session's first request
 
 
 def beh_col(b: str) -> str:
@@ -53,6 +54,10 @@ def hist_lag_col(b: str) -> str:      # sum of b over impressions before the his
 
 def recent_col(b: str) -> str:        # decayed sum of b over the recent window
     return f"rc_{b}"
+
+
+def sess_cum_col(b: str) -> str:      # cx_<b> at the session's first request
+    return f"sess_cx_{b}"
 
 
 def _behaviour_exprs(features: FeatureConfig) -> dict[str, "Column"]:
@@ -210,17 +215,6 @@ def add_state_core(steps: "DataFrame", *, features: FeatureConfig) -> "DataFrame
                   F.lit(1.0))
     parts.append(F.when(F.col(PREV_TS).isNull(), F.lit(1.0)).otherwise(gap))
     return steps.withColumn(STATE_CORE, F.array(*parts))
-
-
-SESS_IMP_START = "sess_imp_start"   # imp_start of the session's first request
-
-
-def sess_cum_col(b: str) -> str:     # cx_<b> at the session's first request
-    return f"sess_cx_{b}"
-
-
-def core_feature_count(features: FeatureConfig) -> int:
-    return len(features.feature_names) - len(features.profile_columns)
 
 
 def add_profile_state(steps: "DataFrame", profiles: "DataFrame | None", *,

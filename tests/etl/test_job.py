@@ -26,7 +26,7 @@ from mtf.config import load_config
 from mtf.etl import schema as S
 from mtf.etl.pipeline import run_build_transitions
 from mtf.features import FEATURE_VERSION
-from tests.etl.logs import DAY1, at, imp, page, write_logs, write_profiles
+from tests.etl.logs import DAY1, at, imp, write_logs, write_profiles
 
 D2 = DAY1 + dt.timedelta(days=1)
 WEIGHTS_A1 = [0.0, 2.0, 1.0, 0.5, 1.5, 1.0]
