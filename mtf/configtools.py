@@ -23,6 +23,27 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the dotted key."""
 
 
+def check_positive(section: str, **values: float) -> None:
+    """Raise a ValueError naming ``<section>.<name>`` for the first value <= 0 (or NaN)."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{section}.{name} must be > 0, got {value!r}")
+
+
+def check_non_negative(section: str, **values: float) -> None:
+    """Raise a ValueError naming ``<section>.<name>`` for the first value < 0 (or NaN)."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{section}.{name} must be >= 0, got {value!r}")
+
+
+def check_probability(section: str, **values: float) -> None:
+    """Raise a ValueError naming ``<section>.<name>`` for a value outside [0, 1] (or NaN)."""
+    for name, value in values.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{section}.{name} must be in [0, 1], got {value!r}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -11,7 +11,8 @@ request, returns the action to use **and its log-density**, so that the next day
 * ``random`` (group 2): ``a ~ N(0, random_sigma^2)`` truncated to [-1, 1] per task, or U(-1, 1).
 
 These are exactly the distributions of the simulator's logging policy
-(:mod:`mtf.sim.logging_policy`, same ``ExplorationConfig``), and the tests hold the two equal.
+(:mod:`mtf.sim.logging_policy`; both take ``ExplorationConfig`` and the group hash from
+:mod:`mtf.exploration`), and the tests hold the two equal.
 Truncated normals are sampled by the inverse CDF, which TorchScript can run and which never
 piles mass on the bounds. Users are assigned to groups by :func:`assign_groups` (a stable
 blake2b hash of ``salt:user_id``), which the serving side calls before the module.
@@ -27,9 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtf.sim.config import ExplorationConfig
-from mtf.sim.logging_policy import assign_groups as _assign_groups
-from mtf.sim.schema import EXPLORE_GROUPS
+from mtf.exploration import EXPLORE_GROUPS, ExplorationConfig
+from mtf.exploration import assign_groups as _assign_groups
 
 EXPLORE_FILE = "explore.pt"
 EXPLORE_SIDECAR = "explore.json"

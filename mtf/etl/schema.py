@@ -15,30 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from mtf.sim.schema import (  # noqa: F401  the input contract lives with its writer
+    ACTION_LOGP, APP_SESSION_ID, COMMENTED, DS, DURATION_S, EVENT_ID, EXPLORE_GROUP, FOLLOWED,
+    FUSION_WEIGHTS, ITEM_ID, LIKED, PLAY_TIME_S, POSITION, PRED_PREFIX, REQUEST_ID, SHARED, TS,
+    USER_ID, pred_column)
+from mtf.sim.schema import INTERACTION_COLUMNS as INTERACTIONS
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from pyspark.sql.types import DataType, StructType
-
-# ---- impression logs (input) -----------------------------------------------------------------
-EVENT_ID = "event_id"
-USER_ID = "user_id"
-REQUEST_ID = "request_id"
-TS = "ts"                        # request time, UTC
-DS = "ds"                        # date(ts), UTC; partition column
-ITEM_ID = "item_id"
-POSITION = "position"            # 0-based rank within the page
-PRED_PREFIX = "pred_"            # pred_<task>: MTL prediction, one per fused task
-FUSION_WEIGHTS = "fusion_weights"  # logged alpha, in fusion task order
-EXPLORE_GROUP = "explore_group"
-ACTION_LOGP = "action_logp"
-PLAY_TIME_S = "play_time_s"
-DURATION_S = "duration_s"
-LIKED = "liked"
-SHARED = "shared"
-COMMENTED = "commented"
-FOLLOWED = "followed"
-APP_SESSION_ID = "app_session_id"
-INTERACTIONS = (LIKED, SHARED, COMMENTED, FOLLOWED)
 
 # ---- quarantine (output) ---------------------------------------------------------------------
 REJECT_REASON = "reject_reason"
@@ -67,11 +52,6 @@ PROP_FEATURE_NAMES = "mtf.feature_names"      # JSON list, state layout
 PROP_FEATURE_VERSION = "mtf.feature_version"  # mtf.features.FEATURE_VERSION
 PROP_ACTION_TASKS = "mtf.action_tasks"        # JSON list, action layout (cfg.fusion.names)
 PROP_CONFIG = "mtf.config"                    # JSON of the etl/features/reward/fusion config
-
-
-def pred_column(task: str) -> str:
-    """``'click'`` -> ``'pred_click'``."""
-    return f"{PRED_PREFIX}{task}"
 
 
 @dataclass(frozen=True)

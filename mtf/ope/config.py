@@ -9,22 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mtf.configtools import check_non_negative, check_positive
+
 # Estimators in report order. ``conservative_fqe`` is the paper's Conservative-OPEstimator, the
 # one the go / no-go decision uses; the others are references fitted on the same data.
 ESTIMATORS = ("conservative_fqe", "fqe", "pdis", "wpdis", "dr")
 LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated policies
-
-
-def _positive(**values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"ope.{name} must be > 0, got {value!r}")
-
-
-def _non_negative(**values: float) -> None:
-    for name, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"ope.{name} must be >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -92,15 +82,17 @@ class OpeConfig:
             raise ValueError("ope.split must name a split, e.g. 'test'")
         if self.table_version is not None and self.table_version < 0:
             raise ValueError(f"ope.table_version must be >= 0, got {self.table_version!r}")
-        _positive(lr=self.lr, batch_size=self.batch_size, n_iterations=self.n_iterations,
-                  target_update_every=self.target_update_every, fqe_max_rows=self.fqe_max_rows,
-                  log_every=self.log_every, target_sigma=self.target_sigma,
-                  wpdis_horizon=self.wpdis_horizon, n_bootstrap=self.n_bootstrap,
-                  udf_threads=self.udf_threads, plot_sample_rows=self.plot_sample_rows)
-        _non_negative(alpha=self.alpha, n_initial_states=self.n_initial_states,
-                      go_margin=self.go_margin, max_penalty=self.max_penalty,
-                      threads=self.threads,
-                      truth_sessions=self.truth_sessions)
+        check_positive("ope", lr=self.lr, batch_size=self.batch_size,
+                       n_iterations=self.n_iterations,
+                       target_update_every=self.target_update_every,
+                       fqe_max_rows=self.fqe_max_rows,
+                       log_every=self.log_every, target_sigma=self.target_sigma,
+                       wpdis_horizon=self.wpdis_horizon, n_bootstrap=self.n_bootstrap,
+                       udf_threads=self.udf_threads, plot_sample_rows=self.plot_sample_rows)
+        check_non_negative("ope", alpha=self.alpha, n_initial_states=self.n_initial_states,
+                           go_margin=self.go_margin, max_penalty=self.max_penalty,
+                           threads=self.threads,
+                           truth_sessions=self.truth_sessions)
         if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"ope.gamma must be in (0, 1], got {self.gamma!r}")
         if not self.hidden or any(h <= 0 for h in self.hidden):

@@ -11,21 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mtf.configtools import check_non_negative, check_positive
+
 ALGORITHMS = ("bcq", "td3", "cql", "bc")
 DEVICES = ("auto", "cpu", "cuda")
 READER_POOLS = ("thread", "process", "dummy")
-
-
-def _positive(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{section}.{name} must be > 0, got {value!r}")
-
-
-def _non_negative(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if value < 0:
-            raise ValueError(f"{section}.{name} must be >= 0, got {value!r}")
 
 
 def _hidden(section: str, name: str, sizes: tuple[int, ...]) -> None:
@@ -77,11 +67,11 @@ class BCQConfig:
             raise ValueError(f"bcq.lam must be in [0, 1], got {self.lam!r}")
         if not 0.0 <= self.rho <= 2.0:
             raise ValueError(f"bcq.rho must be in [0, 2] (action units), got {self.rho!r}")
-        _positive("bcq", target_update_every=self.target_update_every,
-                  actor_lr=self.actor_lr, critic_lr=self.critic_lr, vae_lr=self.vae_lr,
-                  n_candidates=self.n_candidates, kl_weight=self.kl_weight,
-                  latent_clip=self.latent_clip)
-        _non_negative("bcq", latent_dim=self.latent_dim)
+        check_positive("bcq", target_update_every=self.target_update_every,
+                       actor_lr=self.actor_lr, critic_lr=self.critic_lr, vae_lr=self.vae_lr,
+                       n_candidates=self.n_candidates, kl_weight=self.kl_weight,
+                       latent_clip=self.latent_clip)
+        check_non_negative("bcq", latent_dim=self.latent_dim)
         _hidden("bcq", "hidden", self.hidden)
         _hidden("bcq", "vae_hidden", self.vae_hidden)
         if not self.log_std_min < self.log_std_max:
@@ -105,8 +95,8 @@ class TD3Config:
     policy_delay: int = 2                # critic steps per actor step d (TD3)
 
     def __post_init__(self) -> None:
-        _non_negative("td3", policy_noise=self.policy_noise, noise_clip=self.noise_clip)
-        _positive("td3", policy_delay=self.policy_delay)
+        check_non_negative("td3", policy_noise=self.policy_noise, noise_clip=self.noise_clip)
+        check_positive("td3", policy_delay=self.policy_delay)
 
 
 @dataclass(frozen=True)
@@ -124,8 +114,8 @@ class CQLConfig:
     sample_noise: float = 0.1            # std of the noise on the policy actions in the penalty
 
     def __post_init__(self) -> None:
-        _non_negative("cql", alpha=self.alpha, sample_noise=self.sample_noise)
-        _positive("cql", n_action_samples=self.n_action_samples, temperature=self.temperature)
+        check_non_negative("cql", alpha=self.alpha, sample_noise=self.sample_noise)
+        check_positive("cql", n_action_samples=self.n_action_samples, temperature=self.temperature)
 
 
 @dataclass(frozen=True)
@@ -135,7 +125,7 @@ class BCConfig:
     lr: float = 1e-3                     # actor Adam lr
 
     def __post_init__(self) -> None:
-        _positive("bc", lr=self.lr)
+        check_positive("bc", lr=self.lr)
 
 
 @dataclass(frozen=True)
@@ -149,10 +139,10 @@ class LoaderConfig:
     prefetch_batches: int = 4            # batches a background thread keeps ready; 0 = none
 
     def __post_init__(self) -> None:
-        _positive("loader", workers_count=self.workers_count,
-                  results_queue_size=self.results_queue_size)
-        _non_negative("loader", shuffle_buffer_rows=self.shuffle_buffer_rows,
-                      prefetch_batches=self.prefetch_batches)
+        check_positive("loader", workers_count=self.workers_count,
+                       results_queue_size=self.results_queue_size)
+        check_non_negative("loader", shuffle_buffer_rows=self.shuffle_buffer_rows,
+                           prefetch_batches=self.prefetch_batches)
         if self.reader_pool not in READER_POOLS:
             raise ValueError(f"loader.reader_pool must be one of {list(READER_POOLS)}, "
                              f"got {self.reader_pool!r}")
@@ -202,9 +192,9 @@ class TrainConfig:
             raise ValueError(f"train.start_ds {self.start_ds} is after train.end_ds {self.end_ds}")
         if self.table_version is not None and self.table_version < 0:
             raise ValueError(f"train.table_version must be >= 0, got {self.table_version!r}")
-        _positive("train", batch_size=self.batch_size, max_steps=self.max_steps,
-                  log_every=self.log_every, checkpoint_every=self.checkpoint_every,
-                  keep_checkpoints=self.keep_checkpoints, normalizer_rows=self.normalizer_rows)
-        _non_negative("train", num_threads=self.num_threads)
+        check_positive("train", batch_size=self.batch_size, max_steps=self.max_steps,
+                       log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+                       keep_checkpoints=self.keep_checkpoints, normalizer_rows=self.normalizer_rows)
+        check_non_negative("train", num_threads=self.num_threads)
         if "/" in self.run_id or self.run_id in (".", ".."):
             raise ValueError(f"train.run_id must be a plain directory name, got {self.run_id!r}")

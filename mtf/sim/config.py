@@ -10,25 +10,9 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
-
-def _positive(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"sim.{section}{name} must be > 0, got {value!r}")
-
-
-def _non_negative(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"sim.{section}{name} must be >= 0, got {value!r}")
-
-
-def _probability(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"sim.{section}{name} must be in [0, 1], got {value!r}")
+from mtf.configtools import check_non_negative, check_positive, check_probability
+from mtf.exploration import ExplorationConfig  # noqa: F401  (section sim.exploration)
 
 
 @dataclass(frozen=True)
@@ -51,8 +35,8 @@ class CatalogConfig:
         if not -1.0 < self.quality_bait_corr < 1.0:
             raise ValueError("sim.catalog.quality_bait_corr must be in (-1, 1), "
                              f"got {self.quality_bait_corr!r}")
-        _positive("catalog.", duration_median_s=self.duration_median_s,
-                  duration_log_sd=self.duration_log_sd, duration_min_s=self.duration_min_s)
+        check_positive("sim.catalog", duration_median_s=self.duration_median_s,
+                       duration_log_sd=self.duration_log_sd, duration_min_s=self.duration_min_s)
         if self.duration_max_s < self.duration_min_s:
             raise ValueError("sim.catalog.duration_max_s must be >= duration_min_s, got "
                              f"{self.duration_max_s!r} < {self.duration_min_s!r}")
@@ -82,15 +66,15 @@ class PopulationConfig:
     max_sessions_per_day: int = 6        # cap on sessions per user per day
 
     def __post_init__(self) -> None:
-        _positive("population.", pref_sd=self.pref_sd,
-                  bait_sensitivity_width=self.bait_sensitivity_width)
-        _non_negative("population.", bait_sensitivity_casual=self.bait_sensitivity_casual,
-                      bait_sensitivity_engaged=self.bait_sensitivity_engaged,
-                      bait_sensitivity_sd=self.bait_sensitivity_sd,
-                      base_satisfaction_sd=self.base_satisfaction_sd,
-                      extra_sessions_mean=self.extra_sessions_mean)
-        _probability("population.", visit_prob_casual=self.visit_prob_casual,
-                     visit_prob_engaged=self.visit_prob_engaged)
+        check_positive("sim.population", pref_sd=self.pref_sd,
+                       bait_sensitivity_width=self.bait_sensitivity_width)
+        check_non_negative("sim.population", bait_sensitivity_casual=self.bait_sensitivity_casual,
+                           bait_sensitivity_engaged=self.bait_sensitivity_engaged,
+                           bait_sensitivity_sd=self.bait_sensitivity_sd,
+                           base_satisfaction_sd=self.base_satisfaction_sd,
+                           extra_sessions_mean=self.extra_sessions_mean)
+        check_probability("sim.population", visit_prob_casual=self.visit_prob_casual,
+                          visit_prob_engaged=self.visit_prob_engaged)
         if self.max_sessions_per_day < 1:
             raise ValueError("sim.population.max_sessions_per_day must be >= 1, got "
                              f"{self.max_sessions_per_day!r}")
@@ -142,8 +126,8 @@ class ResponseConfig:
         if not 0.0 < self.skip_play_max_s < self.min_watch_s:
             raise ValueError("sim.response needs 0 < skip_play_max_s < min_watch_s, got "
                              f"{self.skip_play_max_s!r}, {self.min_watch_s!r}")
-        _non_negative("response.", browse_overhead_s=self.browse_overhead_s)
-        _positive("response.", watch_time_scale_s=self.watch_time_scale_s)
+        check_non_negative("sim.response", browse_overhead_s=self.browse_overhead_s)
+        check_positive("sim.response", watch_time_scale_s=self.watch_time_scale_s)
 
 
 @dataclass(frozen=True)
@@ -171,13 +155,13 @@ class SatisfactionConfig:
     max_session_steps: int = 100         # a session ends after this many requests at most
 
     def __post_init__(self) -> None:
-        _non_negative("satisfaction.", quality_gain=self.quality_gain,
-                      finish_gain=self.finish_gain, pref_gain=self.pref_gain,
-                      skip_penalty=self.skip_penalty, fatigue=self.fatigue,
-                      session_start_sd=self.session_start_sd)
-        _probability("satisfaction.", carryover=self.carryover, persistence=self.persistence,
-                     leave_floor=self.leave_floor)
-        _positive("satisfaction.", leave_slope=self.leave_slope)
+        check_non_negative("sim.satisfaction", quality_gain=self.quality_gain,
+                           finish_gain=self.finish_gain, pref_gain=self.pref_gain,
+                           skip_penalty=self.skip_penalty, fatigue=self.fatigue,
+                           session_start_sd=self.session_start_sd)
+        check_probability("sim.satisfaction", carryover=self.carryover,
+                          persistence=self.persistence, leave_floor=self.leave_floor)
+        check_positive("sim.satisfaction", leave_slope=self.leave_slope)
         if self.max_session_steps < 1:
             raise ValueError("sim.satisfaction.max_session_steps must be >= 1, got "
                              f"{self.max_session_steps!r}")
@@ -200,44 +184,9 @@ class MtlConfig:
     #                                      midpoint for everyone; 1: knows it exactly)
 
     def __post_init__(self) -> None:
-        _non_negative("mtl.", task_bias_sd=self.task_bias_sd, item_error_sd=self.item_error_sd,
-                      noise_sd=self.noise_sd)
-        _probability("mtl.", sensitivity_known=self.sensitivity_known)
-
-
-@dataclass(frozen=True)
-class ExplorationConfig:
-    """The logging policy: a baseline action plus per-user exploration groups (paper-spec 6).
-
-    Users are assigned by a stable hash of ``salt:user_id`` (blake2b): the first ``noise_share``
-    of the hash range explores with action noise, the next ``random_share`` with random actions,
-    the rest exploit. Actions live in the normalised space [-1, 1]^k. Densities are exact for
-    what is sampled: Gaussians are *truncated* to the box (not clipped), uniform noise is
-    restricted to the box (see mtf/sim/logging_policy.py).
-    """
-
-    baseline_action: tuple[float, ...] = ()  # normalised baseline action, task order; () = 0s
-    noise_share: float = 0.2             # share of users in the action-noise group
-    random_share: float = 0.1            # share of users in the random-exploration group
-    noise_dist: Literal["gaussian", "uniform"] = "gaussian"  # eps ~ N(0, sigma) or U(-w, w)
-    noise_sigma: float = 0.1             # sigma of the Gaussian action noise (paper: 0.1)
-    noise_halfwidth: float = 0.15        # w of the bounded uniform noise (UnifiedRL: 0.15)
-    random_dist: Literal["gaussian", "uniform"] = "gaussian"  # N(0, sigma_r) or U(-1, 1)
-    random_sigma: float = 0.5            # sigma of the random-group Gaussian
-    salt: str = "mtf-explore"            # hash salt; change it to re-draw the groups
-
-    def __post_init__(self) -> None:
-        _probability("exploration.", noise_share=self.noise_share,
-                     random_share=self.random_share)
-        if self.noise_share + self.random_share > 1.0:
-            raise ValueError("sim.exploration.noise_share + random_share must be <= 1, got "
-                             f"{self.noise_share!r} + {self.random_share!r}")
-        _positive("exploration.", noise_sigma=self.noise_sigma,
-                  noise_halfwidth=self.noise_halfwidth, random_sigma=self.random_sigma)
-        bad = [a for a in self.baseline_action if not -1.0 <= a <= 1.0]
-        if bad:
-            raise ValueError("sim.exploration.baseline_action must lie in [-1, 1], got "
-                             f"{list(self.baseline_action)!r}")
+        check_non_negative("sim.mtl", task_bias_sd=self.task_bias_sd,
+                           item_error_sd=self.item_error_sd, noise_sd=self.noise_sd)
+        check_probability("sim.mtl", sensitivity_known=self.sensitivity_known)
 
 
 @dataclass(frozen=True)
@@ -259,9 +208,9 @@ class SessionConfig:
         if self.n_candidates < self.page_size:
             raise ValueError("sim.session.n_candidates must be >= page_size, got "
                              f"{self.n_candidates!r} < {self.page_size!r}")
-        _positive("session.", min_session_gap_s=self.min_session_gap_s)
-        _non_negative("session.", mean_extra_gap_s=self.mean_extra_gap_s)
-        _probability("session.", app_session_id_share=self.app_session_id_share)
+        check_positive("sim.session", min_session_gap_s=self.min_session_gap_s)
+        check_non_negative("sim.session", mean_extra_gap_s=self.mean_extra_gap_s)
+        check_probability("sim.session", app_session_id_share=self.app_session_id_share)
 
 
 @dataclass(frozen=True)

@@ -19,66 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from mtf.sim.config import ExplorationConfig
+from mtf.exploration import (  # noqa: F401  (groups and densities are re-exported from here)
+    EXPLOIT, NOISE, RANDOM, ExplorationConfig, assign_groups, box_uniform_bounds, norm_cdf,
+    truncated_normal_logpdf, truncated_normal_sample)
 from mtf.sim.policies import Policy, check_actions
-from mtf.sim.schema import EXPLORE_GROUPS
-from mtf.sim.users import hash_unit
-
-EXPLOIT, NOISE, RANDOM = (EXPLORE_GROUPS.index(g) for g in ("exploit", "noise", "random"))
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-_MAX_REJECTION_ROUNDS = 10_000
-
-
-def assign_groups(user_ids: Sequence[str], cfg: ExplorationConfig) -> np.ndarray:
-    """Group code per user (index into :data:`EXPLORE_GROUPS`), by a stable hash."""
-    u = hash_unit(user_ids, cfg.salt)
-    return np.where(u < cfg.noise_share, NOISE,
-                    np.where(u < cfg.noise_share + cfg.random_share, RANDOM, EXPLOIT)
-                    ).astype(np.int8)
-
-
-def norm_cdf(x: np.ndarray) -> np.ndarray:
-    """Standard normal CDF (``math.erfc`` on the distinct values; exact to double precision)."""
-    x = np.asarray(x, dtype=np.float64)
-    uniq, inv = np.unique(x, return_inverse=True)
-    vals = np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in uniq], dtype=np.float64)
-    return vals[inv].reshape(x.shape)
-
-
-def truncated_normal_sample(mu: np.ndarray, sigma: float, rng: np.random.Generator,
-                            lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
-    """Draw from ``N(mu, sigma^2)`` truncated to ``[lo, hi]``, elementwise (exact rejection)."""
-    mu = np.asarray(mu, dtype=np.float64)
-    out = mu + sigma * rng.standard_normal(mu.shape)
-    bad = (out < lo) | (out > hi)
-    for _ in range(_MAX_REJECTION_ROUNDS):
-        if not bad.any():
-            return out
-        out[bad] = mu[bad] + sigma * rng.standard_normal(int(bad.sum()))
-        bad = (out < lo) | (out > hi)
-    raise RuntimeError("truncated_normal_sample: rejection did not converge; is mu far outside "
-                       f"[{lo}, {hi}] relative to sigma={sigma}?")
-
-
-def truncated_normal_logpdf(a: np.ndarray, mu: np.ndarray | float, sigma: float,
-                            lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
-    """Elementwise log-density of ``N(mu, sigma^2)`` truncated to ``[lo, hi]``."""
-    a = np.asarray(a, dtype=np.float64)
-    mu = np.broadcast_to(np.asarray(mu, dtype=np.float64), a.shape)
-    z = (a - mu) / sigma
-    mass = norm_cdf((hi - mu) / sigma) - norm_cdf((lo - mu) / sigma)
-    logp = -0.5 * z * z - _LOG_SQRT_2PI - math.log(sigma) - np.log(mass)
-    return np.where((a >= lo) & (a <= hi), logp, -np.inf)
-
-
-def box_uniform_bounds(mu: np.ndarray, halfwidth: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-task support ``[max(-1, mu - w), min(1, mu + w)]`` of the bounded uniform noise."""
-    mu = np.asarray(mu, dtype=np.float64)
-    return np.maximum(-1.0, mu - halfwidth), np.minimum(1.0, mu + halfwidth)
 
 
 @dataclass(frozen=True, eq=False)

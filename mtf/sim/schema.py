@@ -47,7 +47,7 @@ COMMENTED = "commented"
 FOLLOWED = "followed"
 APP_SESSION_ID = "app_session_id"
 
-EXPLORE_GROUPS = ("exploit", "noise", "random")
+from mtf.exploration import EXPLORE_GROUPS  # noqa: E402,F401  (exploit / noise / random)
 INTERACTION_COLUMNS = (LIKED, SHARED, COMMENTED, FOLLOWED)
 
 # ---- user profiles ---------------------------------------------------------------------------

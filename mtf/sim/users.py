@@ -1,12 +1,12 @@
 """Users: profile features, category preferences, clickbait tolerance, base satisfaction."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from mtf.exploration import hash_unit  # noqa: F401  (re-exported; used by generate)
 from mtf.sim.config import PopulationConfig
 from mtf.sim.schema import PROFILE_COLUMNS
 
@@ -16,19 +16,6 @@ USER_ID_WIDTH = 8
 def user_ids(index: np.ndarray) -> list[str]:
     """Global user numbers -> user_id strings (``7`` -> ``'u00000007'``)."""
     return [f"u{int(i):0{USER_ID_WIDTH}d}" for i in np.asarray(index)]
-
-
-def hash_unit(keys: Sequence[str], salt: str) -> np.ndarray:
-    """Stable hash of ``salt:key`` mapped to [0, 1) (blake2b, 8 bytes), one value per key.
-
-    Independent of Python's hash seed and of the process, so a user keeps its exploration group
-    and its app-session-id flag across runs, shards and machines.
-    """
-    out = np.empty(len(keys), dtype=np.float64)
-    for j, key in enumerate(keys):
-        digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
-        out[j] = int.from_bytes(digest, "big") / 2.0 ** 64
-    return out
 
 
 @dataclass(frozen=True)
