@@ -14,9 +14,9 @@ from torch.nn import functional as F
 from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig
 from mtf.rl.distributed import ddp_wrap
-from mtf.rl.networks import ActionVAE, Perturbation, TwinQ, prior_latents
-from mtf.rl.updates import (bellman_target, frozen, max_over_candidates, mix_double_q,
-                            optimizer_step, soft_update, target_copy, twin_critic_loss)
+from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
+from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, max_over_candidates,
+                            mix_ensemble_q, optimizer_step, soft_update, target_copy)
 
 
 def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -33,42 +33,48 @@ def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std:
 
 @torch.no_grad()
 def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE, actor_target: Perturbation,
-                      critic_target: TwinQ, cfg: BCQConfig,
+                      critic_target: EnsembleQ, cfg: BCQConfig,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Critic target ``(B, 1)`` of BCQ with soft clipped double Q (paper-spec section 5).
 
     ``y = r + gamma (1 - done) max_i [lam min_j Q'_j(s', a'_i) + (1 - lam) max_j Q'_j(s', a'_i)]``
-    with ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents z_i.
+    with ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents z_i,
+    j over the ``cfg.n_critics`` target critics (2 in the paper).
     """
     n = cfg.n_candidates
     next_s = batch.next_state.repeat_interleave(n, dim=0)                # (B, S) -> (B*n, S)
     z = prior_latents(next_s.shape[0], vae.latent_dim, cfg.latent_clip,
                       generator=generator, device=next_s.device)         # (B*n, latent)
     next_a = actor_target(next_s, vae.decode(next_s, z))                 # (B*n, k)
-    q1, q2 = critic_target(next_s, next_a)                               # 2 x (B*n, 1)
-    value = max_over_candidates(mix_double_q(q1, q2, cfg.lam), n)        # (B, 1)
+    q = critic_target(next_s, next_a)                                    # (critics, B*n, 1)
+    value = max_over_candidates(mix_ensemble_q(q, cfg.lam), n)           # (B, 1)
     return bellman_target(batch.reward, batch.is_terminal, value, cfg.gamma)
 
 
-def bcq_actor_loss(critic: TwinQ, state: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
-    """``-mean Q1(s, P(s, a_hat))``: the perturbation network climbs Q1 around VAE actions."""
-    return -critic.q1_value(state, perturbed).mean()
+def bcq_actor_loss(critic: EnsembleQ, state: torch.Tensor, perturbed: torch.Tensor,
+                   penalty: float = 0.0) -> torch.Tensor:
+    """``-mean Q1(s, P(s, a_hat))``: the perturbation network climbs Q1 around VAE actions
+    (with ``penalty > 0``: the ensemble's ``mean Q - penalty * std Q`` instead of Q1)."""
+    return -critic.score(state, perturbed, penalty).mean()
 
 
 class BCQPolicy(nn.Module):
     """pi(s) = argmax_{a_i} Q1(s, a_i), a_i = clip(P(s, D(s, z_i))), over n latents z_i.
+
+    (With ``penalty > 0`` the argmax is over the ensemble score ``mean Q - penalty * std Q``.)
 
     ``forward`` uses the registered ``latents`` buffer (fixed, clipped samples of the prior), so
     one state always maps to one action (style.md 16); training-time metrics call
     :meth:`select` with fresh latents. Input states are normalised.
     """
 
-    def __init__(self, vae: ActionVAE, actor: Perturbation, critic: TwinQ,
-                 latents: torch.Tensor) -> None:
+    def __init__(self, vae: ActionVAE, actor: Perturbation, critic: EnsembleQ,
+                 latents: torch.Tensor, penalty: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.actor = actor
         self.critic = critic
+        self.penalty = float(penalty)
         self.register_buffer("latents", latents)  # (n, latent)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
@@ -79,8 +85,8 @@ class BCQPolicy(nn.Module):
         s = state.repeat_interleave(n, dim=0)                     # (B, S) -> (B*n, S)
         z = latents.repeat(b, 1)                                  # (n, latent) -> (B*n, latent)
         cand = self.actor(s, self.vae.decode(s, z))               # (B*n, k)
-        q1 = self.critic.q1_value(s, cand).view(b, n)             # (B*n, 1) -> (B, n)
-        best = q1.argmax(dim=1)                                   # (B,)
+        q = self.critic.score(s, cand, self.penalty).view(b, n)   # (B*n, 1) -> (B, n)
+        best = q.argmax(dim=1)                                    # (B,)
         return cand.view(b, n, -1)[torch.arange(b, device=state.device), best]  # (B, k)
 
 
@@ -102,7 +108,7 @@ class BCQAgent:
         self.vae = ActionVAE(state_dim, action_dim, cfg.latent_size(action_dim), cfg.vae_hidden,
                              cfg.log_std_min, cfg.log_std_max).to(device)
         self.actor = Perturbation(state_dim, action_dim, cfg.hidden, cfg.rho).to(device)
-        self.critic = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
+        self.critic = EnsembleQ(state_dim, action_dim, cfg.hidden, cfg.n_critics).to(device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
         self.vae_train: nn.Module = self.vae
@@ -148,10 +154,10 @@ class BCQAgent:
         """Regress both critics on the soft clipped double-Q target (updates the critic only)."""
         target = bcq_critic_target(batch, self.vae, self.actor_target, self.critic_target,
                                    self.cfg, self.generator)
-        q1, q2 = self.critic_train(batch.state, batch.action)
-        loss = twin_critic_loss(q1, q2, target)
+        q = self.critic_train(batch.state, batch.action)          # (critics, B, 1)
+        loss = ensemble_critic_loss(q, target)
         optimizer_step(self.optimizers["critic"], loss)
-        return {"loss/critic": loss.detach(), "q/data": q1.detach().mean(),
+        return {"loss/critic": loss.detach(), "q/data": q[0].detach().mean(),
                 "q/target": target.mean()}
 
     def actor_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
@@ -162,7 +168,7 @@ class BCQAgent:
             sampled = self.vae.decode(batch.state, z)
         perturbed = self.actor_train(batch.state, sampled)
         with frozen(self.critic):
-            loss = bcq_actor_loss(self.critic, batch.state, perturbed)
+            loss = bcq_actor_loss(self.critic, batch.state, perturbed, self.cfg.actor_penalty)
             optimizer_step(self.optimizers["actor"], loss)
         return {"loss/actor": loss.detach(), "q/policy": -loss.detach()}
 
@@ -174,7 +180,7 @@ class BCQAgent:
         """The greedy policy over this agent's live networks (shared, not copied)."""
         if latents is None:
             latents = self._latents(self.cfg.n_candidates)
-        return BCQPolicy(self.vae, self.actor, self.critic, latents)
+        return BCQPolicy(self.vae, self.actor, self.critic, latents, self.cfg.actor_penalty)
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,9 @@ class BCQConfig:
               y = r + gamma (1 - done) max_i [lam min_j Q'_j + (1 - lam) max_j Q'_j](s', a'_i),
               a'_i = P'(s', D(s', z_i)), z_i ~ N(0, I) clipped to +-latent_clip,
               i = 1..n_candidates
-      actor:  -mean Q_1(s, P(s, D(s, z)))  (P = perturbation network, output within +-rho)
+      actor:  -mean Q_1(s, P(s, D(s, z)))  (P = perturbation network, output within +-rho);
+              with actor_penalty > 0: -mean [mean_j Q_j - actor_penalty * std_j Q_j]
+              over n_critics critics (min/max in y are then over all n_critics)
       targets: theta' <- tau theta + (1 - tau) theta' every target_update_every steps.
     """
 
@@ -57,6 +59,10 @@ class BCQConfig:
     log_std_min: float = -4.0            # clamp of the encoder's log sigma, for stability (BCQ)
     log_std_max: float = 15.0
     latent_clip: float = 0.5             # prior samples z ~ N(0, I) clipped to +-latent_clip (BCQ)
+    # Beyond the paper (UnifiedRL, paper-spec section 9): an ensemble of critics whose spread
+    # penalises the actor. n_critics 2 + actor_penalty 0 is the paper's BCQ exactly.
+    n_critics: int = 2                   # critics in the ensemble (2 = BCQ's twin critics)
+    actor_penalty: float = 0.0           # actor/choice maximise mean Q - penalty * std Q; 0 = Q1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma <= 1.0:
@@ -71,7 +77,10 @@ class BCQConfig:
                        actor_lr=self.actor_lr, critic_lr=self.critic_lr, vae_lr=self.vae_lr,
                        n_candidates=self.n_candidates, kl_weight=self.kl_weight,
                        latent_clip=self.latent_clip)
-        check_non_negative("bcq", latent_dim=self.latent_dim)
+        check_non_negative("bcq", latent_dim=self.latent_dim, actor_penalty=self.actor_penalty)
+        if self.n_critics < 2:
+            raise ValueError(f"bcq.n_critics must be >= 2 (BCQ's twin critics), got "
+                             f"{self.n_critics!r}")
         _hidden("bcq", "hidden", self.hidden)
         _hidden("bcq", "vae_hidden", self.vae_hidden)
         if not self.log_std_min < self.log_std_max:

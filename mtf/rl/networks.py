@@ -7,6 +7,7 @@ the update rules testable and the exported policy scriptable.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -82,6 +83,60 @@ class TwinQ(nn.Module):
 
     def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.q1(torch.cat([state, action], dim=1))
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers applied as one batched matmul: ``(n, B, in) -> (n, B, out)``.
+
+    Each member is initialised like ``nn.Linear`` (uniform in +-1/sqrt(in)).
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleQ(nn.Module):
+    """``n`` independent critics Q_1..Q_n of (s, a) evaluated together; returns ``(n, B, 1)``.
+
+    BCQ's twin critics are ``n = 2``. Larger ensembles (UnifiedRL, paper-spec section 9) give the
+    actor a pessimistic objective ``mean_j Q_j - penalty * std_j Q_j`` (:meth:`score`): action
+    directions the critics disagree on, i.e. noise the data cannot pin down, stop paying off.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int], n: int) -> None:
+        super().__init__()
+        if n < 2:
+            raise ValueError(f"a critic ensemble needs n >= 2 members, got {n}")
+        self.n = n
+        layers: list[nn.Module] = []
+        width = state_dim + action_dim
+        for h in hidden:
+            layers += [EnsembleLinear(n, width, h), nn.ReLU()]
+            width = h
+        layers.append(EnsembleLinear(n, width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        sa = torch.cat([state, action], dim=1)                    # (B, S + k)
+        return self.net(sa.unsqueeze(0).expand(self.n, -1, -1))   # (n, B, 1)
+
+    def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The first critic alone, ``(B, 1)`` (BCQ's actor objective and action choice)."""
+        return self(state, action)[0]
+
+    def score(self, state: torch.Tensor, action: torch.Tensor, penalty: float) -> torch.Tensor:
+        """What the actor maximises, ``(B, 1)``: ``Q_1`` when ``penalty == 0`` (BCQ), else
+        ``mean_j Q_j - penalty * std_j Q_j`` over the ensemble."""
+        if penalty == 0.0:
+            return self.q1_value(state, action)
+        q = self(state, action)                                   # (n, B, 1)
+        return q.mean(dim=0) - penalty * q.std(dim=0)
 
 
 class DeterministicActor(nn.Module):

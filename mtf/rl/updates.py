@@ -30,6 +30,18 @@ def mix_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor
     return lam * torch.minimum(q1, q2) + (1.0 - lam) * torch.maximum(q1, q2)
 
 
+def mix_ensemble_q(q: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * min_j Q_j + (1 - lam) * max_j Q_j`` over an ensemble ``(n, B, 1) -> (B, 1)``;
+    for n = 2 this is :func:`mix_double_q`."""
+    return lam * q.amin(dim=0) + (1.0 - lam) * q.amax(dim=0)
+
+
+def ensemble_critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``sum_j mean (Q_j - y)^2`` over an ensemble ``(n, B, 1)``; for n = 2 this is
+    :func:`twin_critic_loss`."""
+    return F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(dim=(1, 2)).sum()
+
+
 def max_over_candidates(q: torch.Tensor, n: int) -> torch.Tensor:
     """``(B * n, 1)`` values of n consecutive candidates per state -> ``(B, 1)`` best value."""
     return q.view(-1, n).amax(dim=1, keepdim=True)  # (B*n, 1) -> (B, n) -> (B, 1)

@@ -6,6 +6,7 @@ from torch import nn
 
 from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig, TrainConfig
+from mtf.rl.networks import EnsembleLinear, EnsembleQ
 
 TINY_BCQ = BCQConfig(hidden=(16, 16), vae_hidden=(16, 16), n_candidates=4)
 
@@ -28,6 +29,32 @@ def random_batch(b: int = 8, s: int = 3, k: int = 2, seed: int = 0,
         reward=torch.randn(b, 1, generator=g),
         next_state=torch.randn(b, s, generator=g),
         is_terminal=(torch.arange(b).reshape(-1, 1) % terminal_every == terminal_every - 1).float())
+
+
+@torch.no_grad()
+def set_member_constant(q: EnsembleQ, member: int, value: float) -> None:
+    """Make critic ``member`` of an ensemble output ``value`` for every input."""
+    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    for layer in layers:
+        layer.weight[member].zero_()
+        layer.bias[member].zero_()
+    layers[-1].bias[member].fill_(value)
+
+
+@torch.no_grad()
+def set_member_first_action_coordinate(q: EnsembleQ, member: int, state_dim: int) -> None:
+    """Make critic ``member`` of an ensemble output exactly ``action[:, 0]`` (as
+    :func:`set_first_action_coordinate`; ensemble weights are laid out ``(in, out)``)."""
+    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    for layer in layers:
+        layer.weight[member].zero_()
+        layer.bias[member].zero_()
+    layers[0].weight[member, state_dim, 0] = 1.0
+    layers[0].bias[member, 0, 0] = 2.0
+    for layer in layers[1:-1]:
+        layer.weight[member, 0, 0] = 1.0
+    layers[-1].weight[member, 0, 0] = 1.0
+    layers[-1].bias[member, 0, 0] = -2.0
 
 
 @torch.no_grad()

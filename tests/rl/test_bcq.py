@@ -9,9 +9,9 @@ import torch
 
 from mtf.rl.agent import make_generator
 from mtf.rl.bcq import BCQAgent, BCQPolicy, bcq_actor_loss, bcq_critic_target, vae_loss
-from mtf.rl.networks import ActionVAE, Perturbation, TwinQ, prior_latents
-from tests.rl.helpers import (TINY_BCQ, changed, params, random_batch, set_constant,
-                              set_first_action_coordinate)
+from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
+from tests.rl.helpers import (TINY_BCQ, changed, params, random_batch, set_member_constant,
+                              set_member_first_action_coordinate)
 
 CPU = torch.device("cpu")
 
@@ -40,9 +40,9 @@ def test_critic_target_is_exact_with_constant_target_critics(lam: float) -> None
     cfg = replace(TINY_BCQ, lam=lam, gamma=0.9)
     vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
     actor_target = Perturbation(s, k, (8,), rho=0.15)
-    critic_target = TwinQ(s, k, (8, 8))
-    set_constant(critic_target.q1, 1.0)
-    set_constant(critic_target.q2, 3.0)
+    critic_target = EnsembleQ(s, k, (8, 8), 2)
+    set_member_constant(critic_target, 0, 1.0)
+    set_member_constant(critic_target, 1, 3.0)
     batch = random_batch(b=6, s=s, k=k)
 
     y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg)
@@ -56,9 +56,9 @@ def test_critic_target_is_exact_with_constant_target_critics(lam: float) -> None
 
 def test_critic_target_terminal_rows_do_not_bootstrap_truncated_rows_do() -> None:
     s, k = 2, 1
-    critic_target = TwinQ(s, k, (4,))
-    set_constant(critic_target.q1, 10.0)
-    set_constant(critic_target.q2, 10.0)
+    critic_target = EnsembleQ(s, k, (4,), 2)
+    set_member_constant(critic_target, 0, 10.0)
+    set_member_constant(critic_target, 1, 10.0)
     batch = random_batch(b=4, s=s, k=k)
     batch = replace(batch, reward=torch.ones(4, 1),
                     is_terminal=torch.tensor([[1.0], [0.0], [1.0], [0.0]]))
@@ -73,9 +73,9 @@ def test_critic_target_takes_the_max_over_each_states_own_candidates() -> None:
     cfg = replace(TINY_BCQ, n_candidates=n, gamma=0.5)
     vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
     actor_target = Perturbation(s, k, (8,), rho=0.15)
-    critic_target = TwinQ(s, k, (8,))
-    set_first_action_coordinate(critic_target.q1, s)   # Q'(s, a) = a_0
-    set_first_action_coordinate(critic_target.q2, s)
+    critic_target = EnsembleQ(s, k, (8,), 2)
+    set_member_first_action_coordinate(critic_target, 0, s)   # Q'(s, a) = a_0
+    set_member_first_action_coordinate(critic_target, 1, s)
     batch = random_batch(b=4, s=s, k=k, terminal_every=100)   # nothing terminal
 
     y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg,
@@ -95,9 +95,9 @@ def test_critic_target_takes_the_max_over_each_states_own_candidates() -> None:
 
 def test_actor_loss_is_minus_mean_q1_of_the_perturbed_actions() -> None:
     s, k = 2, 2
-    critic = TwinQ(s, k, (4,))
-    set_first_action_coordinate(critic.q1, s)
-    set_constant(critic.q2, 100.0)  # Q2 must not enter the actor loss
+    critic = EnsembleQ(s, k, (4,), 2)
+    set_member_first_action_coordinate(critic, 0, s)
+    set_member_constant(critic, 1, 100.0)  # Q2 must not enter the actor loss
     state = torch.zeros(3, s)
     perturbed = torch.tensor([[0.2, 0.0], [0.4, 1.0], [-0.3, 0.5]])
     torch.testing.assert_close(bcq_actor_loss(critic, state, perturbed), torch.tensor(-0.1))
@@ -127,9 +127,9 @@ def test_policy_returns_the_candidate_with_the_highest_q1() -> None:
     s, k, n = 2, 2, 6
     vae = ActionVAE(s, k, 3, (8,), -4.0, 15.0)
     actor = Perturbation(s, k, (8,), rho=0.15)
-    critic = TwinQ(s, k, (4,))
-    set_first_action_coordinate(critic.q1, s)      # Q1 = a_0: prefer the largest a_0
-    set_constant(critic.q2, 1e6)                   # Q2 must not matter for selection
+    critic = EnsembleQ(s, k, (4,), 2)
+    set_member_first_action_coordinate(critic, 0, s)      # Q1 = a_0: prefer the largest a_0
+    set_member_constant(critic, 1, 1e6)                   # Q2 must not matter for selection
     latents = prior_latents(n, 3, 0.5, generator=torch.Generator().manual_seed(1), device=CPU)
     state = torch.randn(5, s)
     got = BCQPolicy(vae, actor, critic, latents)(state)
@@ -199,3 +199,85 @@ def test_update_returns_detached_scalar_metrics() -> None:
     assert set(metrics) == {"loss/vae", "loss/critic", "loss/actor", "q/data", "q/policy",
                             "q/target"}
     assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
+
+
+# ---- critic ensemble (n_critics, actor_penalty; UnifiedRL-style, beyond the paper) -----------
+
+def test_ensemble_of_two_matches_twin_critic_rules() -> None:
+    from mtf.rl.updates import (ensemble_critic_loss, mix_double_q, mix_ensemble_q,
+                                twin_critic_loss)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 7, 1, generator=g)
+    y = torch.randn(7, 1, generator=g)
+    for lam in (1.0, 0.75, 0.0):
+        torch.testing.assert_close(mix_ensemble_q(q, lam), mix_double_q(q[0], q[1], lam))
+    torch.testing.assert_close(ensemble_critic_loss(q, y), twin_critic_loss(q[0], q[1], y))
+
+
+def test_ensemble_target_takes_min_over_all_members() -> None:
+    s, k = 3, 2
+    cfg = replace(TINY_BCQ, lam=1.0, gamma=0.5, n_critics=4)
+    critic_target = EnsembleQ(s, k, (8,), 4)
+    for j, v in enumerate((4.0, -2.0, 7.0, 1.0)):
+        set_member_constant(critic_target, j, v)
+    batch = random_batch(b=5, s=s, k=k, terminal_every=100)
+    y = bcq_critic_target(batch, ActionVAE(s, k, 4, (8,), -4.0, 15.0),
+                          Perturbation(s, k, (8,), 0.15), critic_target, cfg)
+    torch.testing.assert_close(y, batch.reward + 0.5 * -2.0)
+
+
+def test_ensemble_members_are_independent_mlps() -> None:
+    torch.manual_seed(0)
+    q = EnsembleQ(3, 2, (5, 4), 3)
+    state, action = torch.randn(6, 3), torch.rand(6, 2)
+    out = q(state, action)
+    assert out.shape == (3, 6, 1)
+    layers = [m for m in q.net if isinstance(m, torch.nn.Module) and hasattr(m, "weight")]
+    for j in range(3):   # replay member j as a plain MLP
+        x = torch.cat([state, action], dim=1)
+        for i, layer in enumerate(layers):
+            x = x @ layer.weight[j] + layer.bias[j]
+            if i < len(layers) - 1:
+                x = torch.relu(x)
+        torch.testing.assert_close(out[j], x)
+    torch.testing.assert_close(q.q1_value(state, action), out[0])
+
+
+def test_actor_penalty_scores_mean_minus_std_and_zero_means_q1() -> None:
+    s, k = 2, 2
+    critic = EnsembleQ(s, k, (4,), 2)
+    set_member_constant(critic, 0, 1.0)
+    set_member_constant(critic, 1, 3.0)
+    state, perturbed = torch.zeros(3, s), torch.zeros(3, k)
+    # mean 2, unbiased std sqrt(2)
+    torch.testing.assert_close(bcq_actor_loss(critic, state, perturbed, penalty=0.5),
+                               torch.tensor(-(2.0 - 0.5 * math.sqrt(2.0))))
+    torch.testing.assert_close(bcq_actor_loss(critic, state, perturbed), torch.tensor(-1.0))
+
+
+def test_penalised_policy_avoids_the_candidate_the_critics_disagree_on() -> None:
+    s, k, n = 2, 2, 8
+    vae = ActionVAE(s, k, 3, (8,), -4.0, 15.0)
+    actor = Perturbation(s, k, (8,), rho=0.15)
+    critic = EnsembleQ(s, k, (4,), 2)
+    set_member_first_action_coordinate(critic, 0, s)   # Q1 = a_0, Q2 = 0: disagree more as a_0 grows
+    set_member_constant(critic, 1, 0.0)
+    latents = prior_latents(n, 3, 0.5, generator=torch.Generator().manual_seed(1), device=CPU)
+    state = torch.randn(4, s)
+    greedy = BCQPolicy(vae, actor, critic, latents)(state)
+    careful = BCQPolicy(vae, actor, critic, latents, penalty=2.0)(state)
+    with torch.no_grad():
+        for i in range(4):
+            s_i = state[i:i + 1].expand(n, s)
+            cand = actor(s_i, vae.decode(s_i, latents))
+            a0 = cand[:, 0]
+            score = a0 / 2 - 2.0 * a0.abs() / math.sqrt(2.0)   # mean - 2 std of (a_0, 0)
+            torch.testing.assert_close(greedy[i], cand[a0.argmax()])
+            torch.testing.assert_close(careful[i], cand[score.argmax()])
+
+
+def test_n_critics_below_two_is_rejected() -> None:
+    with pytest.raises(ValueError, match="bcq.n_critics must be >= 2"):
+        replace(TINY_BCQ, n_critics=1)
+    with pytest.raises(ValueError, match="bcq.actor_penalty must be >= 0"):
+        replace(TINY_BCQ, actor_penalty=-1.0)
