@@ -1,0 +1,186 @@
+"""Policy sweep: train BCQ (or a baseline) variants on one transitions snapshot, score them on
+simulator ground truth. The experiment behind docs/training.md "Does it learn to personalise?".
+
+Two steps, so the training step can run where Spark and Delta are not installed (a GPU box):
+
+1. ``export``: a pinned transitions table (train split, every exploration group) -> one ``.npz``
+   (states/actions as float16 to keep it small, the feature layout as JSON)::
+
+       .venv/bin/python benchmarks/policy_sweep.py export --table LAKE/transitions --out big.npz
+
+2. ``run``: one process per variant (``--parallel`` at a time), each trains in memory for
+   ``--steps`` steps, exports the deterministic policy and evaluates it against the logging
+   baseline on ``--sessions`` simulated sessions with common random numbers (paired CI)::
+
+       .venv/bin/python benchmarks/policy_sweep.py run --data big.npz --steps 15000 \\
+           --run "twin_rho05: train.bcq.rho=0.5 train.bcq.hidden=[256,256]" \\
+           --run "random_only: train.bcq.rho=0.5 train.explore_groups=[random]" \\
+           -- sim.exploration.noise_share=0.3 sim.exploration.random_share=0.3
+
+Everything after ``--`` overrides the config of every variant and must match the config the
+data were simulated with (seed, sim, fusion, features): the simulator that scores a policy is
+rebuilt from it. ``TSEED=<n>`` in a variant's overrides (``"tag: TSEED=8 train.bcq.rho=0.5"``)
+changes only the training seed, to measure seed-to-seed spread. Output: one line per variant
+with the true return vs the baseline in % and its 95% CI, and the mean action of engaged
+(profile_activity >= 0.6) and casual users, to see whether the policy personalises.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+GROUPS = ("exploit", "noise", "random")
+COLUMNS = ("state", "action", "reward", "next_state", "is_terminal")
+
+
+def export(table_path: str, out: str, version: int | None) -> None:
+    from mtf.rl.loader import open_transitions, read_split
+
+    table = open_transitions(table_path, version)
+    parts = [read_split(table, "train", groups=(g,))[0] for g in GROUPS]
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in COLUMNS}
+    group = np.concatenate([np.full(len(p["reward"]), i, np.int8) for i, p in enumerate(parts)])
+    np.savez_compressed(out, state=cat["state"].astype(np.float16),
+                        next_state=cat["next_state"].astype(np.float16),
+                        action=cat["action"].astype(np.float16),
+                        reward=cat["reward"].astype(np.float32),
+                        is_terminal=cat["is_terminal"].astype(np.int8), group=group,
+                        layout=json.dumps(table.layout.to_dict()))
+    counts = {g: int((group == i).sum()) for i, g in enumerate(GROUPS)}
+    print(f"exported {len(group)} train rows {counts} of {table_path} "
+          f"(version {table.layout.table_version}) to {out}")
+
+
+def _variant(tag: str, data: str, overrides: list[str], steps: int, sessions: int,
+             device: str, threads: int, out_dir: str) -> dict[str, Any]:
+    """Train and score one variant (runs in its own process)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from mtf.config import load_config
+    from mtf.log import setup_logging
+    from mtf.rl.batch import Normalizer, TransitionBatch
+    from mtf.rl.checkpoint import load_checkpoint
+    from mtf.rl.export import build_policy
+    from mtf.rl.layout import ActionSpace, TableLayout
+    from mtf.rl.loader import InMemorySource
+    from mtf.rl.train import train
+    from mtf.sim.evaluate import evaluate_many, paired_difference
+    from mtf.sim.policies import FixedPolicy, torch_policy
+    from mtf.sim.world import World
+
+    setup_logging("WARNING")
+    tseed = [o for o in overrides if o.startswith("TSEED=")]
+    overrides = [o for o in overrides if not o.startswith("TSEED=")]
+    cfg = load_config(None, [f"train.max_steps={steps}", f"train.log_every={steps}",
+                             f"train.checkpoint_every={steps}", *overrides])
+    seed = int(tseed[-1].split("=", 1)[1]) if tseed else cfg.seed
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                       else "cpu" if device == "auto" else device)
+    z = np.load(data)
+    keep = np.ones(len(z["reward"]), dtype=bool)
+    if cfg.train.explore_groups:
+        keep = np.isin(z["group"], [GROUPS.index(g) for g in cfg.train.explore_groups])
+    cols = {k: z[k][keep].astype(np.float32) for k in COLUMNS}
+    layout = TableLayout.from_dict(json.loads(str(z["layout"])))
+    batch = TransitionBatch.from_numpy(cols).to(dev)
+    t0 = time.perf_counter()
+    res = train(cfg.train, InMemorySource(batch, batch_size=cfg.train.batch_size, seed=seed),
+                layout=layout, action_space=ActionSpace.from_fusion(cfg.fusion),
+                run_dir=os.path.join(out_dir, tag), seed=seed,
+                normalizer=Normalizer.fit(cols["state"]), device=dev)
+    train_s = time.perf_counter() - t0
+    policy = torch_policy(build_policy(load_checkpoint(res.checkpoint, map_location="cpu")))
+    world = World.from_config(cfg)
+    truth = evaluate_many(world, {"baseline": FixedPolicy(world.baseline_action),
+                                  "learned": policy}, sessions, seed=cfg.pipeline.truth_seed)
+    base = truth["baseline"]
+    diff = paired_difference(truth["learned"], base)
+    states = base.first_states
+    engaged = states[:, cfg.features.feature_names.index("profile_activity")] >= 0.6
+    actions = policy(states)
+    scale = 100.0 / abs(base.mean_return)
+    return {"tag": tag, "rows": len(batch), "train_s": train_s,
+            "vs_baseline_pct": diff.diff_return * scale,
+            "ci_pct": [diff.diff_ci[0] * scale, diff.diff_ci[1] * scale],
+            "action_engaged": actions[engaged].mean(axis=0).round(2).tolist(),
+            "action_casual": actions[~engaged].mean(axis=0).round(2).tolist()}
+
+
+def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
+    try:
+        return _variant(*args)
+    except Exception as exc:  # one broken variant must not lose the others' results
+        return {"tag": args[0], "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run(ns: argparse.Namespace, common: list[str]) -> int:
+    variants = []
+    for spec in ns.run:
+        tag, _, rest = spec.partition(":")
+        if not tag.strip() or not _:
+            raise SystemExit(f"--run {spec!r}: expected 'tag: key=value ...'")
+        variants.append((tag.strip(), ns.data, [*common, *rest.split()], ns.steps, ns.sessions,
+                         ns.device, ns.threads, ns.out_dir))
+    print(f"{len(variants)} variants, {ns.parallel} at a time, {ns.steps} steps each, "
+          f"{ns.sessions} evaluation sessions", flush=True)
+    ctx = mp.get_context("spawn")   # CUDA and torch threads do not survive fork
+    results = []
+    with ctx.Pool(ns.parallel) as pool:
+        for r in pool.imap_unordered(_worker, variants):
+            results.append(r)
+            if "error" in r:
+                print(f"{r['tag']}: FAILED {r['error']}", flush=True)
+            else:
+                print(f"{r['tag']}: {r['vs_baseline_pct']:+.2f}% vs logging baseline "
+                      f"[{r['ci_pct'][0]:+.2f}, {r['ci_pct'][1]:+.2f}]  engaged "
+                      f"{r['action_engaged']}  casual {r['action_casual']}  "
+                      f"({r['rows']} rows, train {r['train_s']:.0f} s)", flush=True)
+    if ns.json:
+        with open(ns.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, common = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="transitions table -> .npz")
+    e.add_argument("--table", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--version", type=int, default=None)
+    r = sub.add_parser("run", help="train and score variants")
+    r.add_argument("--data", required=True)
+    r.add_argument("--run", action="append", required=True, metavar="'TAG: OVERRIDES'")
+    r.add_argument("--steps", type=int, default=15000)
+    r.add_argument("--sessions", type=int, default=6000)
+    r.add_argument("--parallel", type=int, default=1)
+    r.add_argument("--threads", type=int, default=1, help="torch threads per variant")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    r.add_argument("--out-dir", default="/tmp/mtf-policy-sweep")
+    r.add_argument("--json", default="", help="also write the results here")
+    ns = p.parse_args(argv)
+    if ns.cmd == "export":
+        export(ns.table, ns.out, ns.version)
+        return 0
+    return run(ns, common)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
