@@ -17,6 +17,13 @@ Two steps, so the training step can run where Spark and Delta are not installed 
            --run "random_only: train.bcq.rho=0.5 train.explore_groups=[random]" \\
            -- sim.exploration.noise_share=0.3 sim.exploration.random_share=0.3
 
+3. ``signal``: how much personalisation signal a table carries, without any learner: the
+   discounted return-to-go of every step of one exploration group regressed (least squares) on
+   the standardised state, the action and ``action x (profile_activity - 0.5)``; prints each
+   task weight's coefficients with standard errors::
+
+       .venv/bin/python benchmarks/policy_sweep.py signal --table LAKE/transitions --group random
+
 Everything after ``--`` overrides the config of every variant and must match the config the
 data were simulated with (seed, sim, fusion, features): the simulator that scores a policy is
 rebuilt from it. ``TSEED=<n>`` in a variant's overrides (``"tag: TSEED=8 train.bcq.rho=0.5"``)
@@ -60,6 +67,40 @@ def export(table_path: str, out: str, version: int | None) -> None:
     counts = {g: int((group == i).sum()) for i, g in enumerate(GROUPS)}
     print(f"exported {len(group)} train rows {counts} of {table_path} "
           f"(version {table.layout.table_version}) to {out}")
+
+
+def signal(table_path: str, group: str, overrides: list[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from mtf.config import load_config
+    from mtf.delta import delta_snapshot
+
+    cfg = load_config(None, overrides)
+    gamma = cfg.train.bcq.gamma
+    _, uris, _ = delta_snapshot(table_path)
+    cols = ["session_id", "step", "state", "action", "reward", "explore_group", "split"]
+    df = __import__("pandas").concat(pq.read_table(u, columns=cols).to_pandas() for u in uris)
+    df = df[df["split"] == "train"].sort_values(["session_id", "step"]).reset_index(drop=True)
+    reward, sid = df["reward"].to_numpy(), df["session_id"].to_numpy()
+    ret = np.zeros(len(df))                       # discounted return-to-go within the session
+    for i in range(len(df) - 1, -1, -1):
+        same = i + 1 < len(df) and sid[i + 1] == sid[i]
+        ret[i] = reward[i] + (gamma * ret[i + 1] if same else 0.0)
+    states, actions = np.stack(df["state"].to_numpy()), np.stack(df["action"].to_numpy())
+    rows = (df["explore_group"] == group).to_numpy()
+    activity = states[rows, cfg.features.feature_names.index("profile_activity")]
+    z = (states - states.mean(0)) / (states.std(0) + 1e-9)
+    x = np.column_stack([np.ones(rows.sum()), z[rows], actions[rows],
+                         actions[rows] * (activity[:, None] - 0.5)])
+    beta, *_ = np.linalg.lstsq(x, ret[rows], rcond=None)
+    resid = ret[rows] - x @ beta
+    se = np.sqrt(np.diag(resid.var() * np.linalg.pinv(x.T @ x)))
+    k, off = actions.shape[1], 1 + states.shape[1]
+    print(f"{rows.sum()} {group!r} train steps of {table_path}; return-to-go ~ state + action + "
+          f"action x (profile_activity - 0.5), gamma {gamma}")
+    for j, task in enumerate(cfg.fusion.names):
+        print(f"  {task:12s} action {beta[off + j]:+.3f} +- {se[off + j]:.3f}   "
+              f"x activity {beta[off + k + j]:+.3f} +- {se[off + k + j]:.3f}")
 
 
 def _variant(tag: str, data: str, overrides: list[str], steps: int, sessions: int,
@@ -165,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--table", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--version", type=int, default=None)
+    g = sub.add_parser("signal", help="regression of return-to-go on action x activity")
+    g.add_argument("--table", required=True)
+    g.add_argument("--group", default="random", choices=GROUPS)
     r = sub.add_parser("run", help="train and score variants")
     r.add_argument("--data", required=True)
     r.add_argument("--run", action="append", required=True, metavar="'TAG: OVERRIDES'")
@@ -178,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     if ns.cmd == "export":
         export(ns.table, ns.out, ns.version)
+        return 0
+    if ns.cmd == "signal":
+        signal(ns.table, ns.group, common)
         return 0
     return run(ns, common)
 
