@@ -121,6 +121,7 @@ class EnsembleQ(nn.Module):
             width = h
         layers.append(EnsembleLinear(n, width, 1))
         self.net = nn.Sequential(*layers)
+        self.register_load_state_dict_pre_hook(_twin_to_ensemble)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         sa = torch.cat([state, action], dim=1)                    # (B, S + k)
@@ -137,6 +138,20 @@ class EnsembleQ(nn.Module):
             return self.q1_value(state, action)
         q = self(state, action)                                   # (n, B, 1)
         return q.mean(dim=0) - penalty * q.std(dim=0)
+
+
+def _twin_to_ensemble(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Load a ``TwinQ`` state dict (``q1.<i>.weight`` ...; BCQ checkpoints written before the
+    ensemble existed) into a 2-member :class:`EnsembleQ`: member j = ``q<j+1>``."""
+    if f"{prefix}q1.0.weight" not in state_dict:
+        return
+    for key in [k for k in state_dict if k.startswith(f"{prefix}q1.")]:
+        layer, kind = key[len(prefix) + 3:].split(".")          # "<i>", "weight" | "bias"
+        pair = [state_dict.pop(f"{prefix}q{j}.{layer}.{kind}") for j in (1, 2)]
+        if kind == "weight":   # nn.Linear (out, in) -> ensemble (n, in, out)
+            state_dict[f"{prefix}net.{layer}.weight"] = torch.stack([w.t() for w in pair])
+        else:                  # (out,) -> (n, 1, out)
+            state_dict[f"{prefix}net.{layer}.bias"] = torch.stack(pair).unsqueeze(1)
 
 
 class DeterministicActor(nn.Module):

@@ -281,3 +281,15 @@ def test_n_critics_below_two_is_rejected() -> None:
         replace(TINY_BCQ, n_critics=1)
     with pytest.raises(ValueError, match="bcq.actor_penalty must be >= 0"):
         replace(TINY_BCQ, actor_penalty=-1.0)
+
+
+def test_twin_critic_state_dict_loads_into_a_two_member_ensemble() -> None:
+    """BCQ checkpoints written before the ensemble (TwinQ keys) still load and give the same Q."""
+    from mtf.rl.networks import TwinQ
+    torch.manual_seed(0)
+    twin = TwinQ(3, 2, (5, 4))
+    ens = EnsembleQ(3, 2, (5, 4), 2)
+    ens.load_state_dict(twin.state_dict())
+    state, action = torch.randn(7, 3), torch.rand(7, 2)
+    q1, q2 = twin(state, action)
+    torch.testing.assert_close(ens(state, action), torch.stack([q1, q2]))
