@@ -260,7 +260,8 @@ def test_penalised_policy_avoids_the_candidate_the_critics_disagree_on() -> None
     vae = ActionVAE(s, k, 3, (8,), -4.0, 15.0)
     actor = Perturbation(s, k, (8,), rho=0.15)
     critic = EnsembleQ(s, k, (4,), 2)
-    set_member_first_action_coordinate(critic, 0, s)   # Q1 = a_0, Q2 = 0: disagree more as a_0 grows
+    set_member_first_action_coordinate(critic, 0, s)   # Q1 = a_0, Q2 = 0: they disagree more
+    #                                                    as a_0 grows
     set_member_constant(critic, 1, 0.0)
     latents = prior_latents(n, 3, 0.5, generator=torch.Generator().manual_seed(1), device=CPU)
     state = torch.randn(4, s)
