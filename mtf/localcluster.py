@@ -8,9 +8,19 @@ Example::
 
     with StandaloneCluster(n_workers=2) as cluster:
         cluster.submit("jobs/build_transitions.py", ["--conf-file", "conf/local.yaml"])
+
+Fault injection: ``submit_async`` starts spark-submit in the background, ``executor_log`` shows
+what a worker's executors are doing, and ``kill_worker`` takes a worker down mid-job::
+
+    with StandaloneCluster(n_workers=2) as cluster:
+        job = cluster.submit_async("jobs/build_transitions.py", ["lake.root=/tmp/lake"])
+        ...                       # wait for "Running task" in cluster.executor_log(0)
+        cluster.kill_worker(0)
+        assert job.wait(600) == 0, job.output()
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -53,6 +63,7 @@ class StandaloneCluster:
         self.workdir = tempfile.mkdtemp(prefix="mtf-standalone-")
         self.master: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.submissions: list[Submission] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -124,9 +135,25 @@ class StandaloneCluster:
         except FileNotFoundError:
             return ""
 
+    def executor_log(self, i: int) -> str:
+        """stderr of every executor worker ``i`` has launched (all apps), concatenated.
+
+        A worker keeps each executor's output in ``<work-dir>/<app-id>/<executor-id>/stderr``;
+        Spark's default log4j settings write ``Running task ...`` lines there, so this shows
+        whether (and which) tasks ran on that worker.
+        """
+        text = []
+        pattern = os.path.join(self.workdir, f"worker{i}", "app-*", "*", "stderr")
+        for path in sorted(glob.glob(pattern)):
+            with open(path, errors="replace") as fh:
+                text.append(fh.read())
+        return "".join(text)
+
     def stop(self) -> None:
-        for proc in [*self.workers, *([self.master] if self.master else [])]:
+        procs = [s.proc for s in self.submissions]
+        for proc in [*procs, *self.workers, *([self.master] if self.master else [])]:
             _kill_group(proc)
+        self.submissions = []
         self.workers = []
         self.master = None
 
@@ -166,6 +193,51 @@ class StandaloneCluster:
             raise RuntimeError(f"spark-submit failed ({proc.returncode}): {' '.join(cmd)}\n"
                                f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
         return proc
+
+    def submit_async(self, app: str, app_args: Sequence[str] = (),
+                     conf: dict[str, str] | None = None,
+                     cwd: str | None = None) -> "Submission":
+        """spark-submit ``app`` to this cluster in the background and return at once.
+
+        Same command as :meth:`submit` (client deploy mode: the driver runs in the spark-submit
+        process on this machine, not on a worker). Its stdout and stderr go to a file in the
+        cluster's work dir; use the returned :class:`Submission` to wait for it and read them.
+        A submission still running when the cluster stops is killed with it.
+        """
+        cmd = self.submit_command(app, app_args, conf)
+        log_path = os.path.join(self.workdir, f"submit{len(self.submissions)}.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=cwd, start_new_session=True)
+        submission = Submission(cmd, proc, log_path)
+        self.submissions.append(submission)
+        return submission
+
+
+class Submission:
+    """A spark-submit started by :meth:`StandaloneCluster.submit_async`."""
+
+    def __init__(self, cmd: list[str], proc: subprocess.Popen[bytes], log_path: str) -> None:
+        self.cmd = cmd
+        self.proc = proc
+        self.log_path = log_path
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout_s: float = 600.0) -> int:
+        """Wait for spark-submit to exit and return its exit code; on timeout, kill it and raise
+        ``subprocess.TimeoutExpired``."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.proc)
+            raise
+
+    def output(self) -> str:
+        """spark-submit's stdout and stderr so far (the driver's logs and prints)."""
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
