@@ -62,8 +62,9 @@ def test_simulate_and_build_transitions_jobs_on_standalone_cluster(spark, tmp_pa
 
     lake = [f"lake.root={tmp_path}", "sim.n_users=200", "sim.users_per_shard=100",
             "sim.n_days=2", "etl.files_per_day=2"]
-    cluster.submit(os.path.join(ROOT, "jobs", "simulate.py"), lake, cwd=ROOT)
-    cluster.submit(os.path.join(ROOT, "jobs", "build_transitions.py"), lake, cwd=ROOT)
+    cluster.submit(os.path.join(ROOT, "jobs", "simulate.py"), lake, conf=SMALL_JOB_CONF, cwd=ROOT)
+    cluster.submit(os.path.join(ROOT, "jobs", "build_transitions.py"), lake, conf=SMALL_JOB_CONF,
+                   cwd=ROOT)
     raw = read_delta(spark, str(tmp_path / "raw_impressions"))
     tr = read_delta(spark, str(tmp_path / "transitions"))
     n_requests = raw.select("request_id").distinct().count()
