@@ -48,10 +48,20 @@ def write_delta(df: "DataFrame", path: str, *, mode: str,
     ``mode`` is required: ``"overwrite"`` replaces the table (or, with ``replace_where``, exactly
     the rows matching the predicate, e.g. one day's partition, so a re-run of a day is
     idempotent); ``"append"`` adds. A failing write commits nothing, so readers keep seeing the
-    previous version. ``properties`` become Delta table properties (``mtf.*`` keys).
+    previous version. ``properties`` become Delta table properties (``mtf.*`` keys): with a
+    plain overwrite they are part of the data commit (the table is replaced, ``CREATE OR REPLACE
+    TABLE AS SELECT``: a new table id, earlier properties carried over unless given); with
+    ``replace_where`` or ``"append"`` they follow in a second commit (Delta sets arbitrary
+    properties only when it creates or replaces a table).
     """
     if mode not in ("overwrite", "append"):
         raise ValueError(f"write_delta mode must be 'overwrite' or 'append', got {mode!r}")
+    spark = df.sparkSession
+    if properties and mode == "overwrite" and replace_where is None:
+        _replace_with_properties(df, path, partition_by, properties)
+        version = table_version(spark, path)
+        logger.info("replaced Delta table %s -> version %d", path, version)
+        return version
     writer = df.write.format("delta").mode(mode)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -62,12 +72,30 @@ def write_delta(df: "DataFrame", path: str, *, mode: str,
     elif mode == "overwrite":
         writer = writer.option("overwriteSchema", "true")
     writer.save(path)
-    spark = df.sparkSession
     if properties:
         set_table_properties(spark, path, properties)
     version = table_version(spark, path)
     logger.info("wrote Delta table %s (%s) -> version %d", path, mode, version)
     return version
+
+
+# Derived from the table's protocol, not settable as ordinary properties.
+_PROTOCOL_PROPERTIES = ("delta.minReaderVersion", "delta.minWriterVersion")
+
+
+def _replace_with_properties(df: "DataFrame", path: str, partition_by: Sequence[str],
+                             properties: Mapping[str, str]) -> None:
+    """Overwrite ``path`` with ``df`` and set ``properties`` in the same commit."""
+    spark = df.sparkSession
+    old = table_properties(spark, path) if is_delta_table(path) else {}
+    merged = {k: v for k, v in old.items() if k not in _PROTOCOL_PROPERTIES}
+    merged.update({k: str(v) for k, v in properties.items()})
+    writer = df.writeTo(f"delta.`{_sql_path(path)}`").using("delta")
+    if partition_by:
+        writer = writer.partitionedBy(*partition_by)
+    for k, v in merged.items():
+        writer = writer.tableProperty(k, v)
+    writer.createOrReplace()
 
 
 def set_table_properties(spark: "SparkSession", path: str, properties: Mapping[str, str]) -> None:

@@ -68,8 +68,10 @@ def test_failed_write_leaves_previous_version_intact(spark, tmp_path) -> None:
 
 def test_properties_and_snapshot_outside_spark(spark, tmp_path) -> None:
     path = str(tmp_path / "s")
-    write_delta(spark.range(0, 40, numPartitions=4), path, mode="overwrite",
-                properties={"mtf.feature_version": "v1", "mtf.note": "it's"})
+    v0 = write_delta(spark.range(0, 40, numPartitions=4), path, mode="overwrite",
+                     properties={"mtf.feature_version": "v1", "mtf.note": "it's"})
+    # The properties are part of the data commit: version 0 already carries them.
+    assert v0 == 0 and delta_snapshot(path, 0)[2]["mtf.feature_version"] == "v1"
     write_delta(spark.range(0, 10, numPartitions=2), path, mode="overwrite")
     assert table_properties(spark, path)["mtf.feature_version"] == "v1"
     v_latest, files, props = delta_snapshot(path)
@@ -89,3 +91,22 @@ def test_missing_table_is_a_clear_error(spark, tmp_path) -> None:
         delta_snapshot(str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="mode must be"):
         write_delta(spark.range(1), str(tmp_path / "x"), mode="upsert")
+
+
+def test_overwrite_with_properties_is_one_commit(spark, tmp_path) -> None:
+    path = str(tmp_path / "o")
+    d1, d2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    df = spark.createDataFrame([(d1, 1), (d2, 2)], "ds date, x int")
+    write_delta(df, path, mode="overwrite", partition_by=["ds"], properties={"mtf.a": "1"})
+    v1 = write_delta(df.where("x = 2"), path, mode="overwrite", partition_by=["ds"],
+                     properties={"mtf.b": "2"})
+    assert v1 == 1  # data and properties in one commit each
+    assert rows(read_delta(spark, path), "ds", "x") == [(d2, 2)]
+    assert rows(read_delta(spark, path, version=0), "ds", "x") == [(d1, 1), (d2, 2)]
+    props = table_properties(spark, path)
+    assert (props["mtf.a"], props["mtf.b"]) == ("1", "2")  # earlier properties carried over
+    # replaceWhere cannot set properties in its commit: they follow in a second one.
+    v3 = write_delta(df.where("x = 1"), path, mode="overwrite", partition_by=["ds"],
+                     replace_where="ds = '2026-01-01'", properties={"mtf.a": "3"})
+    assert v3 == 3 and table_properties(spark, path)["mtf.a"] == "3"
+    assert rows(read_delta(spark, path), "ds", "x") == [(d1, 1), (d2, 2)]
