@@ -17,8 +17,9 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mtf.configtools import to_dict
 from mtf.etl import schema as S
@@ -31,7 +32,7 @@ from mtf.etl.steps import (APP_SID_HASH, EXPLORE_IDX, action_array, action_col,
                            to_requests)
 from mtf.etl.transitions import (NEXT_CORE, active_users, add_next_state, add_sentinels,
                                  add_split, fix_previous_rows, select_transitions, zeros)
-from mtf.etl.validate import (REASONS, RowRules, add_row_reason, duplicate_keys,
+from mtf.etl.validate import (REASONS, RowRules, add_row_reason, candidate_duplicate_keys,
                               mark_duplicates)
 from mtf.features import FEATURE_VERSION
 
@@ -49,6 +50,11 @@ RUN_FIELDS = ("start_ds", "end_ds")
 # At most this many duplicated (ds, event_id) keys are broadcast to mark duplicates without
 # shuffling every row; above it every row is ranked (one shuffle).
 MAX_BROADCAST_DUPLICATE_KEYS = 1_000_000
+# Session settings while a build plans its queries. Constraint propagation (inferring filters
+# from every alias of every projection) is what makes the optimizer slow on the build's wide,
+# deep plan: seconds per query, about 2/3 of all optimizer time. It only prunes or adds
+# redundant filters here, so results are the same without it.
+PLANNER_CONF = {"spark.sql.constraintPropagation.enabled": "false"}
 # percentile_approx accuracy for the train/test cutoff: exact up to this many sessions starting
 # in a run, relative rank error 1/SPLIT_ACCURACY beyond.
 SPLIT_ACCURACY = 100_000
@@ -286,13 +292,13 @@ def _context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
 class _Validator:
     """Row rules + duplicates, with the duplicate keys of the context computed once.
 
-    Duplicates are rare, so the keys are found first with a narrow aggregation; when there are
-    none, validation is a per-row filter and no row is shuffled for it.
+    Duplicates are rare, so the candidate keys are found first with an aggregation of two
+    columns; when there are none, validation is a per-row filter and no row is shuffled for it.
     """
 
     def __init__(self, context: "DataFrame", rules: RowRules) -> None:
         self.rules = rules
-        self.keys = duplicate_keys(add_row_reason(context, rules=rules)).persist()
+        self.keys = candidate_duplicate_keys(context).persist()
         self.n_keys = self.keys.count()
         if self.n_keys:
             logger.info("%d (ds, event_id) keys have duplicate rows", self.n_keys)
@@ -342,12 +348,29 @@ def _test_from(etl: EtlConfig) -> dt.datetime | None:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+@contextmanager
+def _session_conf(spark: "SparkSession", conf: Mapping[str, str]) -> Iterator[None]:
+    """Set ``conf`` on the session for the duration of the block, then restore it."""
+    old = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
 def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     """Validate the logs, write the quarantine and the transitions, return the summary.
 
     Order: schema checks (raise before anything is written) -> quarantine table (one commit)
-    -> transitions table (one data commit, replacing exactly the run's days and the previous
-    day's last ``session_gap_s``; properties are set in a second commit only when they change).
+    -> transitions table (one commit, replacing exactly the run's days and the previous day's
+    last ``session_gap_s``; the table properties are part of it in a full rebuild, and follow
+    in a second commit in an incremental run only when they change).
 
     Raises:
         FileNotFoundError: no impression-log table.
@@ -355,6 +378,11 @@ def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary
         ValueError: the existing transitions table has another layout (incremental run).
         RuntimeError: the row accounting does not add up (rows_in != valid + quarantined).
     """
+    with _session_conf(spark, PLANNER_CONF):
+        return _build_transitions(spark, cfg)
+
+
+def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     from pyspark import StorageLevel
     from pyspark.sql import Observation
     from pyspark.sql import functions as F

@@ -156,6 +156,17 @@ def duplicate_keys(flagged: "DataFrame") -> "DataFrame":
             .where(F.col("_n") > 1).select(S.DS, S.EVENT_ID))
 
 
+def candidate_duplicate_keys(df: "DataFrame") -> "DataFrame":
+    """(ds, event_id) held by more than one row, valid or not: a superset of
+    :func:`duplicate_keys` that reads two columns instead of every column the row rules use
+    (ranking the copies of a key with one valid row changes nothing)."""
+    from pyspark.sql import functions as F
+
+    return (df.where(F.col(S.EVENT_ID).isNotNull() & F.col(S.DS).isNotNull())
+            .groupBy(S.DS, S.EVENT_ID).agg(F.count(F.lit(1)).alias("_n"))
+            .where(F.col("_n") > 1).select(S.DS, S.EVENT_ID))
+
+
 def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = None
                     ) -> "DataFrame":
     """Set ``reject_reason`` = duplicate_event_id on every copy but the first (see module doc).
