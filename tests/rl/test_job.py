@@ -35,7 +35,7 @@ def test_train_job_trains_checkpoints_and_exports(tmp_path: Any, transitions_pat
     assert [r["step"] for r in records] == [5, 10, 12]
     assert records[-1]["data/epoch"] > 0
     meta = json.load(open(os.path.join(run_dir, "export", "policy.json")))
-    assert meta["table_path"] == transitions_path and meta["table_version"] == 1
+    assert meta["table_path"] == transitions_path and meta["table_version"] == 0
     assert meta["feature_names"] == ["f0", "f1", "f2", "f3", "f4"]
     assert meta["action_tasks"] == list(cfg.fusion.names)
     assert os.path.isfile(os.path.join(run_dir, "export", "policy.pt"))

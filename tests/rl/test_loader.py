@@ -38,12 +38,16 @@ def test_open_transitions_pins_version_and_reads_the_layout(transitions_path: st
     assert table.layout.feature_names == ("f0", "f1", "f2", "f3", "f4")
     assert table.layout.action_tasks == TASKS
     assert table.layout.feature_version == "test-v1"
-    assert table.layout.table_version == 1   # version 0 = data, 1 = properties commit
+    assert table.layout.table_version == 0   # data and layout properties in one commit
     assert all(u.startswith("file://") and u.endswith(".parquet") for u in table.uris)
     assert table.n_row_groups >= 4 and table.n_rows > 500
-    # the data commit (version 0) has no layout properties yet
+
+
+def test_table_without_layout_properties_is_a_clear_error(spark: Any, tmp_path: Any) -> None:
+    path = str(tmp_path / "transitions")
+    write_transitions(spark, path, n_sessions=20, properties={})
     with pytest.raises(ValueError, match=r"lacks table properties \['mtf.feature_names'"):
-        open_transitions(transitions_path, version=0)
+        open_transitions(path)
 
 
 def test_missing_table_is_a_clear_error(tmp_path: Any) -> None:
