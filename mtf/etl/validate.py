@@ -144,22 +144,13 @@ def _rank_copies(flagged: "DataFrame") -> "DataFrame":
          .otherwise(F.col(S.REJECT_REASON)))
 
 
-def duplicate_keys(flagged: "DataFrame") -> "DataFrame":
-    """(ds, event_id) held by more than one row that passes the row rules.
-
-    Requires ``reject_reason`` from :func:`add_row_reason`. Narrow: shuffles only the keys.
-    """
-    from pyspark.sql import functions as F
-
-    return (flagged.where(F.col(S.REJECT_REASON).isNull())
-            .groupBy(S.DS, S.EVENT_ID).agg(F.count(F.lit(1)).alias("_n"))
-            .where(F.col("_n") > 1).select(S.DS, S.EVENT_ID))
-
-
 def candidate_duplicate_keys(df: "DataFrame") -> "DataFrame":
-    """(ds, event_id) held by more than one row, valid or not: a superset of
-    :func:`duplicate_keys` that reads two columns instead of every column the row rules use
-    (ranking the copies of a key with one valid row changes nothing)."""
+    """(ds, event_id) held by more than one row, valid or not.
+
+    A superset of the keys with more than one valid row, read from two columns instead of every
+    column the row rules use: ranking the copies of a key with at most one valid row changes
+    nothing (:func:`mark_duplicates` ranks valid rows only). Narrow: shuffles only the keys.
+    """
     from pyspark.sql import functions as F
 
     return (df.where(F.col(S.EVENT_ID).isNotNull() & F.col(S.DS).isNotNull())
@@ -173,8 +164,8 @@ def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = No
 
     Args:
         flagged: rows with ``reject_reason`` from :func:`add_row_reason`.
-        candidates: optionally the :func:`duplicate_keys` of (a superset of) ``flagged``, small
-            enough to broadcast: only rows with those keys are ranked, so the other rows are
+        candidates: optionally :func:`candidate_duplicate_keys` of (a superset of) ``flagged``,
+            small enough to broadcast: only rows with those keys are ranked, so the other rows are
             not shuffled. None ranks every row (one shuffle by (ds, event_id)).
     """
     from pyspark.sql import functions as F

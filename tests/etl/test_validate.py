@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from mtf.etl import schema as S
 from mtf.etl.validate import (REASONS, RowRules, add_reject_reason, add_row_reason,
-                              duplicate_keys, mark_duplicates)
+                              candidate_duplicate_keys, mark_duplicates)
 from tests.etl.logs import DAY1, at, imp, logs_df
 
 RULES = RowRules(weights_lo=(0.0,) * 6, weights_hi=(2.0,) * 6)
@@ -74,6 +74,8 @@ def _dup_rows() -> list[dict]:
         imp("u", "r2", T, 0, event_id="e2"),                       # one kept, one duplicate
         imp("u", "r3", at(DAY1, 13), 0, event_id="e3"),
         imp("u", "r3", at(DAY1.replace(day=2), 13), 0, event_id="e3"),  # other day: kept
+        imp("u", "r4", T, 0, event_id="e4", liked=5),              # copies that are all invalid:
+        imp("u", "r4", T, 0, event_id="e4", liked=5),              # a candidate key, no duplicate
     ]
 
 
@@ -83,7 +85,7 @@ def test_duplicates_keep_one_quarantine_the_others(spark, path: str) -> None:
     if path == "window":
         out = mark_duplicates(df)
     else:
-        out = mark_duplicates(df, candidates=duplicate_keys(df))
+        out = mark_duplicates(df, candidates=candidate_duplicate_keys(df))
     got = sorted((r[S.EVENT_ID], str(r[S.TS]), r[S.LIKED], r[S.REJECT_REASON] or "")
                  for r in out.collect())
     assert got == sorted([
@@ -94,8 +96,11 @@ def test_duplicates_keep_one_quarantine_the_others(spark, path: str) -> None:
         ("e2", "2026-01-01 12:00:00", 0, "duplicate_event_id"),
         ("e3", "2026-01-01 13:00:00", 0, ""),
         ("e3", "2026-01-02 13:00:00", 0, ""),
+        ("e4", "2026-01-01 12:00:00", 5, "invalid_interaction"),
+        ("e4", "2026-01-01 12:00:00", 5, "invalid_interaction"),
     ])
     assert out.columns == df.columns
-    assert sorted(tuple(r) for r in duplicate_keys(df).select(
+    assert sorted(tuple(r) for r in candidate_duplicate_keys(df).select(
         F.col(S.DS).cast("string"), S.EVENT_ID).collect()) == [("2026-01-01", "e1"),
-                                                               ("2026-01-01", "e2")]
+                                                               ("2026-01-01", "e2"),
+                                                               ("2026-01-01", "e4")]
