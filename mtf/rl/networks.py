@@ -88,7 +88,8 @@ class TwinQ(nn.Module):
 class EnsembleLinear(nn.Module):
     """``n`` independent linear layers applied as one batched matmul: ``(n, B, in) -> (n, B, out)``.
 
-    Each member is initialised like ``nn.Linear`` (uniform in +-1/sqrt(in)).
+    Each member is initialised like ``nn.Linear`` (uniform in +-1/sqrt(in)). With
+    ``first_only`` the input is ``(1, B, in)`` and only member 0 runs.
     """
 
     def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
@@ -97,7 +98,9 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        if first_only:
+            return torch.baddbmm(self.bias[:1], x, self.weight[:1])
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -107,6 +110,7 @@ class EnsembleQ(nn.Module):
     BCQ's twin critics are ``n = 2``. Larger ensembles (UnifiedRL, paper-spec section 9) give the
     actor a pessimistic objective ``mean_j Q_j - penalty * std_j Q_j`` (:meth:`score`): action
     directions the critics disagree on, i.e. noise the data cannot pin down, stop paying off.
+    Layers are ReLU-separated :class:`EnsembleLinear` s.
     """
 
     def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int], n: int) -> None:
@@ -114,22 +118,28 @@ class EnsembleQ(nn.Module):
         if n < 2:
             raise ValueError(f"a critic ensemble needs n >= 2 members, got {n}")
         self.n = n
-        layers: list[nn.Module] = []
-        width = state_dim + action_dim
-        for h in hidden:
-            layers += [EnsembleLinear(n, width, h), nn.ReLU()]
-            width = h
-        layers.append(EnsembleLinear(n, width, 1))
-        self.net = nn.Sequential(*layers)
+        widths = [state_dim + action_dim, *hidden, 1]
+        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(widths, widths[1:]))
         self.register_load_state_dict_pre_hook(_twin_to_ensemble)
 
+    def _run(self, state: torch.Tensor, action: torch.Tensor, first_only: bool) -> torch.Tensor:
+        x = torch.cat([state, action], dim=1).unsqueeze(0)        # (1, B, S + k)
+        if not first_only:
+            x = x.expand(self.n, -1, -1)                          # (n, B, S + k)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, first_only)
+            if i < last:
+                x = torch.relu(x)
+        return x
+
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        sa = torch.cat([state, action], dim=1)                    # (B, S + k)
-        return self.net(sa.unsqueeze(0).expand(self.n, -1, -1))   # (n, B, 1)
+        return self._run(state, action, False)                    # (n, B, 1)
 
     def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """The first critic alone, ``(B, 1)`` (BCQ's actor objective and action choice)."""
-        return self(state, action)[0]
+        """The first critic alone, ``(B, 1)`` (BCQ's actor objective and action choice); the
+        other members are not computed."""
+        return self._run(state, action, True)[0]
 
     def score(self, state: torch.Tensor, action: torch.Tensor, penalty: float) -> torch.Tensor:
         """What the actor maximises, ``(B, 1)``: ``Q_1`` when ``penalty == 0`` (BCQ), else
@@ -142,16 +152,18 @@ class EnsembleQ(nn.Module):
 
 def _twin_to_ensemble(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
     """Load a ``TwinQ`` state dict (``q1.<i>.weight`` ...; BCQ checkpoints written before the
-    ensemble existed) into a 2-member :class:`EnsembleQ`: member j = ``q<j+1>``."""
+    ensemble existed) into a 2-member :class:`EnsembleQ`: member j = ``q<j+1>``; the TwinQ MLP's
+    Linear layers sit at Sequential indices 0, 2, 4 ... (ReLUs between), ours at 0, 1, 2 ..."""
     if f"{prefix}q1.0.weight" not in state_dict:
         return
     for key in [k for k in state_dict if k.startswith(f"{prefix}q1.")]:
-        layer, kind = key[len(prefix) + 3:].split(".")          # "<i>", "weight" | "bias"
-        pair = [state_dict.pop(f"{prefix}q{j}.{layer}.{kind}") for j in (1, 2)]
+        index, kind = key[len(prefix) + 3:].split(".")          # "<i>", "weight" | "bias"
+        pair = [state_dict.pop(f"{prefix}q{j}.{index}.{kind}") for j in (1, 2)]
+        layer = int(index) // 2
         if kind == "weight":   # nn.Linear (out, in) -> ensemble (n, in, out)
-            state_dict[f"{prefix}net.{layer}.weight"] = torch.stack([w.t() for w in pair])
+            state_dict[f"{prefix}layers.{layer}.weight"] = torch.stack([w.t() for w in pair])
         else:                  # (out,) -> (n, 1, out)
-            state_dict[f"{prefix}net.{layer}.bias"] = torch.stack(pair).unsqueeze(1)
+            state_dict[f"{prefix}layers.{layer}.bias"] = torch.stack(pair).unsqueeze(1)
 
 
 class DeterministicActor(nn.Module):

@@ -6,7 +6,7 @@ from torch import nn
 
 from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig, TrainConfig
-from mtf.rl.networks import EnsembleLinear, EnsembleQ
+from mtf.rl.networks import EnsembleQ
 
 TINY_BCQ = BCQConfig(hidden=(16, 16), vae_hidden=(16, 16), n_candidates=4)
 
@@ -34,7 +34,7 @@ def random_batch(b: int = 8, s: int = 3, k: int = 2, seed: int = 0,
 @torch.no_grad()
 def set_member_constant(q: EnsembleQ, member: int, value: float) -> None:
     """Make critic ``member`` of an ensemble output ``value`` for every input."""
-    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    layers = list(q.layers)
     for layer in layers:
         layer.weight[member].zero_()
         layer.bias[member].zero_()
@@ -45,7 +45,7 @@ def set_member_constant(q: EnsembleQ, member: int, value: float) -> None:
 def set_member_first_action_coordinate(q: EnsembleQ, member: int, state_dim: int) -> None:
     """Make critic ``member`` of an ensemble output exactly ``action[:, 0]`` (as
     :func:`set_first_action_coordinate`; ensemble weights are laid out ``(in, out)``)."""
-    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    layers = list(q.layers)
     for layer in layers:
         layer.weight[member].zero_()
         layer.bias[member].zero_()

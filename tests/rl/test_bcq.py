@@ -232,7 +232,7 @@ def test_ensemble_members_are_independent_mlps() -> None:
     state, action = torch.randn(6, 3), torch.rand(6, 2)
     out = q(state, action)
     assert out.shape == (3, 6, 1)
-    layers = [m for m in q.net if isinstance(m, torch.nn.Module) and hasattr(m, "weight")]
+    layers = list(q.layers)
     for j in range(3):   # replay member j as a plain MLP
         x = torch.cat([state, action], dim=1)
         for i, layer in enumerate(layers):
