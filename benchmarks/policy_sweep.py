@@ -70,6 +70,7 @@ def export(table_path: str, out: str, version: int | None) -> None:
 
 
 def signal(table_path: str, group: str, overrides: list[str]) -> None:
+    import pandas as pd
     import pyarrow.parquet as pq
 
     from mtf.config import load_config
@@ -79,7 +80,7 @@ def signal(table_path: str, group: str, overrides: list[str]) -> None:
     gamma = cfg.train.bcq.gamma
     _, uris, _ = delta_snapshot(table_path)
     cols = ["session_id", "step", "state", "action", "reward", "explore_group", "split"]
-    df = __import__("pandas").concat(pq.read_table(u, columns=cols).to_pandas() for u in uris)
+    df = pd.concat(pq.read_table(u, columns=cols).to_pandas() for u in uris)
     df = df[df["split"] == "train"].sort_values(["session_id", "step"]).reset_index(drop=True)
     reward, sid = df["reward"].to_numpy(), df["session_id"].to_numpy()
     ret = np.zeros(len(df))                       # discounted return-to-go within the session

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import pyarrow as pa
 
+from mtf.exploration import EXPLORE_GROUPS  # noqa: F401  (exploit / noise / random)
 from mtf.fusion import DEFAULT_TASKS
 
 if TYPE_CHECKING:  # pyspark is imported only when a Spark schema is built
@@ -47,7 +48,6 @@ COMMENTED = "commented"
 FOLLOWED = "followed"
 APP_SESSION_ID = "app_session_id"
 
-from mtf.exploration import EXPLORE_GROUPS  # noqa: E402,F401  (exploit / noise / random)
 INTERACTION_COLUMNS = (LIKED, SHARED, COMMENTED, FOLLOWED)
 
 # ---- user profiles ---------------------------------------------------------------------------
