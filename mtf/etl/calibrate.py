@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
-from mtf.etl.steps import DWELL_S, FEEDBACK, REWARD_WEIGHT_NAMES, fb_col, reward_weights
+from mtf.etl.history import DWELL_S, FEEDBACK, fb_col
+from mtf.etl.steps import REWARD_WEIGHT_NAMES, reward_weights
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from mtf.configtools import to_dict
 from mtf.etl import schema as S
 from mtf.etl.config import EtlConfig, parse_ds
+from mtf.etl.history import IS_SENTINEL, impressions_to_requests
 from mtf.etl.sessionize import SESSION_START_TS, sessionize
-from mtf.etl.state import (IS_SENTINEL, PREV_TS, STATE_CORE, add_impression_history,
-                           add_profile_state, add_state_core)
+from mtf.etl.state import PREV_TS, STATE_CORE, add_profile_state, add_state_core
 from mtf.etl.steps import (APP_SID_HASH, EXPLORE_IDX, action_array, action_col,
-                           add_impression_feedback, add_reward, explore_group_col, fb_col,
-                           to_requests)
+                           add_impression_feedback, add_reward, explore_group_col)
 from mtf.etl.transitions import (NEXT_CORE, active_users, add_next_state, add_sentinels,
                                  add_split, fix_previous_rows, select_transitions, zeros)
 from mtf.etl.validate import (REASONS, RowRules, add_row_reason, candidate_duplicate_keys,
@@ -50,11 +49,16 @@ RUN_FIELDS = ("start_ds", "end_ds")
 # At most this many duplicated (ds, event_id) keys are broadcast to mark duplicates without
 # shuffling every row; above it every row is ranked (one shuffle).
 MAX_BROADCAST_DUPLICATE_KEYS = 1_000_000
-# Session settings while a build plans its queries. Constraint propagation (inferring filters
-# from every alias of every projection) is what makes the optimizer slow on the build's wide,
-# deep plan: seconds per query, about 2/3 of all optimizer time. It only prunes or adds
-# redundant filters here, so results are the same without it.
-PLANNER_CONF = {"spark.sql.constraintPropagation.enabled": "false"}
+# Session settings while a build runs (restored afterwards):
+# * constraint propagation (inferring filters from every alias of every projection) is what makes
+#   the optimizer slow on the build's wide, deep plan: seconds per query, about 2/3 of all
+#   optimizer time. It only prunes or adds redundant filters here, so results are the same.
+# * the row rules (one CASE WHEN over 17 rules, in a filter and a projection) make a generated
+#   method above HotSpot's 8000-byte JIT limit, so the JVM interprets it: validation ran 4-5x
+#   slower. With the limit at 8000 Spark falls back to per-operator code for that stage, which
+#   is compiled (Spark's documentation recommends 8000 on HotSpot).
+BUILD_SESSION_CONF = {"spark.sql.constraintPropagation.enabled": "false",
+                      "spark.sql.codegen.hugeMethodLimit": "8000"}
 # percentile_approx accuracy for the train/test cutoff: exact up to this many sessions starting
 # in a run, relative rank error 1/SPLIT_ACCURACY beyond.
 SPLIT_ACCURACY = 100_000
@@ -136,18 +140,15 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
     k = cfg.fusion.k
     if open_users is None:
         open_users = active_users(valid, data_end=window.data_end, gap_s=cfg.etl.session_gap_s)
-    keep = [S.USER_ID, S.TS, S.REQUEST_ID, S.POSITION, S.EVENT_ID, S.DS, S.ACTION_LOGP,
-            S.PLAY_TIME_S, S.DURATION_S, *S.INTERACTIONS, IS_SENTINEL, EXPLORE_IDX,
-            APP_SID_HASH, fb_col("play_time_norm"), *(action_col(i) for i in range(k))]
+    first = (S.USER_ID, S.TS, S.REQUEST_ID, S.DS, IS_SENTINEL, S.ACTION_LOGP, EXPLORE_IDX,
+             APP_SID_HASH, *(action_col(i) for i in range(k)))
     imps = (valid
             .transform(add_impression_feedback, reward=cfg.reward, fusion=cfg.fusion,
                        explore_groups=cfg.etl.explore_groups)
-            .transform(add_sentinels, users=open_users, data_end=window.data_end)
-            .select(*keep)
-            .transform(add_impression_history, features=cfg.features))
+            .transform(add_sentinels, users=open_users, data_end=window.data_end))
     in_window = (F.col(S.DS) >= F.lit(window.start)) & (F.col(S.DS) <= F.lit(window.end))
     return (imps
-            .transform(to_requests, k=k)
+            .transform(impressions_to_requests, features=cfg.features, passthrough=first)
             .transform(sessionize, gap_s=cfg.etl.session_gap_s)
             .transform(add_state_core, features=cfg.features)
             .transform(add_next_state)
@@ -378,7 +379,7 @@ def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary
         ValueError: the existing transitions table has another layout (incremental run).
         RuntimeError: the row accounting does not add up (rows_in != valid + quarantined).
     """
-    with _session_conf(spark, PLANNER_CONF):
+    with _session_conf(spark, BUILD_SESSION_CONF):
         return _build_transitions(spark, cfg)
 
 

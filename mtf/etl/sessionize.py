@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
-from mtf.etl.state import IMP_START, PREV_TS, SESS_IMP_START, hist_cum_col, sess_cum_col
+from mtf.etl.history import IMP_START, hist_cum_col
+from mtf.etl.state import PREV_TS, SESS_IMP_START, sess_cum_col
 from mtf.etl.steps import APP_SID_HASH
 from mtf.features import SESSION_BEHAVIOURS
 

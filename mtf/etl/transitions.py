@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
 from mtf.etl.sessionize import SESSION_START_TS
-from mtf.etl.state import IMP_START, IS_SENTINEL, STATE_CORE
+from mtf.etl.history import IMP_START, IS_SENTINEL
+from mtf.etl.state import STATE_CORE
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame

@@ -47,15 +47,23 @@ def _reference(rows: list[dict], got: pd.DataFrame, cfg) -> pd.DataFrame:
     return ref.merge(firsts, on=[S.USER_ID, S.REQUEST_ID])
 
 
-@pytest.mark.parametrize("overrides", [
-    [],  # the defaults: history 500, recent 32, decay 0.9
-    ["features.history_len=7", "features.recent_len=4", "features.decay=0.5",
-     "features.sess_step_cap=3"],
-], ids=["defaults", "short-windows"])
-def test_spark_states_equal_numpy_reference(spark, overrides: list[str]) -> None:
+@pytest.mark.parametrize("overrides, arrow_batch", [
+    ([], 10_000),  # the defaults: history 500, recent 32, decay 0.9
+    ([], 37),      # Arrow batches of 37 rows: users and pages carried across batches
+    (["features.history_len=7", "features.recent_len=4", "features.decay=0.5",
+      "features.sess_step_cap=3"], 10_000),
+], ids=["defaults", "small-arrow-batches", "short-windows"])
+def test_spark_states_equal_numpy_reference(spark, overrides: list[str],
+                                            arrow_batch: int) -> None:
     rows = (random_logs(seed=11, n_users=4, max_requests=40, long_user_imps=1200)
             + random_logs(seed=12, n_users=3, max_requests=25, user_prefix="x"))
-    got, cfg = _spark_states(spark, rows, overrides)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(key)
+    spark.conf.set(key, str(arrow_batch))
+    try:
+        got, cfg = _spark_states(spark, rows, overrides)
+    finally:
+        spark.conf.set(key, old)
     ref = _reference(rows, got, cfg)
     both = got.merge(ref, on=[S.USER_ID, S.TS], suffixes=("", "_ref"), validate="one_to_one")
     assert len(both) == len(got) == len(ref) > 100
