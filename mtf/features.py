@@ -118,25 +118,46 @@ def _user_states(cfg: FeatureConfig, beh: np.ndarray, req_start: np.ndarray,
     csum = np.vstack([np.zeros((1, n_b)), np.cumsum(beh, axis=0)])   # (n_imp + 1, B)
     hi = req_start
     lo = np.maximum(0, hi - cfg.history_len)
-    n = (hi - lo).astype(np.float64)
-    hist_sum = csum[hi] - csum[lo]
-    hist_mean = np.divide(hist_sum, n[:, None], out=np.zeros_like(hist_sum), where=n[:, None] > 0)
-    hist_count = np.log1p(n) / np.log1p(cfg.history_len)
 
     # Decayed recent window: a short loop over ages, vectorised over requests.
     num = np.zeros((len(hi), n_b))
-    den = np.zeros(len(hi))
     for age in range(cfg.recent_len):
         idx = hi - 1 - age
         ok = idx >= 0
-        w = cfg.decay ** age
-        num[ok] += w * beh[idx[ok]]
-        den[ok] += w
-    recent = np.divide(num, den[:, None], out=np.zeros_like(num), where=den[:, None] > 0)
+        num[ok] += cfg.decay ** age * beh[idx[ok]]
+    return state_from_sums(cfg, n_past=hi, hist_sum=csum[hi] - csum[lo], recent_sum=num,
+                           step=step, sess_n=hi - sess_start_imp,
+                           sess_sum=csum[hi] - csum[sess_start_imp], gap_hours=gap_hours)
 
+
+def state_from_sums(cfg: FeatureConfig, *, n_past: np.ndarray, hist_sum: np.ndarray,
+                    recent_sum: np.ndarray, step: np.ndarray, sess_n: np.ndarray,
+                    sess_sum: np.ndarray, gap_hours: np.ndarray) -> np.ndarray:
+    """The non-profile state from per-request sums (shared by this reference and the ETL).
+
+    Args (R requests, B behaviours):
+        n_past: ``(R,)`` impressions of the user before the request.
+        hist_sum: ``(R, B)`` behaviour sums over the last ``history_len`` of them.
+        recent_sum: ``(R, B)`` ``decay**age``-weighted sums over the last ``recent_len``.
+        step: ``(R,)`` 0-based request index within its session.
+        sess_n, sess_sum: ``(R,)`` impressions and ``(R, B)`` sums of the session's earlier
+            requests.
+        gap_hours: ``(R,)`` hours since the previous request (NaN for the first one).
+    Returns:
+        ``(R, 1 + 2B + 1 + 2 + 1)`` float64 features in spec order (profile excluded).
+    """
+    n = np.minimum(n_past, cfg.history_len).astype(np.float64)
+    hist_mean = np.divide(hist_sum, n[:, None], out=np.zeros_like(hist_sum),
+                          where=n[:, None] > 0)
+    hist_count = np.log1p(n) / np.log1p(cfg.history_len)
+    # Weight of the impressions present: the same additions, in the same order, as a loop.
+    weight = np.r_[0.0, np.cumsum(cfg.decay ** np.arange(cfg.recent_len))]
+    den = weight[np.minimum(n_past, cfg.recent_len)]
+    recent = np.divide(recent_sum, den[:, None], out=np.zeros_like(recent_sum),
+                       where=den[:, None] > 0)
     sess_idx = [BEHAVIOURS.index(b) for b in SESSION_BEHAVIOURS]
-    sess_n = (hi - sess_start_imp).astype(np.float64)
-    sess_sum = (csum[hi] - csum[sess_start_imp])[:, sess_idx]
+    sess_n = np.asarray(sess_n, dtype=np.float64)
+    sess_sum = sess_sum[:, sess_idx]
     sess_mean = np.divide(sess_sum, sess_n[:, None], out=np.zeros_like(sess_sum),
                           where=sess_n[:, None] > 0)
     sess_step = np.minimum(step, cfg.sess_step_cap) / cfg.sess_step_cap

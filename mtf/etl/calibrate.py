@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
-from mtf.etl.history import DWELL_S, FEEDBACK, fb_col
+from mtf.etl.user_pass import DWELL_S, FEEDBACK, fb_col
 from mtf.etl.steps import REWARD_WEIGHT_NAMES, reward_weights
 
 if TYPE_CHECKING:

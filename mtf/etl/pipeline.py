@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from mtf.configtools import to_dict
 from mtf.etl import schema as S
 from mtf.etl.config import EtlConfig, parse_ds
-from mtf.etl.history import IS_SENTINEL, impressions_to_requests
-from mtf.etl.sessionize import SESSION_START_TS, sessionize
-from mtf.etl.state import PREV_TS, STATE_CORE, add_profile_state, add_state_core
-from mtf.etl.steps import (APP_SID_HASH, EXPLORE_IDX, action_array, action_col,
-                           add_impression_feedback, add_reward, explore_group_col)
-from mtf.etl.transitions import (NEXT_CORE, active_users, add_next_state, add_sentinels,
-                                 add_split, fix_previous_rows, select_transitions, zeros)
+from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE, add_profile_state
+from mtf.etl.steps import (EXPLORE_IDX, action_array, action_col, add_impression_feedback,
+                           add_reward, explore_group_col)
+from mtf.etl.transitions import (active_users, add_sentinels, add_split, fix_previous_rows,
+                                 select_transitions, zeros)
+from mtf.etl.user_pass import IS_SENTINEL, SESSION_START_TS, impressions_to_requests
 from mtf.etl.validate import (REASONS, RowRules, add_row_reason, candidate_duplicate_keys,
                               mark_duplicates)
 from mtf.features import FEATURE_VERSION
@@ -129,9 +128,9 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
     Requires the impression-contract columns, valid rows only (``reject_reason`` null).
     ``open_users``: user_id of every user that may have a session open at the window's end
     (default: derived from ``valid``; the job passes a cheaper superset from the raw rows).
-    Returns one row per request with ds in the window: user_id, ts, request_id, ds,
-    session_id, step, ``session_start_ts``, ``state_core`` and ``next_core`` (non-profile
-    state, array<double>; next_core null when terminal), is_terminal, is_truncated, ``a_<i>``,
+    Returns one row per request with ds in the window: user_id, ts, ds, session_id, step,
+    ``session_start_ts``, ``prev_ts``, ``state_core`` and ``next_core`` (non-profile state,
+    array<double>; next_core null when terminal), is_terminal, is_truncated, ``a_<i>``,
     action_logp, ``explore_idx``, reward parts, ``n_items``, ``dwell_s`` and the ``fb_*`` page
     feedback sums.
     """
@@ -140,18 +139,15 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
     k = cfg.fusion.k
     if open_users is None:
         open_users = active_users(valid, data_end=window.data_end, gap_s=cfg.etl.session_gap_s)
-    first = (S.USER_ID, S.TS, S.REQUEST_ID, S.DS, IS_SENTINEL, S.ACTION_LOGP, EXPLORE_IDX,
-             APP_SID_HASH, *(action_col(i) for i in range(k)))
-    imps = (valid
+    first = (S.USER_ID, S.TS, S.DS, IS_SENTINEL, S.ACTION_LOGP, EXPLORE_IDX,
+             *(action_col(i) for i in range(k)))
+    in_window = (F.col(S.DS) >= F.lit(window.start)) & (F.col(S.DS) <= F.lit(window.end))
+    return (valid
             .transform(add_impression_feedback, reward=cfg.reward, fusion=cfg.fusion,
                        explore_groups=cfg.etl.explore_groups)
-            .transform(add_sentinels, users=open_users, data_end=window.data_end))
-    in_window = (F.col(S.DS) >= F.lit(window.start)) & (F.col(S.DS) <= F.lit(window.end))
-    return (imps
-            .transform(impressions_to_requests, features=cfg.features, passthrough=first)
-            .transform(sessionize, gap_s=cfg.etl.session_gap_s)
-            .transform(add_state_core, features=cfg.features)
-            .transform(add_next_state)
+            .transform(add_sentinels, users=open_users, data_end=window.data_end)
+            .transform(impressions_to_requests, features=cfg.features,
+                       gap_s=cfg.etl.session_gap_s, passthrough=first)
             .withColumn(FIRST_IN_WINDOW, (F.col(S.STEP) == 0)
                         | (F.col(PREV_TS) < F.lit(window.start_ts)))
             .where(~F.col(IS_SENTINEL) & in_window)
@@ -302,7 +298,7 @@ class _Validator:
         self.keys = candidate_duplicate_keys(context).persist()
         self.n_keys = self.keys.count()
         if self.n_keys:
-            logger.info("%d (ds, event_id) keys have duplicate rows", self.n_keys)
+            logger.info("%d (ds, event_id) key hashes have more than one row", self.n_keys)
 
     def flag(self, df: "DataFrame") -> "DataFrame":
         flagged = add_row_reason(df, rules=self.rules)

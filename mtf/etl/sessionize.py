@@ -14,65 +14,109 @@ which is what makes ``is_terminal`` well defined at the end of a day (docs/etl.m
 ``session_id`` = first 32 hex digits of sha256(user_id, ts and request_id of the session's first
 request): stable across runs, so a session that continues over midnight keeps its id and its
 step numbering in the next day's run.
+
+Computed in numpy inside the ordered per-user pass (:mod:`mtf.etl.user_pass`), over the
+requests of one chunk of a partition; a user continuing from the previous chunk brings the
+record of its request before the chunk (:class:`PrevRequest`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
 
-from mtf.etl import schema as S
-from mtf.etl.history import IMP_START, hist_cum_col
-from mtf.etl.state import PREV_TS, SESS_IMP_START, sess_cum_col
-from mtf.etl.steps import APP_SID_HASH
-from mtf.features import SESSION_BEHAVIOURS
+import numpy as np
 
-if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
-
-IS_NEW_SESSION = "is_new_session"
-SESSION_START_TS = "session_start_ts"
-REQ_NO = "req_no"               # 0-based request number within the user
 SESSION_ID_HEX = 32             # hex digits kept of the sha256 (128 bits)
 
 
-def session_id_expr(user_id: "Column", ts: "Column", request_id: "Column") -> "Column":
-    """The session id of a session whose first request is (user_id, ts, request_id)."""
-    from pyspark.sql import functions as F
-    key = F.concat_ws("\u001f", user_id, F.unix_micros(ts).cast("string"), request_id)
-    return F.substring(F.sha2(key, 256), 1, SESSION_ID_HEX)
+def session_id(user_id: str, ts_us: int, request_id: str | None) -> str:
+    """The id of a session whose first request is (user_id, ts in microseconds, request_id).
 
-
-def sessionize(steps: "DataFrame", *, gap_s: int) -> "DataFrame":
-    """Assign sessions and 0-based steps to request rows.
-
-    Requires (one row per request): user_id, ts, request_id, ``imp_start`` (orders a user's
-    requests), ``app_sid_hash`` (null when the request has no app session id), ``cx_<b>`` for
-    the session behaviours. Adds: ``prev_ts`` (ts of the user's previous request), ``req_no``,
-    ``is_new_session``, ``session_id``, ``step``, ``session_start_ts``, ``sess_imp_start`` and
-    ``sess_cx_<b>`` (values at the session's first request, for the session features).
+    sha256 of the three joined by U+001F (a null request_id, the end-of-data sentinel's, is
+    left out); the first 32 hex digits.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    parts = [user_id, str(int(ts_us))] + ([request_id] if request_id is not None else [])
+    return hashlib.sha256("\u001f".join(parts).encode("utf-8")).hexdigest()[:SESSION_ID_HEX]
 
-    by_user = Window.partitionBy(S.USER_ID).orderBy(IMP_START)
-    running = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    prev_ts = F.lag(S.TS, 1).over(by_user)
-    prev_sid = F.lag(APP_SID_HASH, 1).over(by_user)
-    gap = (F.unix_micros(F.col(S.TS)) - F.unix_micros(prev_ts)).cast("double") / 1e6
-    sid = F.col(APP_SID_HASH)
-    new = (prev_ts.isNull() | (gap > float(gap_s))
-           | (sid.isNotNull() & prev_sid.isNotNull() & (sid != prev_sid)))
-    steps = steps.select("*", prev_ts.alias(PREV_TS), new.alias(IS_NEW_SESSION),
-                         (F.row_number().over(by_user) - 1).alias(REQ_NO))
 
-    def at_start(c: "Column") -> "Column":
-        return F.last(F.when(F.col(IS_NEW_SESSION), c), ignorenulls=True).over(running)
+@dataclass(frozen=True)
+class PrevRequest:
+    """A user's last request before a chunk: what its next request needs to continue."""
 
-    steps = steps.select(
-        "*",
-        at_start(session_id_expr(F.col(S.USER_ID), F.col(S.TS), F.col(S.REQUEST_ID)))
-        .alias(S.SESSION_ID),
-        (F.col(REQ_NO) - at_start(F.col(REQ_NO))).cast("int").alias(S.STEP),
-        at_start(F.col(S.TS)).alias(SESSION_START_TS),
-        at_start(F.col(IMP_START)).alias(SESS_IMP_START),
-        *(at_start(F.col(hist_cum_col(b))).alias(sess_cum_col(b)) for b in SESSION_BEHAVIOURS))
-    return steps
+    ts_us: int
+    app_sid: int | None          # app_sid_hash of its first impression
+    session_id: str
+    session_start_us: int
+    sess_imp_start: int          # imp_start of the session's first request
+    sess_cx: np.ndarray          # (B,) sums over impressions before the session's first request
+    req_no: int                  # 0-based request number within the user
+    step: int
+
+
+@dataclass
+class Sessions:
+    """Per request (R of them) of a chunk: the session columns."""
+
+    new: np.ndarray              # bool: starts a session
+    has_prev: np.ndarray         # bool: the user has an earlier request
+    prev_ts_us: np.ndarray       # int64, ts of the previous request (0 where none)
+    session_id: np.ndarray       # object (str)
+    session_start_us: np.ndarray
+    sess_imp_start: np.ndarray
+    sess_cx: np.ndarray          # (R, B)
+    req_no: np.ndarray
+    step: np.ndarray
+
+
+def assign_sessions(*, same_user: np.ndarray, ts_us: np.ndarray, app_sid: np.ndarray,
+                    app_sid_valid: np.ndarray, imp_start: np.ndarray, cx: np.ndarray,
+                    gap_s: float, prev: PrevRequest | None,
+                    new_ids: Callable[[np.ndarray], list[str]]) -> Sessions:
+    """Sessions of a chunk's requests, in user then time order.
+
+    Args:
+        same_user: ``(R,)`` request i has the user of request i-1; ``same_user[0]`` says
+            whether request 0 continues ``prev``'s user.
+        ts_us, app_sid, app_sid_valid: ``(R,)`` ts (microseconds), app session id hash and
+            whether it is present (not null).
+        imp_start, cx: ``(R,)`` first-impression index and ``(R, B)`` sums over all earlier
+            impressions (kept at a session's first request for the session features).
+        prev: the request before request 0 when ``same_user[0]``.
+        new_ids: row positions (into the R requests) of session starts -> their session ids.
+    """
+    R = len(ts_us)
+    ar = np.arange(R)
+    has_prev = same_user.copy()
+    prev_ts = np.r_[prev.ts_us if prev else 0, ts_us[:-1]].astype(np.int64)
+    prev_sid = np.r_[(prev.app_sid or 0) if prev else 0, app_sid[:-1]]
+    prev_sid_valid = np.r_[prev is not None and prev.app_sid is not None, app_sid_valid[:-1]]
+    prev_ts = np.where(has_prev, prev_ts, 0)
+    gap = (ts_us - prev_ts) / 1e6
+    new = ~has_prev | (gap > float(gap_s)) \
+        | (app_sid_valid & prev_sid_valid & has_prev & (app_sid != prev_sid))
+    user_first = np.maximum.accumulate(np.where(same_user, 0, ar))
+    req_no = ar - user_first
+    if prev is not None and same_user[0]:
+        req_no = req_no + np.where(user_first == 0, prev.req_no + 1, 0)
+    anchor = np.maximum.accumulate(np.where(new, ar, -1))   # session's first request
+    cont = anchor < 0                                       # continues prev's session
+    a = np.maximum(anchor, 0)
+    ids = np.empty(R, dtype=object)
+    starts = np.flatnonzero(new)
+    ids[starts] = new_ids(starts)
+    ids = ids[a]
+    start_us = ts_us[a].astype(np.int64)
+    sess_imp = imp_start[a].astype(np.int64)
+    sess_cx = cx[a]
+    req_no0 = req_no[a]
+    if cont.any():
+        assert prev is not None  # cont only where request 0.. continue prev's session
+        ids[cont] = prev.session_id
+        start_us[cont] = prev.session_start_us
+        sess_imp[cont] = prev.sess_imp_start
+        sess_cx[cont] = prev.sess_cx
+        req_no0[cont] = prev.req_no - prev.step
+    return Sessions(new=new, has_prev=has_prev, prev_ts_us=prev_ts, session_id=ids,
+                    session_start_us=start_us, sess_imp_start=sess_imp, sess_cx=sess_cx,
+                    req_no=req_no, step=req_no - req_no0)

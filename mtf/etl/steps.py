@@ -5,27 +5,27 @@ Reward (paper-spec section 4, the formulas of :mod:`mtf.reward`): per impression
     stickiness = w_play_time * min(play_time_s / play_cap_s, 1) + w_integrity * play_ratio
     activeness = w_like * liked + w_share * shared + w_comment * commented + w_follow * followed
 
-summed over the page (the ``fb_*`` page sums of :mod:`mtf.etl.history`, also kept for the
-reward-weight calibration job). The action is the logged ``fusion_weights`` of the request mapped to [-1, 1]
-with :func:`mtf.fusion.weights_to_action` (validation guarantees alpha in [lo, hi]).
+summed over the page (the ``fb_*`` page sums of :mod:`mtf.etl.user_pass`, also kept for the
+reward-weight calibration job). The action is the logged ``fusion_weights`` of the request
+mapped to [-1, 1] with :func:`mtf.fusion.weights_to_action` (validation guarantees alpha in
+[lo, hi]).
 
 A request (= page = RL step) is identified by (user_id, ts, request_id); its request-level
 values (action, action_logp, explore_group, app_session_id, ds) come from its first impression
-in (ts, request_id, position, event_id) order (:func:`mtf.etl.history.impressions_to_requests`).
+in (ts, request_id, position, event_id) order (:func:`mtf.etl.user_pass.impressions_to_requests`).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
-from mtf.etl.history import FEEDBACK, RAW_PLAY_TIME_NORM, fb_col
+from mtf.etl.user_pass import APP_SID_HASH, FEEDBACK, RAW_PLAY_TIME_NORM, fb_col
 from mtf.fusion import FusionConfig
 from mtf.reward import RewardConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-APP_SID_HASH = "app_sid_hash"        # xxhash64 of app_session_id (null when absent)
 EXPLORE_IDX = "explore_idx"          # 1-based index into the explore groups (null when absent)
 REWARD_WEIGHT_NAMES = ("w_play_time", "w_integrity", "w_like", "w_share", "w_comment",
                        "w_follow")
@@ -70,9 +70,10 @@ def add_impression_feedback(imps: "DataFrame", *, reward: RewardConfig, fusion: 
 def add_reward(steps: "DataFrame", *, reward: RewardConfig) -> "DataFrame":
     """reward_stickiness, reward_activeness and reward = their sum, from the page sums.
 
-    Requires ``fb_*`` (:func:`mtf.etl.history.impressions_to_requests`). The weights are config numbers applied with
-    ``col * lit(w)``; the sum over the page of the per-impression formula is linear, so
-    weighting the page sums is the same reward as :func:`mtf.reward.impression_reward` summed.
+    Requires ``fb_*`` (:func:`mtf.etl.user_pass.impressions_to_requests`). The weights are
+    config numbers applied with ``col * lit(w)``; the sum over the page of the per-impression
+    formula is linear, so weighting the page sums is the same reward as
+    :func:`mtf.reward.impression_reward` summed.
     """
     from pyspark.sql import functions as F
 

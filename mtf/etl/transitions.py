@@ -13,8 +13,9 @@ Done flags, with ``data_end`` = the end of the last day read (00:00 UTC after ``
   bootstrap through it.
 
 The last is computed with one *sentinel* impression per user at ``data_end``
-(:func:`add_sentinels`): it rides through the same windows, gets a state, joins the open
-session under the gap rule, and is dropped from the output.
+(:func:`add_sentinels`): it rides through the ordered per-user pass (:mod:`mtf.etl.user_pass`,
+which computes the next state and the flags), gets a state, joins the open session under the
+gap rule, and is dropped from the output.
 
 Tomorrow's run rewrites exactly those truncated rows (:func:`fix_previous_rows`): a session that
 went on gets its real ``next_state`` and loses ``is_truncated``; one that did not becomes
@@ -26,14 +27,10 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from mtf.etl import schema as S
-from mtf.etl.sessionize import SESSION_START_TS
-from mtf.etl.history import IMP_START, IS_SENTINEL
-from mtf.etl.state import STATE_CORE
+from mtf.etl.user_pass import IS_SENTINEL, SESSION_START_TS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
-
-NEXT_CORE = "next_core"          # non-profile part of next_state (null when terminal)
 
 
 def active_users(df: "DataFrame", *, data_end: dt.datetime, gap_s: int) -> "DataFrame":
@@ -67,28 +64,6 @@ def add_sentinels(imps: "DataFrame", *, users: "DataFrame", data_end: dt.datetim
         F.lit(True).alias(IS_SENTINEL))
     return (imps.withColumn(IS_SENTINEL, F.lit(False))
             .unionByName(sentinels, allowMissingColumns=True))
-
-
-def add_next_state(steps: "DataFrame") -> "DataFrame":
-    """Add ``next_core``, ``is_terminal``, ``is_truncated`` (see the module docstring).
-
-    Requires, per request (sentinels included): user_id, imp_start, session_id, is_sentinel,
-    state_core.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    by_user = Window.partitionBy(S.USER_ID).orderBy(IMP_START)
-    nxt_session = F.lead(S.SESSION_ID, 1).over(by_user)
-    same = F.coalesce(nxt_session == F.col(S.SESSION_ID), F.lit(False))
-    steps = steps.select("*", same.alias("_same"),
-                         F.lead(IS_SENTINEL, 1).over(by_user).alias("_next_sentinel"),
-                         F.lead(STATE_CORE, 1).over(by_user).alias("_next_core"))
-    return steps.select(
-        *[c for c in steps.columns if not c.startswith("_")],
-        F.when(F.col("_same"), F.col("_next_core")).alias(NEXT_CORE),
-        (~F.col("_same")).alias(S.IS_TERMINAL),
-        (F.col("_same") & F.col("_next_sentinel")).alias(S.IS_TRUNCATED))
 
 
 def zeros(n: int) -> "Column":

@@ -144,18 +144,28 @@ def _rank_copies(flagged: "DataFrame") -> "DataFrame":
          .otherwise(F.col(S.REJECT_REASON)))
 
 
-def candidate_duplicate_keys(df: "DataFrame") -> "DataFrame":
-    """(ds, event_id) held by more than one row, valid or not.
+DUP_KEY_HASH = "dup_key_hash"     # xxhash64(ds, event_id): the candidate-key column
 
-    A superset of the keys with more than one valid row, read from two columns instead of every
-    column the row rules use: ranking the copies of a key with at most one valid row changes
-    nothing (:func:`mark_duplicates` ranks valid rows only). Narrow: shuffles only the keys.
+
+def _key_hash() -> "Column":
+    from pyspark.sql import functions as F
+    return F.xxhash64(S.DS, S.EVENT_ID)
+
+
+def candidate_duplicate_keys(df: "DataFrame") -> "DataFrame":
+    """``dup_key_hash`` values held by more than one row, valid or not.
+
+    A superset of the (ds, event_id) keys with more than one valid row, read from two columns
+    instead of every column the row rules use, and aggregated as a 64-bit hash instead of a
+    string (faster to shuffle and to group): a hash collision only makes more rows candidates,
+    and :func:`mark_duplicates` ranks candidates by the exact (ds, event_id), valid rows only,
+    so extra candidates change nothing.
     """
     from pyspark.sql import functions as F
 
     return (df.where(F.col(S.EVENT_ID).isNotNull() & F.col(S.DS).isNotNull())
-            .groupBy(S.DS, S.EVENT_ID).agg(F.count(F.lit(1)).alias("_n"))
-            .where(F.col("_n") > 1).select(S.DS, S.EVENT_ID))
+            .groupBy(_key_hash().alias(DUP_KEY_HASH)).agg(F.count(F.lit(1)).alias("_n"))
+            .where(F.col("_n") > 1).select(DUP_KEY_HASH))
 
 
 def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = None
@@ -165,16 +175,16 @@ def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = No
     Args:
         flagged: rows with ``reject_reason`` from :func:`add_row_reason`.
         candidates: optionally :func:`candidate_duplicate_keys` of (a superset of) ``flagged``,
-            small enough to broadcast: only rows with those keys are ranked, so the other rows are
-            not shuffled. None ranks every row (one shuffle by (ds, event_id)).
+            small enough to broadcast: only rows with those key hashes are ranked, so the other
+            rows are not shuffled. None ranks every row (one shuffle by (ds, event_id)).
     """
     from pyspark.sql import functions as F
 
     if candidates is None:
         return _rank_copies(flagged)
-    keyed = flagged.join(F.broadcast(candidates.select(S.DS, S.EVENT_ID,
-                                                       F.lit(True).alias("_dup_key"))),
-                         on=[S.DS, S.EVENT_ID], how="left")
+    keyed = flagged.withColumn(DUP_KEY_HASH, _key_hash()).join(
+        F.broadcast(candidates.select(DUP_KEY_HASH, F.lit(True).alias("_dup_key"))),
+        on=DUP_KEY_HASH, how="left")
     ranked = _rank_copies(keyed.where(F.col("_dup_key")))
     rest = keyed.where(F.col("_dup_key").isNull())
     return rest.unionByName(ranked).select(*flagged.columns)

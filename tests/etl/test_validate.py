@@ -7,8 +7,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from mtf.etl import schema as S
-from mtf.etl.validate import (REASONS, RowRules, add_reject_reason, add_row_reason,
-                              candidate_duplicate_keys, mark_duplicates)
+from mtf.etl.validate import (DUP_KEY_HASH, REASONS, RowRules, add_reject_reason,
+                              add_row_reason, candidate_duplicate_keys, mark_duplicates)
 from tests.etl.logs import DAY1, at, imp, logs_df
 
 RULES = RowRules(weights_lo=(0.0,) * 6, weights_hi=(2.0,) * 6)
@@ -79,13 +79,16 @@ def _dup_rows() -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("path", ["window", "broadcast"])
+@pytest.mark.parametrize("path", ["window", "broadcast", "broadcast-superset"])
 def test_duplicates_keep_one_quarantine_the_others(spark, path: str) -> None:
     df = add_row_reason(logs_df(spark, _dup_rows()), rules=RULES)
     if path == "window":
         out = mark_duplicates(df)
-    else:
+    elif path == "broadcast":
         out = mark_duplicates(df, candidates=candidate_duplicate_keys(df))
+    else:  # every key a candidate, as if every hash collided: the result is the same
+        out = mark_duplicates(df, candidates=df.select(
+            F.xxhash64(S.DS, S.EVENT_ID).alias(DUP_KEY_HASH)).distinct())
     got = sorted((r[S.EVENT_ID], str(r[S.TS]), r[S.LIKED], r[S.REJECT_REASON] or "")
                  for r in out.collect())
     assert got == sorted([
@@ -100,7 +103,9 @@ def test_duplicates_keep_one_quarantine_the_others(spark, path: str) -> None:
         ("e4", "2026-01-01 12:00:00", 5, "invalid_interaction"),
     ])
     assert out.columns == df.columns
-    assert sorted(tuple(r) for r in candidate_duplicate_keys(df).select(
+    keys = df.select(S.DS, S.EVENT_ID).distinct().withColumn(
+        DUP_KEY_HASH, F.xxhash64(S.DS, S.EVENT_ID))
+    assert sorted(tuple(r) for r in keys.join(candidate_duplicate_keys(df), DUP_KEY_HASH).select(
         F.col(S.DS).cast("string"), S.EVENT_ID).collect()) == [("2026-01-01", "e1"),
                                                                ("2026-01-01", "e2"),
                                                                ("2026-01-01", "e4")]
