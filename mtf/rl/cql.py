@@ -12,7 +12,7 @@ import torch
 from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig, CQLConfig, TD3Config
 from mtf.rl.td3 import TD3Agent
-from mtf.rl.updates import twin_critic_loss
+from mtf.rl.updates import ensemble_critic_loss
 
 
 def cql_penalty(q_sampled: torch.Tensor, q_data: torch.Tensor,
@@ -47,18 +47,12 @@ class CQLAgent(TD3Agent):
             noise = torch.randn(b * n, k, generator=g, device=dev) * self.cql.sample_noise
             noisy_policy = (self.actor(s_rep) + noise).clamp(-1.0, 1.0)  # (B*n, k)
         # One critic forward over logged + sampled actions (one DDP forward per step).
-        q1_all, q2_all = self.critic_train(torch.cat([batch.state, s_rep, s_rep]),
-                                           torch.cat([batch.action, uniform, noisy_policy]))
-
-        def split(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # (B + 2*B*n, 1) -> logged (B, 1) and sampled (2, B, n) -> (B, 2n)
-            sampled = q[b:].view(2, b, n).permute(1, 0, 2).reshape(b, 2 * n)
-            return q[:b], sampled
-
-        q1, q1_sampled = split(q1_all)
-        q2, q2_sampled = split(q2_all)
-        td = twin_critic_loss(q1, q2, target)
-        penalty = (cql_penalty(q1_sampled, q1, self.cql.temperature)
-                   + cql_penalty(q2_sampled, q2, self.cql.temperature))
+        q_all = self.critic_train(torch.cat([batch.state, s_rep, s_rep]),
+                                  torch.cat([batch.action, uniform, noisy_policy]))  # (2, ., 1)
+        q_data = q_all[:, :b]                                                 # (2, B, 1)
+        # sampled, per critic: (2*B*n, 1) -> (2, B, n) -> (B, 2n)
+        sampled = [q[b:].view(2, b, n).permute(1, 0, 2).reshape(b, 2 * n) for q in q_all]
+        td = ensemble_critic_loss(q_data, target)
+        penalty = sum(cql_penalty(s, q, self.cql.temperature) for s, q in zip(sampled, q_data))
         loss = td + self.cql.alpha * penalty
-        return loss, q1, {"loss/td": td.detach(), "loss/cql_penalty": penalty.detach()}
+        return loss, q_data[0], {"loss/td": td.detach(), "loss/cql_penalty": penalty.detach()}

@@ -68,23 +68,6 @@ class Perturbation(nn.Module):
         return (action + delta).clamp(-1.0, 1.0)
 
 
-class TwinQ(nn.Module):
-    """Two independent critics Q1, Q2 of (s, a); each returns ``(B, 1)``."""
-
-    def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int]) -> None:
-        super().__init__()
-        self.q1 = mlp(state_dim + action_dim, hidden, 1)
-        self.q2 = mlp(state_dim + action_dim, hidden, 1)
-
-    def forward(self, state: torch.Tensor,
-                action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sa = torch.cat([state, action], dim=1)
-        return self.q1(sa), self.q2(sa)
-
-    def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.q1(torch.cat([state, action], dim=1))
-
-
 class EnsembleLinear(nn.Module):
     """``n`` independent linear layers applied as one batched matmul: ``(n, B, in) -> (n, B, out)``.
 
@@ -107,9 +90,10 @@ class EnsembleLinear(nn.Module):
 class EnsembleQ(nn.Module):
     """``n`` independent critics Q_1..Q_n of (s, a) evaluated together; returns ``(n, B, 1)``.
 
-    BCQ's twin critics are ``n = 2``. Larger ensembles (UnifiedRL, paper-spec section 9) give the
-    actor a pessimistic objective ``mean_j Q_j - penalty * std_j Q_j`` (:meth:`score`): action
-    directions the critics disagree on, i.e. noise the data cannot pin down, stop paying off.
+    The twin critics of BCQ, TD3 and CQL are ``n = 2``. Larger ensembles (UnifiedRL, paper-spec
+    section 9) give the actor a pessimistic objective ``mean_j Q_j - penalty * std_j Q_j``
+    (:meth:`score`): action directions the critics disagree on, i.e. noise the data cannot pin
+    down, stop paying off.
     Layers are ReLU-separated :class:`EnsembleLinear` s.
     """
 
@@ -151,8 +135,9 @@ class EnsembleQ(nn.Module):
 
 
 def _twin_to_ensemble(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
-    """Load a ``TwinQ`` state dict (``q1.<i>.weight`` ...; BCQ checkpoints written before the
-    ensemble existed) into a 2-member :class:`EnsembleQ`: member j = ``q<j+1>``; the TwinQ MLP's
+    """Load a twin-critic state dict (``q1.<i>.weight`` ...: checkpoints written before the
+    ensemble existed, two :func:`mlp` s ``q1``, ``q2``) into a 2-member :class:`EnsembleQ`:
+    member j = ``q<j+1>``; the MLP's
     Linear layers sit at Sequential indices 0, 2, 4 ... (ReLUs between), ours at 0, 1, 2 ..."""
     if f"{prefix}q1.0.weight" not in state_dict:
         return

@@ -13,25 +13,25 @@ from torch import nn
 from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig, TD3Config
 from mtf.rl.distributed import ddp_wrap
-from mtf.rl.networks import DeterministicActor, TwinQ
-from mtf.rl.updates import (bellman_target, frozen, optimizer_step, soft_update, target_copy,
-                            twin_critic_loss)
+from mtf.rl.networks import DeterministicActor, EnsembleQ
+from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, mix_ensemble_q,
+                            optimizer_step, soft_update, target_copy)
 
 
 @torch.no_grad()
 def td3_critic_target(batch: TransitionBatch, actor_target: DeterministicActor,
-                      critic_target: TwinQ,
+                      critic_target: EnsembleQ,
                       gamma: float, policy_noise: float, noise_clip: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """``y = r + gamma (1 - done) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c), -1, 1))``."""
     next_a = actor_target(batch.next_state)                                   # (B, k)
     eps = torch.randn(next_a.shape, generator=generator, device=next_a.device)
     next_a = (next_a + (eps * policy_noise).clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
-    q1, q2 = critic_target(batch.next_state, next_a)                          # 2 x (B, 1)
-    return bellman_target(batch.reward, batch.is_terminal, torch.minimum(q1, q2), gamma)
+    q = critic_target(batch.next_state, next_a)                               # (2, B, 1)
+    return bellman_target(batch.reward, batch.is_terminal, mix_ensemble_q(q, 1.0), gamma)
 
 
-def deterministic_actor_loss(critic: TwinQ, state: torch.Tensor,
+def deterministic_actor_loss(critic: EnsembleQ, state: torch.Tensor,
                              action: torch.Tensor) -> torch.Tensor:
     """``-mean Q1(s, pi(s))`` (DDPG / TD3 policy gradient)."""
     return -critic.q1_value(state, action).mean()
@@ -53,7 +53,7 @@ class TD3Agent:
         self.device = device
         self.generator = generator
         self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
-        self.critic = TwinQ(state_dim, action_dim, cfg.hidden).to(device)
+        self.critic = EnsembleQ(state_dim, action_dim, cfg.hidden, 2).to(device)  # twin critics
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
         self.actor_train: nn.Module = self.actor
@@ -85,8 +85,8 @@ class TD3Agent:
     def critic_loss(self, batch: TransitionBatch, target: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, Q1 on logged actions, extra metrics); CQL adds its penalty here."""
-        q1, q2 = self.critic_train(batch.state, batch.action)
-        return twin_critic_loss(q1, q2, target), q1, {}
+        q = self.critic_train(batch.state, batch.action)                     # (2, B, 1)
+        return ensemble_critic_loss(q, target), q[0], {}
 
     def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         target = td3_critic_target(batch, self.actor_target, self.critic_target, self.cfg.gamma,

@@ -25,32 +25,22 @@ def bellman_target(reward: torch.Tensor, is_terminal: torch.Tensor, next_value: 
     return reward + gamma * (1.0 - is_terminal) * next_value
 
 
-def mix_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
-    """Soft clipped double Q: ``lam * min(q1, q2) + (1 - lam) * max(q1, q2)`` (lam=1: TD3's min)."""
-    return lam * torch.minimum(q1, q2) + (1.0 - lam) * torch.maximum(q1, q2)
-
-
 def mix_ensemble_q(q: torch.Tensor, lam: float) -> torch.Tensor:
-    """``lam * min_j Q_j + (1 - lam) * max_j Q_j`` over an ensemble ``(n, B, 1) -> (B, 1)``;
-    for n = 2 this is :func:`mix_double_q`."""
+    """Soft clipped double Q over an ensemble ``(n, B, 1) -> (B, 1)``:
+    ``lam * min_j Q_j + (1 - lam) * max_j Q_j`` (lam = 1: TD3's min; BCQ: 0.75)."""
     return lam * q.amin(dim=0) + (1.0 - lam) * q.amax(dim=0)
 
 
 def ensemble_critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``sum_j mean (Q_j - y)^2`` over an ensemble ``(n, B, 1)``; for n = 2 this is
-    :func:`twin_critic_loss`."""
-    return F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(dim=(1, 2)).sum()
+    """``sum_j mean (Q_j - y)^2`` over an ensemble ``(n, B, 1)``; the target ``(B, 1)`` carries
+    no gradient."""
+    target = target.detach().unsqueeze(0).expand_as(q)
+    return F.mse_loss(q, target, reduction="none").mean(dim=(1, 2)).sum()
 
 
 def max_over_candidates(q: torch.Tensor, n: int) -> torch.Tensor:
     """``(B * n, 1)`` values of n consecutive candidates per state -> ``(B, 1)`` best value."""
     return q.view(-1, n).amax(dim=1, keepdim=True)  # (B*n, 1) -> (B, n) -> (B, 1)
-
-
-def twin_critic_loss(q1: torch.Tensor, q2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``mean (Q1 - y)^2 + mean (Q2 - y)^2``; the target carries no gradient."""
-    target = target.detach()
-    return F.mse_loss(q1, target) + F.mse_loss(q2, target)
 
 
 @torch.no_grad()

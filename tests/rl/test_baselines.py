@@ -11,18 +11,18 @@ from mtf.rl.agent import make_generator
 from mtf.rl.bc import BCAgent, bc_loss
 from mtf.rl.config import BCConfig, CQLConfig, TD3Config
 from mtf.rl.cql import CQLAgent, cql_penalty
-from mtf.rl.networks import DeterministicActor, TwinQ
+from mtf.rl.networks import DeterministicActor, EnsembleQ
 from mtf.rl.td3 import TD3Agent, deterministic_actor_loss, td3_critic_target
 from tests.rl.helpers import (TINY_BCQ, changed, params, random_batch, set_constant,
-                              set_first_action_coordinate)
+                              set_member_constant, set_member_first_action_coordinate)
 
 CPU = torch.device("cpu")
 
 
 def test_td3_target_uses_the_min_of_the_target_critics() -> None:
-    critic_target = TwinQ(3, 2, (8,))
-    set_constant(critic_target.q1, 2.0)
-    set_constant(critic_target.q2, -1.0)
+    critic_target = EnsembleQ(3, 2, (8,), 2)
+    set_member_constant(critic_target, 0, 2.0)
+    set_member_constant(critic_target, 1, -1.0)
     batch = random_batch(b=6, s=3, k=2)
     y = td3_critic_target(batch, DeterministicActor(3, 2, (8,)), critic_target, gamma=0.9,
                           policy_noise=0.2, noise_clip=0.5)
@@ -33,9 +33,9 @@ def test_td3_target_smoothing_noise_is_clipped_and_actions_stay_in_the_box() -> 
     s, k = 2, 1
     actor_target = DeterministicActor(s, k, (4,))
     set_constant(actor_target.net, 0.0)   # pi'(s') = tanh(0) = 0
-    critic_target = TwinQ(s, k, (4,))
-    set_first_action_coordinate(critic_target.q1, s)   # Q' = the smoothed action itself
-    set_first_action_coordinate(critic_target.q2, s)
+    critic_target = EnsembleQ(s, k, (4,), 2)
+    for member in (0, 1):   # Q' = the smoothed action itself
+        set_member_first_action_coordinate(critic_target, member, s)
     batch = random_batch(b=256, s=s, k=k, terminal_every=10_000)
     batch = replace(batch, reward=torch.zeros(256, 1))
     y = td3_critic_target(batch, actor_target, critic_target, gamma=1.0, policy_noise=10.0,
@@ -44,8 +44,8 @@ def test_td3_target_smoothing_noise_is_clipped_and_actions_stay_in_the_box() -> 
 
 
 def test_deterministic_actor_loss_is_minus_mean_q1() -> None:
-    critic = TwinQ(2, 2, (4,))
-    set_first_action_coordinate(critic.q1, 2)
+    critic = EnsembleQ(2, 2, (4,), 2)
+    set_member_first_action_coordinate(critic, 0, 2)
     action = torch.tensor([[0.5, 0.0], [-0.1, 0.3]])
     torch.testing.assert_close(deterministic_actor_loss(critic, torch.zeros(2, 2), action),
                                torch.tensor(-0.2))
@@ -71,8 +71,8 @@ def test_cql_critic_loss_is_td_plus_alpha_times_penalty_of_both_critics() -> Non
     agent = CQLAgent(3, 2, TINY_BCQ, TD3Config(), CQLConfig(alpha=2.0, n_action_samples=3), CPU,
                      make_generator(0, CPU))
     critic = agent.nets["critic"]
-    set_constant(critic.q1, 1.0)
-    set_constant(critic.q2, 2.0)
+    set_member_constant(critic, 0, 1.0)
+    set_member_constant(critic, 1, 2.0)
     batch = random_batch(b=4, s=3, k=2)
     target = torch.zeros(4, 1)
     loss, q1, extra = agent.critic_loss(batch, target)

@@ -204,14 +204,17 @@ def test_update_returns_detached_scalar_metrics() -> None:
 # ---- critic ensemble (n_critics, actor_penalty; UnifiedRL-style, beyond the paper) -----------
 
 def test_ensemble_of_two_matches_twin_critic_rules() -> None:
-    from mtf.rl.updates import (ensemble_critic_loss, mix_double_q, mix_ensemble_q,
-                                twin_critic_loss)
+    from torch.nn import functional as F
+
+    from mtf.rl.updates import ensemble_critic_loss, mix_ensemble_q
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 7, 1, generator=g)
     y = torch.randn(7, 1, generator=g)
-    for lam in (1.0, 0.75, 0.0):
-        torch.testing.assert_close(mix_ensemble_q(q, lam), mix_double_q(q[0], q[1], lam))
-    torch.testing.assert_close(ensemble_critic_loss(q, y), twin_critic_loss(q[0], q[1], y))
+    for lam in (1.0, 0.75, 0.0):   # the paper's soft clipped double Q
+        torch.testing.assert_close(mix_ensemble_q(q, lam), lam * torch.minimum(q[0], q[1])
+                                   + (1 - lam) * torch.maximum(q[0], q[1]))
+    torch.testing.assert_close(ensemble_critic_loss(q, y),
+                               F.mse_loss(q[0], y) + F.mse_loss(q[1], y))
 
 
 def test_ensemble_target_takes_min_over_all_members() -> None:
@@ -285,12 +288,15 @@ def test_n_critics_below_two_is_rejected() -> None:
 
 
 def test_twin_critic_state_dict_loads_into_a_two_member_ensemble() -> None:
-    """BCQ checkpoints written before the ensemble (TwinQ keys) still load and give the same Q."""
-    from mtf.rl.networks import TwinQ
+    """Checkpoints written before the ensemble (twin critics: two MLPs ``q1``, ``q2``) still
+    load and give the same Q."""
+    from torch import nn
+
+    from mtf.rl.networks import mlp
     torch.manual_seed(0)
-    twin = TwinQ(3, 2, (5, 4))
+    twin = nn.ModuleDict({"q1": mlp(5, (5, 4), 1), "q2": mlp(5, (5, 4), 1)})
     ens = EnsembleQ(3, 2, (5, 4), 2)
     ens.load_state_dict(twin.state_dict())
     state, action = torch.randn(7, 3), torch.rand(7, 2)
-    q1, q2 = twin(state, action)
-    torch.testing.assert_close(ens(state, action), torch.stack([q1, q2]))
+    sa = torch.cat([state, action], dim=1)
+    torch.testing.assert_close(ens(state, action), torch.stack([twin["q1"](sa), twin["q2"](sa)]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtf.rl.updates import (bellman_target, frozen, max_over_candidates, mix_double_q,
-                            soft_update, twin_critic_loss)
+from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, max_over_candidates,
+                            mix_ensemble_q, soft_update)
 
 
 def test_bellman_target_masks_only_terminal_rows() -> None:
@@ -16,10 +16,10 @@ def test_bellman_target_masks_only_terminal_rows() -> None:
                                torch.tensor([[1.0], [2.0 + 9.5]]))
 
 
-def test_mix_double_q_interpolates_between_min_and_max() -> None:
-    q1, q2 = torch.tensor([[1.0], [5.0]]), torch.tensor([[3.0], [2.0]])
-    torch.testing.assert_close(mix_double_q(q1, q2, 1.0), torch.tensor([[1.0], [2.0]]))
-    torch.testing.assert_close(mix_double_q(q1, q2, 0.75), torch.tensor([[1.5], [2.75]]))
+def test_mix_ensemble_q_interpolates_between_min_and_max() -> None:
+    q = torch.stack([torch.tensor([[1.0], [5.0]]), torch.tensor([[3.0], [2.0]])])   # (2, B, 1)
+    torch.testing.assert_close(mix_ensemble_q(q, 1.0), torch.tensor([[1.0], [2.0]]))
+    torch.testing.assert_close(mix_ensemble_q(q, 0.75), torch.tensor([[1.5], [2.75]]))
 
 
 def test_max_over_candidates_groups_consecutive_rows_per_state() -> None:
@@ -27,11 +27,10 @@ def test_max_over_candidates_groups_consecutive_rows_per_state() -> None:
     torch.testing.assert_close(max_over_candidates(q, 3), torch.tensor([[4.0], [-1.0]]))
 
 
-def test_twin_critic_loss_sums_both_mses_and_ignores_target_gradients() -> None:
-    q1 = torch.tensor([[1.0], [2.0]], requires_grad=True)
-    q2 = torch.tensor([[0.0], [0.0]], requires_grad=True)
+def test_ensemble_critic_loss_sums_the_mses_and_ignores_target_gradients() -> None:
+    q = torch.tensor([[[1.0], [2.0]], [[0.0], [0.0]]], requires_grad=True)   # (2, B, 1)
     target = torch.tensor([[1.0], [0.0]], requires_grad=True)
-    loss = twin_critic_loss(q1, q2, target)
+    loss = ensemble_critic_loss(q, target)
     torch.testing.assert_close(loss, torch.tensor((0 + 4) / 2 + (1 + 0) / 2))
     loss.backward()
     assert target.grad is None
