@@ -45,8 +45,8 @@ UTC = dt.timezone.utc
 FIRST_IN_WINDOW = "first_in_window"   # first step of its session among the output days
 # EtlConfig fields that say which days a run builds, not how: left out of mtf.config.
 RUN_FIELDS = ("start_ds", "end_ds")
-# At most this many duplicated (ds, event_id) keys are broadcast to mark duplicates without
-# shuffling every row; above it every row is ranked (one shuffle).
+# At most this many candidate duplicate key hashes (xxhash64 of ds, event_id) are broadcast to
+# mark duplicates without shuffling every row; above it every row is ranked (one shuffle).
 MAX_BROADCAST_DUPLICATE_KEYS = 1_000_000
 # Session settings while a build runs (restored afterwards):
 # * constraint propagation (inferring filters from every alias of every projection) is what makes
@@ -287,10 +287,11 @@ def _context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
 
 
 class _Validator:
-    """Row rules + duplicates, with the duplicate keys of the context computed once.
+    """Row rules + duplicates, with the candidate duplicate keys of the context computed once.
 
-    Duplicates are rare, so the candidate keys are found first with an aggregation of two
-    columns; when there are none, validation is a per-row filter and no row is shuffled for it.
+    Duplicates are rare, so the candidate key hashes are found first with a narrow aggregation
+    (:func:`mtf.etl.validate.candidate_duplicate_keys`); when there are none, validation is a
+    per-row filter and no row is shuffled for it.
     """
 
     def __init__(self, context: "DataFrame", rules: RowRules) -> None:
