@@ -106,6 +106,13 @@ def fit_reward_weights(rows: "DataFrame", *, reward: "RewardConfig") -> Calibrat
 
 def run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     """Read and validate the logs of the configured days, build steps, fit (no writes)."""
+    from mtf.etl.pipeline import BUILD_SESSION_CONF, session_conf
+
+    with session_conf(spark, BUILD_SESSION_CONF):   # the build's settings (validation speed)
+        return _run_calibration(spark, cfg)
+
+
+def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     from pyspark.sql import functions as F
 
     from mtf.delta import read_delta

@@ -347,7 +347,7 @@ def _test_from(etl: EtlConfig) -> dt.datetime | None:
 
 
 @contextmanager
-def _session_conf(spark: "SparkSession", conf: Mapping[str, str]) -> Iterator[None]:
+def session_conf(spark: "SparkSession", conf: Mapping[str, str]) -> Iterator[None]:
     """Set ``conf`` on the session for the duration of the block, then restore it."""
     old = {k: spark.conf.get(k, None) for k in conf}
     for k, v in conf.items():
@@ -376,7 +376,7 @@ def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary
         ValueError: the existing transitions table has another layout (incremental run).
         RuntimeError: the row accounting does not add up (rows_in != valid + quarantined).
     """
-    with _session_conf(spark, BUILD_SESSION_CONF):
+    with session_conf(spark, BUILD_SESSION_CONF):
         return _build_transitions(spark, cfg)
 
 
