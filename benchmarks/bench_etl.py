@@ -8,12 +8,14 @@ to Delta (set-up, not timed), then times, in one Spark session:
   transitions written to Delta), a full rebuild of every day.
 
 It prints impressions/s of both, the ratio build/copy (target <= 3) and, across sizes, the
-build's seconds per million impressions (flat = linear scaling). ``--skew`` adds one user with
+build's seconds per million impressions (flat = linear scaling). ``--dirty F`` makes a fraction
+F of the rows invalid and redelivers another F as duplicates. ``--skew`` adds one user with
 1M impressions to the first size (the job must not fail at default memory settings).
 
 Run with (about 10-20 minutes on 2 cores)::
 
-    .venv/bin/python benchmarks/bench_etl.py [--sizes 2000000 8000000] [--skew] [--workdir DIR]
+    .venv/bin/python benchmarks/bench_etl.py [--sizes 2000000 8000000] [--dirty 0.001] [--skew]
+        [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -112,6 +114,22 @@ def generate(n_target: int, seed: int, days: int = 2, skew_user_impressions: int
     return pa.table(cols)
 
 
+def add_dirty_rows(table: pa.Table, fraction: float, seed: int) -> pa.Table:
+    """Make ``fraction`` of the rows bad (negative play time) and redeliver another ``fraction``
+    (exact copies appended: duplicate event ids), as real logs have."""
+    if fraction <= 0:
+        return table
+    rng = np.random.default_rng(seed)
+    n = table.num_rows
+    k = max(1, int(n * fraction))
+    bad = np.zeros(n, dtype=bool)
+    bad[rng.choice(n, k, replace=False)] = True
+    play = np.where(bad, -1.0, table.column("play_time_s").to_numpy())
+    table = table.set_column(table.schema.get_field_index("play_time_s"), "play_time_s",
+                             pa.array(play))
+    return pa.concat_tables([table, table.take(pa.array(rng.choice(n, k, replace=False)))])
+
+
 def write_raw(spark, table: pa.Table, workdir: str, name: str) -> str:
     """Write ``table`` as a Delta table partitioned by ds (via Parquet, not timed)."""
     pq_dir = os.path.join(workdir, f"{name}_parquet")
@@ -155,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300_000, metavar="N",
                         help="impressions of an untimed copy + build first, so that the JIT has "
                              "compiled Spark's generated code (default 300000; 0 = none)")
+    parser.add_argument("--dirty", type=float, default=0.0, metavar="F",
+                        help="make a fraction F of the rows bad and redeliver another F as "
+                             "duplicates, so quarantine and duplicate ranking have work "
+                             "(default 0: clean logs)")
     parser.add_argument("--workdir", type=str, default=None,
                         help="scratch directory (default: a temp dir, removed at the end)")
     args = parser.parse_args(argv)
@@ -178,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             full_build(spark, raw, os.path.join(workdir, "warm_lake"))
         for i, n in enumerate(args.sizes):
             skew = 1_000_000 if (args.skew and i == 0) else 0
-            table = generate(n, seed=42 + i, skew_user_impressions=skew)
+            table = add_dirty_rows(generate(n, seed=42 + i, skew_user_impressions=skew),
+                                   args.dirty, seed=7 + i)
             raw = write_raw(spark, table, workdir, f"raw_{i}")
             rows = table.num_rows
             del table
@@ -192,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"copy floor {copy_s:.1f} s ({rows / copy_s / 1e3:.0f}k impr/s), "
                   f"full build {build_s:.1f} s ({rows / build_s / 1e3:.0f}k impr/s), "
                   f"ratio {build_s / copy_s:.2f}x; steps {summary.steps:,}, "
-                  f"sessions {summary.sessions:,}", flush=True)
+                  f"sessions {summary.sessions:,}, quarantined {summary.rows_quarantined:,} "
+                  f"{summary.rejected_by_reason}", flush=True)
         if len(results) > 1:
             base = results[0]
             for rows, copy_s, build_s, _ in results[1:]:

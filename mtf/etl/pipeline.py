@@ -31,11 +31,11 @@ from mtf.etl.transitions import (active_users, add_sentinels, add_split, fix_pre
                                  select_transitions, zeros)
 from mtf.etl.user_pass import IS_SENTINEL, SESSION_START_TS, impressions_to_requests
 from mtf.etl.validate import (REASONS, RowRules, add_row_reason, candidate_duplicate_keys,
-                              mark_duplicates)
+                              mark_duplicates, ranked_candidate_rows, rows_without_candidates)
 from mtf.features import FEATURE_VERSION
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from mtf.config import MtfConfig
 
@@ -298,18 +298,30 @@ class _Validator:
         self.rules = rules
         self.keys = candidate_duplicate_keys(context).persist()
         self.n_keys = self.keys.count()
+        self.copies: "DataFrame | None" = None
         if self.n_keys:
             logger.info("%d (ds, event_id) key hashes have more than one row", self.n_keys)
+        if 0 < self.n_keys <= MAX_BROADCAST_DUPLICATE_KEYS:
+            # The candidate keys' rows, flagged and ranked once (a few rows, one extra scan):
+            # each later pass then reads the logs once, not once per branch of the union.
+            self.copies = ranked_candidate_rows(add_row_reason(context, rules=rules),
+                                                self.keys).persist()
+            self.copies.count()
 
-    def flag(self, df: "DataFrame") -> "DataFrame":
+    def flag(self, df: "DataFrame", days: "Column | None" = None) -> "DataFrame":
+        """``df`` (the context, or its rows where ``days``) with ``reject_reason``."""
         flagged = add_row_reason(df, rules=self.rules)
         if not self.n_keys:
             return flagged
-        small = self.n_keys <= MAX_BROADCAST_DUPLICATE_KEYS
-        return mark_duplicates(flagged, candidates=self.keys if small else None)
+        if self.copies is None:          # too many candidates to broadcast: rank every row
+            return mark_duplicates(flagged)
+        copies = self.copies if days is None else self.copies.where(days)
+        return rows_without_candidates(flagged, self.keys).unionByName(copies)
 
     def close(self) -> None:
         self.keys.unpersist()
+        if self.copies is not None:
+            self.copies.unpersist()
 
 
 def _write_quarantine(flagged: "DataFrame", path: str, window: RunWindow
@@ -411,7 +423,8 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
         # 1. Quarantine: every row of the output days is checked; the bad ones are written.
         out_days = raw if window.full_rebuild else raw.where(days)
         q_version, rows_in, rejected = _write_quarantine(
-            validator.flag(out_days), cfg.lake.path("quarantine"), window)
+            validator.flag(out_days, None if window.full_rebuild else days),
+            cfg.lake.path("quarantine"), window)
 
         # 2. Transitions: context days -> valid rows -> steps, cached for the split cutoff.
         v_obs = Observation("mtf_valid")

@@ -178,16 +178,31 @@ def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = No
             small enough to broadcast: only rows with those key hashes are ranked, so the other
             rows are not shuffled. None ranks every row (one shuffle by (ds, event_id)).
     """
-    from pyspark.sql import functions as F
-
     if candidates is None:
         return _rank_copies(flagged)
-    keyed = flagged.withColumn(DUP_KEY_HASH, _key_hash()).join(
-        F.broadcast(candidates.select(DUP_KEY_HASH, F.lit(True).alias("_dup_key"))),
-        on=DUP_KEY_HASH, how="left")
-    ranked = _rank_copies(keyed.where(F.col("_dup_key")))
-    rest = keyed.where(F.col("_dup_key").isNull())
-    return rest.unionByName(ranked).select(*flagged.columns)
+    return (rows_without_candidates(flagged, candidates)
+            .unionByName(ranked_candidate_rows(flagged, candidates)))
+
+
+def rows_without_candidates(flagged: "DataFrame", candidates: "DataFrame") -> "DataFrame":
+    """The rows of ``flagged`` whose key hash is not a candidate (broadcast anti join): they
+    are no duplicates, their ``reject_reason`` stands."""
+    from pyspark.sql import functions as F
+
+    return (flagged.withColumn(DUP_KEY_HASH, _key_hash())
+            .join(F.broadcast(candidates.select(DUP_KEY_HASH)), on=DUP_KEY_HASH, how="left_anti")
+            .select(*flagged.columns))
+
+
+def ranked_candidate_rows(flagged: "DataFrame", candidates: "DataFrame") -> "DataFrame":
+    """The rows of ``flagged`` whose key hash is a candidate, with duplicates marked (a few
+    rows: a broadcast join, then a window over them only)."""
+    from pyspark.sql import functions as F
+
+    rows = (flagged.withColumn(DUP_KEY_HASH, _key_hash())
+            .join(F.broadcast(candidates.select(DUP_KEY_HASH)), on=DUP_KEY_HASH, how="left_semi")
+            .select(*flagged.columns))
+    return _rank_copies(rows)
 
 
 def add_reject_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
