@@ -116,8 +116,8 @@ def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     from pyspark.sql import functions as F
 
     from mtf.delta import read_delta
-    from mtf.etl.pipeline import RunWindow, _context, _day_range, build_requests
-    from mtf.etl.validate import RowRules, add_reject_reason
+    from mtf.etl.pipeline import RunWindow, _context, _day_range, _Validator, build_requests
+    from mtf.etl.validate import RowRules
 
     raw_path = cfg.lake.path("raw_logs")
     raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
@@ -125,11 +125,16 @@ def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     first_ds, last_ds = (_day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
                          if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)
-    valid = (_context(raw, window).transform(add_reject_reason, rules=RowRules.from_config(cfg))
-             .where(F.col(S.REJECT_REASON).isNull()).drop(S.REJECT_REASON))
-    requests = build_requests(valid, cfg=cfg, window=window)
-    rows = calibration_rows(requests, drop_last_step=cfg.etl.calibration_drop_last_step)
-    result = fit_reward_weights(rows, reward=cfg.reward)
+    context = _context(raw, window)
+    validator = _Validator(context, RowRules.from_config(cfg))   # as the build validates
+    try:
+        valid = (validator.flag(context).where(F.col(S.REJECT_REASON).isNull())
+                 .drop(S.REJECT_REASON))
+        requests = build_requests(valid, cfg=cfg, window=window)
+        rows = calibration_rows(requests, drop_last_step=cfg.etl.calibration_drop_last_step)
+        result = fit_reward_weights(rows, reward=cfg.reward)
+    finally:
+        validator.close()
     logger.info("reward-weight calibration on %s..%s (rest-of-session dwell time ~ step "
                 "feedback):\n%s", window.start, window.end, result.table())
     return result

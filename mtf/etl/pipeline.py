@@ -309,7 +309,9 @@ class _Validator:
             self.copies.count()
 
     def flag(self, df: "DataFrame", days: "Column | None" = None) -> "DataFrame":
-        """``df`` (the context, or its rows where ``days``) with ``reject_reason``."""
+        """``df`` (the context), or its rows where ``days``, with ``reject_reason``."""
+        if days is not None:
+            df = df.where(days)
         flagged = add_row_reason(df, rules=self.rules)
         if not self.n_keys:
             return flagged
@@ -421,9 +423,8 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     current = None
     try:
         # 1. Quarantine: every row of the output days is checked; the bad ones are written.
-        out_days = raw if window.full_rebuild else raw.where(days)
         q_version, rows_in, rejected = _write_quarantine(
-            validator.flag(out_days, None if window.full_rebuild else days),
+            validator.flag(raw, None if window.full_rebuild else days),
             cfg.lake.path("quarantine"), window)
 
         # 2. Transitions: context days -> valid rows -> steps, cached for the split cutoff.

@@ -158,8 +158,8 @@ def candidate_duplicate_keys(df: "DataFrame") -> "DataFrame":
     A superset of the (ds, event_id) keys with more than one valid row, read from two columns
     instead of every column the row rules use, and aggregated as a 64-bit hash instead of a
     string (faster to shuffle and to group): a hash collision only makes more rows candidates,
-    and :func:`mark_duplicates` ranks candidates by the exact (ds, event_id), valid rows only,
-    so extra candidates change nothing.
+    and :func:`ranked_candidate_rows` ranks candidates by the exact (ds, event_id), valid rows
+    only, so extra candidates change nothing.
     """
     from pyspark.sql import functions as F
 
@@ -168,20 +168,15 @@ def candidate_duplicate_keys(df: "DataFrame") -> "DataFrame":
             .where(F.col("_n") > 1).select(DUP_KEY_HASH))
 
 
-def mark_duplicates(flagged: "DataFrame", *, candidates: "DataFrame | None" = None
-                    ) -> "DataFrame":
+def mark_duplicates(flagged: "DataFrame") -> "DataFrame":
     """Set ``reject_reason`` = duplicate_event_id on every copy but the first (see module doc).
 
-    Args:
-        flagged: rows with ``reject_reason`` from :func:`add_row_reason`.
-        candidates: optionally :func:`candidate_duplicate_keys` of (a superset of) ``flagged``,
-            small enough to broadcast: only rows with those key hashes are ranked, so the other
-            rows are not shuffled. None ranks every row (one shuffle by (ds, event_id)).
+    Ranks every row of ``flagged`` (rows with ``reject_reason`` from :func:`add_row_reason`):
+    one shuffle by (ds, event_id). When the :func:`candidate_duplicate_keys` are few, the job
+    instead ranks only their rows (:func:`ranked_candidate_rows`) and passes the others through
+    (:func:`rows_without_candidates`): the same result without shuffling every row.
     """
-    if candidates is None:
-        return _rank_copies(flagged)
-    return (rows_without_candidates(flagged, candidates)
-            .unionByName(ranked_candidate_rows(flagged, candidates)))
+    return _rank_copies(flagged)
 
 
 def rows_without_candidates(flagged: "DataFrame", candidates: "DataFrame") -> "DataFrame":

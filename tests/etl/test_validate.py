@@ -8,7 +8,8 @@ from pyspark.sql import functions as F
 
 from mtf.etl import schema as S
 from mtf.etl.validate import (DUP_KEY_HASH, REASONS, RowRules, add_reject_reason,
-                              add_row_reason, candidate_duplicate_keys, mark_duplicates)
+                              add_row_reason, candidate_duplicate_keys, mark_duplicates,
+                              ranked_candidate_rows, rows_without_candidates)
 from tests.etl.logs import DAY1, at, imp, logs_df
 
 RULES = RowRules(weights_lo=(0.0,) * 6, weights_hi=(2.0,) * 6)
@@ -84,11 +85,12 @@ def test_duplicates_keep_one_quarantine_the_others(spark, path: str) -> None:
     df = add_row_reason(logs_df(spark, _dup_rows()), rules=RULES)
     if path == "window":
         out = mark_duplicates(df)
-    elif path == "broadcast":
-        out = mark_duplicates(df, candidates=candidate_duplicate_keys(df))
-    else:  # every key a candidate, as if every hash collided: the result is the same
-        out = mark_duplicates(df, candidates=df.select(
-            F.xxhash64(S.DS, S.EVENT_ID).alias(DUP_KEY_HASH)).distinct())
+    else:  # as the job: rank the candidate keys' rows only, pass the others through
+        candidates = candidate_duplicate_keys(df) if path == "broadcast" else df.select(
+            # every key a candidate, as if every hash collided: the result is the same
+            F.xxhash64(S.DS, S.EVENT_ID).alias(DUP_KEY_HASH)).distinct()
+        out = rows_without_candidates(df, candidates).unionByName(
+            ranked_candidate_rows(df, candidates))
     got = sorted((r[S.EVENT_ID], str(r[S.TS]), r[S.LIKED], r[S.REJECT_REASON] or "")
                  for r in out.collect())
     assert got == sorted([
