@@ -157,7 +157,8 @@ def _process(table: "pa.Table", carry: _Carry | None, *, features: FeatureConfig
                                           carry.prev)
     idx = rows - seg + np.where(first_seg, base_idx, 0)           # index within the user
 
-    beh = impression_behaviours(features, _num(table, S.PLAY_TIME_S), _num(table, S.DURATION_S),
+    play = _num(table, S.PLAY_TIME_S)
+    beh = impression_behaviours(features, play, _num(table, S.DURATION_S),
                                 *(_num(table, c) for c in S.INTERACTIONS))
     csum = np.vstack([np.zeros((1, beh.shape[1])), np.cumsum(beh, axis=0)])
 
@@ -211,7 +212,7 @@ def _process(table: "pa.Table", carry: _Carry | None, *, features: FeatureConfig
         sentinel = table.column(IS_SENTINEL).to_numpy()[reqs]
         truncated = nxt & np.r_[sentinel[1:], False][done]
         next_core = np.r_[core[1:], np.zeros((1, core.shape[1]))][done]
-        out = _request_batch(table, reqs[done], ends[done], beh, passthrough, {
+        out = _request_batch(table, reqs[done], ends[done], play, beh, passthrough, {
             S.SESSION_ID: pa.array(sess.session_id[done], pa.string()),
             S.STEP: pa.array(sess.step[done].astype(np.int32)),
             SESSION_START_TS: _timestamps(sess.session_start_us[done], table, None),
@@ -260,8 +261,9 @@ def _lists(values: np.ndarray, null: np.ndarray | None) -> "pa.Array":
                                     mask=pa.array(null))
 
 
-def _request_batch(table: "pa.Table", emit: np.ndarray, ends: np.ndarray, beh: np.ndarray,
-                   passthrough: tuple[str, ...], extra: dict) -> "pa.RecordBatch":
+def _request_batch(table: "pa.Table", emit: np.ndarray, ends: np.ndarray, play: np.ndarray,
+                   beh: np.ndarray, passthrough: tuple[str, ...], extra: dict
+                   ) -> "pa.RecordBatch":
     import pyarrow as pa
 
     def page_sum(values: np.ndarray) -> np.ndarray:
@@ -271,7 +273,7 @@ def _request_batch(table: "pa.Table", emit: np.ndarray, ends: np.ndarray, beh: n
     firsts = table.take(pa.array(emit))
     cols: dict[str, pa.Array] = {c: firsts.column(c).combine_chunks() for c in passthrough}
     cols[N_ITEMS] = pa.array((ends - emit).astype(np.int64))
-    cols[DWELL_S] = pa.array(page_sum(_num(table, S.PLAY_TIME_S)))
+    cols[DWELL_S] = pa.array(page_sum(play))
     b_index = {b: i for i, b in enumerate(BEHAVIOURS)}
     for f in FEEDBACK:
         values = _num(table, RAW_PLAY_TIME_NORM) if f == "play_time_norm" \

@@ -137,8 +137,8 @@ class EnsembleQ(nn.Module):
 def _twin_to_ensemble(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
     """Load a twin-critic state dict (``q1.<i>.weight`` ...: checkpoints written before the
     ensemble existed, two :func:`mlp` s ``q1``, ``q2``) into a 2-member :class:`EnsembleQ`:
-    member j = ``q<j+1>``; the MLP's
-    Linear layers sit at Sequential indices 0, 2, 4 ... (ReLUs between), ours at 0, 1, 2 ..."""
+    member j = ``q<j+1>``; the MLP's Linear layers sit at Sequential indices 0, 2, 4 ... (ReLUs
+    between), ours at 0, 1, 2 ..."""
     if f"{prefix}q1.0.weight" not in state_dict:
         return
     for key in [k for k in state_dict if k.startswith(f"{prefix}q1.")]:
