@@ -135,6 +135,7 @@ def _variant(tag: str, data: str, overrides: list[str], steps: int, sessions: in
     if cfg.train.explore_groups:
         keep = np.isin(z["group"], [GROUPS.index(g) for g in cfg.train.explore_groups])
     cols = {k: z[k][keep].astype(np.float32) for k in COLUMNS}
+    cols["group"] = z["group"][keep].astype(np.float32)   # GROUPS order = GROUP_CODES
     layout = TableLayout.from_dict(json.loads(str(z["layout"])))
     batch = TransitionBatch.from_numpy(cols).to(dev)
     t0 = time.perf_counter()

@@ -55,7 +55,7 @@ class PipelineConfig:
     first_train_day: int = 1        # 0-based day of the first retrain (day 0 = baseline only)
     truth_sessions: int = 4000      # simulated sessions per ground-truth evaluation
     truth_seed: int = 1234          # common random numbers of every ground-truth evaluation
-    compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random")  # final table
+    compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random", "iql")  # table
     go_requires_ope: bool = True    # deploy only on the OPE's "go"; False = always deploy
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -64,7 +64,7 @@ class PipelineConfig:
             raise ValueError("days and train_window_days must be > 0, truth_sessions >= 2")
         if not 0 <= self.first_train_day < self.days:
             raise ValueError(f"first_train_day must be in [0, days), got {self.first_train_day}")
-        known = {"cem", "es", "td3", "cql", "bc", "bcq", "bcq_random"}
+        known = {"cem", "es", "td3", "cql", "bc", "bcq", "bcq_random", "iql"}
         bad = [c for c in self.compare if c not in known]
         if bad:
             raise ValueError(f"compare has unknown entries {bad}; known: {sorted(known)}")
@@ -283,7 +283,8 @@ def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: s
         sessions["ES (state -> weights)"] = res.n_sessions
     algos = {"td3": ("TD3", "td3", ()), "cql": ("CQL", "cql", ()), "bc": ("BC", "bc", ()),
              "bcq": ("BatchRL-MTF (BCQ)", "bcq", ()),
-             "bcq_random": ("BCQ, random exploration only", "bcq", ("random",))}
+             "bcq_random": ("BCQ, random exploration only", "bcq", ("random",)),
+             "iql": ("IQL (in-sample critic, weighted actor)", "iql", ())}
     for key, (label, algo, groups) in algos.items():
         if key in pcfg.compare:
             export = _train(cfg, algo, first, last_day, f"{stamp}-final-{key}", groups)

@@ -1,6 +1,6 @@
 """What the trainer needs from an algorithm, and how one is built from ``train.algo``.
 
-Each algorithm (``bcq``, ``td3``, ``cql``, ``bc``) is a plain class with the attributes and
+Each algorithm (``bcq``, ``td3``, ``cql``, ``bc``, ``iql``) is a plain class with the attributes and
 methods of :class:`Agent`; the trainer, checkpoints and export only use this surface.
 """
 from __future__ import annotations
@@ -48,6 +48,7 @@ def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.
     from mtf.rl.bc import BCAgent
     from mtf.rl.bcq import BCQAgent
     from mtf.rl.cql import CQLAgent
+    from mtf.rl.iql import IQLAgent
     from mtf.rl.td3 import TD3Agent
 
     if state_dim <= 0 or action_dim <= 0:
@@ -60,7 +61,9 @@ def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.
         return CQLAgent(state_dim, action_dim, cfg.bcq, cfg.td3, cfg.cql, device, generator)
     if cfg.algo == "bc":
         return BCAgent(state_dim, action_dim, cfg.bcq, cfg.bc, device, generator)
-    raise ValueError(f"train.algo must be one of bcq, td3, cql, bc; got {cfg.algo!r}")
+    if cfg.algo == "iql":
+        return IQLAgent(state_dim, action_dim, cfg.bcq, cfg.iql, device, generator)
+    raise ValueError(f"train.algo must be one of bcq, td3, cql, bc, iql; got {cfg.algo!r}")
 
 
 def agent_state(agent: Agent) -> dict[str, Any]:

@@ -18,6 +18,21 @@ STATE, NEXT_STATE, ACTION, REWARD, IS_TERMINAL = (
     "state", "next_state", "action", "reward", "is_terminal")
 NUMERIC_COLUMNS = (STATE, NEXT_STATE, ACTION, REWARD, IS_TERMINAL)
 SPLIT = "split"
+EXPLORE_GROUP = "explore_group"
+GROUP = "group"   # the batch's numeric code of explore_group
+
+# explore_group -> code in TransitionBatch.group. Null (logs from before exploration) counts as
+# exploit: the action is the served policy's.
+GROUP_CODES = {"exploit": 0, "noise": 1, "random": 2}
+
+
+def group_codes(groups: Any) -> NDArray[np.float32]:
+    """``explore_group`` strings (None for null) -> float32 codes of :data:`GROUP_CODES`."""
+    values = np.asarray(groups, dtype=object)
+    out = np.zeros(values.shape, dtype=np.float32)
+    for name, code in GROUP_CODES.items():
+        out[values == name] = code
+    return out
 
 
 @dataclass(frozen=True)
@@ -29,18 +44,24 @@ class TransitionBatch:
     reward: torch.Tensor       # (B, 1)
     next_state: torch.Tensor   # (B, S); zeros for terminal steps
     is_terminal: torch.Tensor  # (B, 1), 1.0 where the session really ended
+    group: torch.Tensor        # (B, 1), GROUP_CODES of explore_group (IQL's actor rows)
 
     def __len__(self) -> int:
         return int(self.state.shape[0])
 
     @staticmethod
     def from_numpy(columns: Mapping[str, NDArray[Any]]) -> "TransitionBatch":
-        """Columns (as read from Parquet) -> batch; vectors ``(B,)`` become ``(B, 1)``."""
+        """Columns (as read from Parquet) -> batch; vectors ``(B,)`` become ``(B, 1)``.
+
+        ``group`` (codes, see :func:`group_codes`) is optional: all exploit when absent.
+        """
         def f32(name: str) -> torch.Tensor:
             return torch.as_tensor(np.asarray(columns[name], dtype=np.float32))
+        reward = f32(REWARD).reshape(-1, 1)
+        group = f32(GROUP).reshape(-1, 1) if GROUP in columns else torch.zeros_like(reward)
         return TransitionBatch(
-            state=f32(STATE), action=f32(ACTION), reward=f32(REWARD).reshape(-1, 1),
-            next_state=f32(NEXT_STATE), is_terminal=f32(IS_TERMINAL).reshape(-1, 1))
+            state=f32(STATE), action=f32(ACTION), reward=reward,
+            next_state=f32(NEXT_STATE), is_terminal=f32(IS_TERMINAL).reshape(-1, 1), group=group)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TransitionBatch":
         return TransitionBatch(*(t.to(device, non_blocking=non_blocking) for t in self._fields()))
@@ -50,7 +71,8 @@ class TransitionBatch:
         return TransitionBatch(*(t.index_select(0, idx) for t in self._fields()))
 
     def _fields(self) -> tuple[torch.Tensor, ...]:
-        return (self.state, self.action, self.reward, self.next_state, self.is_terminal)
+        return (self.state, self.action, self.reward, self.next_state, self.is_terminal,
+                self.group)
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,7 @@ class Normalizer:
         bootstrap term is multiplied by ``1 - is_terminal = 0``.
         """
         return TransitionBatch(self(batch.state), batch.action, batch.reward,
-                               self(batch.next_state), batch.is_terminal)
+                               self(batch.next_state), batch.is_terminal, batch.group)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.detach().cpu(), "std": self.std.detach().cpu()}

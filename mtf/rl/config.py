@@ -2,7 +2,7 @@
 
 Paper values are the defaults (paper-spec section 5). Fields shared by every algorithm
 (discount, target-network schedule, network sizes, actor/critic learning rates) live in
-``BCQConfig``, the main algorithm; the baselines (``td3``, ``cql``, ``bc``) reuse them so that a
+``BCQConfig``, the main algorithm; the others (``td3``, ``cql``, ``bc``, ``iql``) reuse them so that a
 comparison changes the algorithm and nothing else, and their own sections hold only what is
 specific to them.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mtf.configtools import check_non_negative, check_positive
 
-ALGORITHMS = ("bcq", "td3", "cql", "bc")
+ALGORITHMS = ("bcq", "td3", "cql", "bc", "iql")
 DEVICES = ("auto", "cpu", "cuda")
 READER_POOLS = ("thread", "process", "dummy")
 
@@ -137,6 +137,37 @@ class BCConfig:
         check_positive("bc", lr=self.lr)
 
 
+EXPLORE_GROUPS = ("exploit", "noise", "random")
+
+
+@dataclass(frozen=True)
+class IQLConfig:
+    """IQL (Kostrikov et al. 2022) with an advantage-weighted actor; beyond the paper.
+
+    value:  mean |expectile - 1(u < 0)| u^2, u = min_j Q'_j(s, a) - V(s)
+    critic: sum_j mean (Q_j(s, a) - (r + gamma (1 - done) V(s')))^2
+    actor:  mean over rows of actor_groups of w ||pi(s) - a||^2,
+            w = min(exp(beta (min_j Q'_j(s, a) - V(s))), max_weight)
+    Shared fields (gamma, tau, target schedule, widths, critic lr) come from ``bcq``.
+    """
+
+    expectile: float = 0.8               # tau of the value expectile (> 0.5: optimistic in-sample)
+    beta: float = 30.0                   # inverse temperature of the advantage weights
+    max_weight: float = 100.0            # cap of exp(beta * A)
+    actor_lr: float = 1e-3               # actor Adam lr
+    actor_groups: tuple[str, ...] = ("random",)  # exploration groups the actor regresses on
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.expectile < 1.0:
+            raise ValueError(f"iql.expectile must be in (0, 1), got {self.expectile!r}")
+        check_non_negative("iql", beta=self.beta)
+        check_positive("iql", max_weight=self.max_weight, actor_lr=self.actor_lr)
+        bad = [g for g in self.actor_groups if g not in EXPLORE_GROUPS]
+        if not self.actor_groups or bad:
+            raise ValueError(f"iql.actor_groups must list one or more of {list(EXPLORE_GROUPS)}, "
+                             f"got {list(self.actor_groups)!r}")
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     """petastorm reader over the pinned Delta files (design section 6)."""
@@ -161,7 +192,7 @@ class LoaderConfig:
 class TrainConfig:
     """Section ``train``: what to train on, for how long, where results go."""
 
-    algo: str = "bcq"                    # bcq (BatchRL-MTF) | td3 | cql | bc
+    algo: str = "bcq"                    # bcq (BatchRL-MTF) | td3 | cql | bc | iql
     split: str = "train"                 # rows of the transitions table used for training
     table_version: int | None = None     # pinned Delta version of the transitions; None = latest
     feature_version: str = ""            # required mtf.feature_version; "" accepts the table's
@@ -185,6 +216,7 @@ class TrainConfig:
     td3: TD3Config = field(default_factory=TD3Config)
     cql: CQLConfig = field(default_factory=CQLConfig)
     bc: BCConfig = field(default_factory=BCConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:

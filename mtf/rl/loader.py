@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from mtf.rl.batch import (ACTION, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS, REWARD, SPLIT, STATE,
-                          TransitionBatch)
+from mtf.rl.batch import (ACTION, EXPLORE_GROUP, GROUP, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS,
+                          REWARD, SPLIT, STATE, TransitionBatch, group_codes)
 
-EXPLORE_GROUP = "explore_group"
 from mtf.rl.config import LoaderConfig
 from mtf.rl.distributed import DistInfo
 from mtf.rl.layout import TableLayout
@@ -46,6 +45,7 @@ class TransitionTable:
     uris: tuple[str, ...]   # active Parquet files of this version, with a scheme (file://...)
     n_rows: int             # all splits
     n_row_groups: int
+    optional_columns: tuple[str, ...] = ()  # of (explore_group,), the ones the files have
 
     def widths(self) -> dict[str, int]:
         """Expected array length of each array column."""
@@ -83,19 +83,22 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
         raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
                          f"it has no data files")
     n_rows, n_groups = 0, 0
+    optional: tuple[str, ...] = ()
     for i, uri in enumerate(uris):
         meta = _footer(uri)
         n_rows += meta.num_rows
         n_groups += meta.num_row_groups
         if i == 0:
-            _require_columns(meta.schema.to_arrow_schema().names, path, pinned, uri)
+            names = meta.schema.to_arrow_schema().names
+            _require_columns(names, path, pinned, uri)
+            optional = tuple(c for c in (EXPLORE_GROUP,) if c in names)
     if n_rows == 0:
         raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
                          f"{len(uris)} files hold 0 rows")
     logger.info("transitions table %s version %d: %d rows in %d files, %d row groups; "
                 "%d features (version %s), tasks %s", path, pinned, n_rows, len(uris), n_groups,
                 layout.state_dim, layout.feature_version, list(layout.action_tasks))
-    return TransitionTable(layout, tuple(uris), n_rows, n_groups)
+    return TransitionTable(layout, tuple(uris), n_rows, n_groups, optional)
 
 
 def select_days(uris: Sequence[str], start_ds: str, end_ds: str, where: str) -> list[str]:
@@ -178,6 +181,9 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
     rows are collected (whole row groups: a sample for the state normaliser); otherwise all
     rows are read.
 
+    ``columns`` may include ``group``: the ``explore_group`` codes (all exploit when the table
+    has no such column).
+
     Returns:
         (column name -> array, number of rows of all splits scanned to find them).
     """
@@ -190,15 +196,24 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
         random.Random(seed).shuffle(row_groups)
     parts: dict[str, list[NDArray[Any]]] = {c: [] for c in columns}
     n = scanned = 0
+    if groups and EXPLORE_GROUP not in table.optional_columns:
+        raise ValueError(f"transitions table {table.layout.table_path!r} has no "
+                         f"{EXPLORE_GROUP!r} column to select exploration groups {list(groups)}")
+    with_group = GROUP in columns and EXPLORE_GROUP in table.optional_columns
+    data_columns = [c for c in columns if c != GROUP]
     for uri, g in row_groups:
-        filters = [SPLIT, *([EXPLORE_GROUP] if groups else [])]
-        t = _read_row_group(uri, g, [*columns, *filters])
+        filters = [SPLIT, *([EXPLORE_GROUP] if groups or with_group else [])]
+        t = _read_row_group(uri, g, [*data_columns, *filters])
         scanned += t.num_rows
         keep = pc.equal(t[SPLIT], split)
         if groups:
             keep = pc.and_(keep, pc.is_in(t[EXPLORE_GROUP], value_set=pa.array(list(groups))))
-        t = t.filter(keep).drop(filters)
-        for c in columns:
+        t = t.filter(keep)
+        if GROUP in columns:
+            parts[GROUP].append(group_codes(t[EXPLORE_GROUP].to_numpy(zero_copy_only=False))
+                                if with_group else np.zeros(t.num_rows, dtype=np.float32))
+        t = t.drop(filters)
+        for c in data_columns:
             if c in widths:
                 parts[c].append(list_column_to_matrix(t[c], widths[c], c))
             else:
@@ -216,7 +231,7 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
 
 def load_in_memory(table: TransitionTable, split: str) -> TransitionBatch:
     """Every row of ``split`` as one batch of tensors (small tables, tests, benchmarks)."""
-    cols, _ = read_split(table, split)
+    cols, _ = read_split(table, split, columns=(*NUMERIC_COLUMNS, GROUP))
     _check_finite(cols, where=f"split {split!r} of {table.layout.table_path!r}")
     return TransitionBatch.from_numpy(cols)
 
@@ -275,6 +290,7 @@ class _Rows(NamedTuple):
     action: NDArray[Any]
     reward: NDArray[Any]
     is_terminal: NDArray[Any]
+    group: NDArray[Any]       # explore_group codes (mtf.rl.batch.GROUP_CODES)
 
 
 class _SplitRows:
@@ -302,8 +318,9 @@ class _SplitRows:
         for group in self.reader:
             cols = group._asdict()
             keep = cols.pop(SPLIT) == self.split
+            groups = cols.pop(EXPLORE_GROUP) if EXPLORE_GROUP in cols else None
             if len(self.groups):
-                keep &= np.isin(cols.pop(EXPLORE_GROUP), self.groups)
+                keep &= np.isin(groups, self.groups)
             n = int(keep.sum())
             if n == 0:
                 empty_in_a_row += 1
@@ -325,6 +342,8 @@ class _SplitRows:
                 if not np.isfinite(v).all():
                     raise ValueError(f"{self.where}: column {name!r} has NaN or infinite values")
                 out[name] = v
+            out[GROUP] = (group_codes(np.asarray(groups)[keep]) if groups is not None
+                          else np.zeros(n, dtype=np.float32))
             self.rows += n
             yield _Rows(**out)
 
@@ -413,6 +432,10 @@ class PetastormSource:
                 f"{table.layout.table_version}) has {table.n_row_groups} Parquet row groups but "
                 f"training runs on {info.world_size} ranks; petastorm shards whole row groups, "
                 f"so write the table with at least {info.world_size} (many more is better)")
+        if groups and EXPLORE_GROUP not in table.optional_columns:
+            raise ValueError(f"transitions table {table.layout.table_path!r} has no "
+                             f"{EXPLORE_GROUP!r} column to select exploration groups "
+                             f"{list(groups)}")
         self.table = table
         self.batch_size = batch_size
         self.split = split
@@ -439,7 +462,7 @@ class PetastormSource:
         reader = make_batch_reader(
             list(self.table.uris),
             schema_fields=[f"{re.escape(c)}$" for c in (*NUMERIC_COLUMNS, SPLIT,
-                                                       *([EXPLORE_GROUP] if self.groups else []))],
+                                                       *self.table.optional_columns)],
             reader_pool_type=cfg.reader_pool, workers_count=cfg.workers_count,
             results_queue_size=cfg.results_queue_size,
             # A different order per rank and per (re)start. Shard membership does not depend on
@@ -460,7 +483,8 @@ class PetastormSource:
             for cols in loader:
                 b = TransitionBatch(
                     state=cols[STATE], action=cols[ACTION], reward=cols[REWARD].reshape(-1, 1),
-                    next_state=cols[NEXT_STATE], is_terminal=cols[IS_TERMINAL].reshape(-1, 1))
+                    next_state=cols[NEXT_STATE], is_terminal=cols[IS_TERMINAL].reshape(-1, 1),
+                    group=cols[GROUP].reshape(-1, 1))
                 n += len(b)
                 self.rows_read = rows.rows
                 yield b

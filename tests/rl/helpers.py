@@ -28,7 +28,8 @@ def random_batch(b: int = 8, s: int = 3, k: int = 2, seed: int = 0,
         action=torch.rand(b, k, generator=g) * 2 - 1,
         reward=torch.randn(b, 1, generator=g),
         next_state=torch.randn(b, s, generator=g),
-        is_terminal=(torch.arange(b).reshape(-1, 1) % terminal_every == terminal_every - 1).float())
+        is_terminal=(torch.arange(b).reshape(-1, 1) % terminal_every == terminal_every - 1).float(),
+        group=(torch.arange(b).reshape(-1, 1) % 3).float())   # exploit, noise, random, ...
 
 
 @torch.no_grad()

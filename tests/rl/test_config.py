@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mtf.configtools import ConfigError, from_dict
-from mtf.rl.config import BCQConfig, CQLConfig, LoaderConfig, TD3Config, TrainConfig
+from mtf.rl.config import BCQConfig, CQLConfig, IQLConfig, LoaderConfig, TD3Config, TrainConfig
 
 
 def test_defaults_are_the_papers_hyper_parameters() -> None:
@@ -28,8 +28,12 @@ def test_defaults_are_the_papers_hyper_parameters() -> None:
     (BCQConfig, {"log_std_min": 20.0}, r"bcq.log_std_min must be < bcq.log_std_max"),
     (TD3Config, {"policy_delay": 0}, r"td3.policy_delay must be > 0"),
     (CQLConfig, {"alpha": -1.0}, r"cql.alpha must be >= 0"),
+    (IQLConfig, {"expectile": 1.0}, r"iql.expectile must be in \(0, 1\), got 1.0"),
+    (IQLConfig, {"beta": -1.0}, r"iql.beta must be >= 0"),
+    (IQLConfig, {"actor_groups": ("bandit",)}, r"iql.actor_groups must list one or more of"),
+    (IQLConfig, {"actor_groups": ()}, r"iql.actor_groups must list one or more of"),
     (LoaderConfig, {"reader_pool": "gpu"}, r"loader.reader_pool must be one of"),
-    (TrainConfig, {"algo": "sac"}, r"train.algo must be one of \['bcq', 'td3', 'cql', 'bc'\]"),
+    (TrainConfig, {"algo": "sac"}, r"train.algo must be one of \['bcq', 'td3', 'cql', 'bc', 'iql'\]"),
     (TrainConfig, {"batch_size": 0}, r"train.batch_size must be > 0, got 0"),
     (TrainConfig, {"table_version": -1}, r"train.table_version must be >= 0"),
     (TrainConfig, {"run_id": "a/b"}, r"train.run_id must be a plain directory name"),

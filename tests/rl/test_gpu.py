@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("algo", ["bcq", "cql"])
+@pytest.mark.parametrize("algo", ["bcq", "cql", "iql"])
 def test_cuda_training_exports_and_resumes_on_cpu(tmp_path: Any, algo: str) -> None:
     cuda = torch.device("cuda", 0)
     data = random_batch(b=256, s=3, k=2, seed=1)

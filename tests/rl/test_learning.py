@@ -39,7 +39,8 @@ def logged_data(n: int = 4000) -> TransitionBatch:
     s = torch.rand(n, 1, generator=g) * 2 - 1
     a = (logged_center(s) + 0.05 * torch.randn(n, 1, generator=g)).clamp(-1, 1)
     return TransitionBatch(state=s, action=a, reward=true_reward(s, a),
-                           next_state=torch.zeros_like(s), is_terminal=torch.ones(n, 1))
+                           next_state=torch.zeros_like(s), is_terminal=torch.ones(n, 1),
+                           group=torch.zeros(n, 1))
 
 
 def fit(algo: str, data: TransitionBatch, seed: int = 0) -> Agent:

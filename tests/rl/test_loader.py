@@ -153,7 +153,7 @@ def test_load_in_memory_returns_every_training_row(transitions_path: str) -> Non
 
 def _data(n: int = 40) -> TransitionBatch:
     s = torch.arange(n, dtype=torch.float32).reshape(-1, 1)
-    return TransitionBatch(s, s, s, s, s)
+    return TransitionBatch(s, s, s, s, s, s)
 
 
 def test_in_memory_batches_are_a_function_of_the_step() -> None:

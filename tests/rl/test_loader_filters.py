@@ -6,8 +6,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mtf.rl.batch import GROUP_CODES, group_codes
 from mtf.rl.config import LoaderConfig, TrainConfig
-from mtf.rl.loader import PetastormSource, open_transitions, read_split, select_days
+from mtf.rl.loader import (PetastormSource, load_in_memory, open_transitions, read_split,
+                           select_days)
 from tests.rl.tables import transition_rows, write_transitions
 
 GROUPS = ("exploit", "noise", "random")
@@ -68,3 +70,43 @@ def test_filters_fail_clearly(mixed_path: str) -> None:
         TrainConfig(start_ds="yesterday")
     with pytest.raises(ValueError, match="is after train.end_ds"):
         TrainConfig(start_ds="2026-01-03", end_ds="2026-01-01")
+
+
+def test_every_batch_carries_the_rows_explore_group_code(mixed_path: str) -> None:
+    # IQL's actor regresses only on some groups, so each row's group must travel with it.
+    # A row is identified by its reward and first state value (float32-rounded).
+    exp = _expected()
+    train = exp["split"] == "train"
+
+    def key(reward: Any, state0: Any) -> tuple[float, float]:
+        return float(np.float32(reward)), float(np.float32(state0))
+
+    code_of = {key(r, s0): GROUP_CODES[g] for r, s0, g in
+               zip(exp["reward"][train], exp["state"][train][:, 0], exp["group"][train])}
+    assert len(code_of) == int(train.sum())
+    table = open_transitions(mixed_path)
+    assert table.optional_columns == ("explore_group",)
+    cols, _ = read_split(table, "train", columns=("reward", "state", "group"))
+    assert len(cols["group"]) == int(train.sum())
+    assert [code_of[key(r, s[0])] for r, s in zip(cols["reward"], cols["state"])] \
+        == cols["group"].tolist()
+    memory = load_in_memory(table, "train")
+    assert [code_of[key(r, s[0])] for r, s in zip(memory.reward.ravel(), memory.state)] \
+        == memory.group.ravel().tolist()
+    source = PetastormSource(table, batch_size=16, split="train", seed=0,
+                             cfg=LoaderConfig(workers_count=1, shuffle_buffer_rows=32,
+                                              prefetch_batches=0))
+    batches = source.batches(0)
+    try:
+        got = [next(batches) for _ in range(20)]
+    finally:
+        batches.close()
+    pairs = [(code_of[key(r, s[0])], float(g)) for b in got
+             for r, s, g in zip(b.reward.ravel(), b.state, b.group.ravel())]
+    assert {g for _, g in pairs} == {0.0, 1.0, 2.0}
+    assert all(want == g for want, g in pairs)
+
+
+def test_group_codes_of_names_and_nulls() -> None:
+    codes = group_codes(np.array(["random", None, "noise", "exploit"], dtype=object))
+    assert codes.tolist() == [2.0, 0.0, 1.0, 0.0]

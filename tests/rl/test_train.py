@@ -78,7 +78,7 @@ def test_checkpoint_records_layout_and_loads_with_weights_only(tmp_path: Any) ->
     assert set(ckpt.agent["optimizers"]) == {"vae", "actor", "critic"}
 
 
-@pytest.mark.parametrize("algo", ["bcq", "td3", "cql", "bc"])
+@pytest.mark.parametrize("algo", ["bcq", "td3", "cql", "bc", "iql"])
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Any, algo: str) -> None:
     # 8 + 12 steps vs 20 steps; the interrupted run also logs at its last step (8), which the
     # uninterrupted one does not, so logging must not disturb the training RNG.

@@ -1,0 +1,125 @@
+"""IQL (Kostrikov et al. 2022): in-sample critics and an advantage-weighted actor.
+
+Beyond the paper. BCQ's critic target takes a max over the actor's candidate actions, and its
+actor climbs Q1 within +-rho of them: on noisy session returns both chase the critic's errors,
+so which corner of the box a run lands in changes with the seed (docs/training.md, "Does it
+learn to personalise?"). IQL never evaluates an action the logs do not hold:
+
+* value:  ``V(s)`` is the ``expectile`` (tau > 0.5) of ``min_j Q'_j(s, a)`` over the logged
+  actions, an in-sample stand-in for ``max_a Q``;
+* critic: ``Q_j(s, a) -> r + gamma (1 - done) V(s')`` (no max over actions at all);
+* actor:  a deterministic ``pi(s)`` regressed on the logged actions of the exploration groups in
+  ``actor_groups``, each weighted by ``exp(beta * (min_j Q'_j(s, a) - V(s)))`` (capped):
+  advantage-weighted regression, so the policy is a weighted mean of actions the users were
+  actually shown. The random-exploration group spans the whole action box, so this is where
+  the policy can move far from the logging baseline; the exploit group (every row the same
+  action) would only anchor it (``actor_groups`` = all three reproduces that).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtf.rl.batch import GROUP_CODES, TransitionBatch
+from mtf.rl.config import BCQConfig, IQLConfig
+from mtf.rl.distributed import ddp_wrap
+from mtf.rl.networks import DeterministicActor, EnsembleQ, mlp
+from mtf.rl.updates import (bellman_target, ensemble_critic_loss, optimizer_step, soft_update,
+                            target_copy)
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """``mean |tau - 1(u < 0)| u^2`` of ``u = Q - V``: above 0.5 it weighs Q above V more, so V
+    tends to an upper expectile of Q over the logged actions."""
+    weight = torch.abs(expectile - (diff < 0).float())
+    return (weight * diff.pow(2)).mean()
+
+
+def awr_weights(advantage: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
+    """``min(exp(beta * A), max_weight)``; the cap keeps one lucky row from owning a batch."""
+    return torch.exp(beta * advantage).clamp(max=max_weight)
+
+
+def weighted_regression_loss(predicted: torch.Tensor, logged: torch.Tensor,
+                             weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum_i m_i w_i ||pi(s_i) - a_i||^2 / max(1, sum_i m_i)`` over the masked rows."""
+    per_row = (predicted - logged).pow(2).sum(dim=1, keepdim=True)     # (B, 1)
+    return (mask * weight * per_row).sum() / mask.sum().clamp(min=1.0)
+
+
+class IQLAgent:
+    """Twin critics + target copies, a state-value network and a deterministic actor."""
+
+    algo = "iql"
+
+    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, iql: IQLConfig,
+                 device: torch.device, generator: torch.Generator) -> None:
+        self.cfg = cfg
+        self.iql = iql
+        self.device = device
+        self.generator = generator
+        self.critic = EnsembleQ(state_dim, action_dim, cfg.hidden, 2).to(device)
+        self.critic_target = target_copy(self.critic)
+        self.value = mlp(state_dim, cfg.hidden, 1).to(device)
+        self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
+        self.critic_train: nn.Module = self.critic
+        self.value_train: nn.Module = self.value
+        self.actor_train: nn.Module = self.actor
+        self.actor_codes = torch.tensor([float(GROUP_CODES[g]) for g in iql.actor_groups],
+                                        device=device)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.critic_lr),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=iql.actor_lr),
+        }
+
+    @property
+    def nets(self) -> dict[str, nn.Module]:
+        return {"critic": self.critic, "critic_target": self.critic_target, "value": self.value,
+                "actor": self.actor}
+
+    def wrap_ddp(self) -> None:
+        self.critic_train = ddp_wrap(self.critic, self.device)
+        self.value_train = ddp_wrap(self.value, self.device)
+        self.actor_train = ddp_wrap(self.actor, self.device)
+
+    def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            q_logged = self.critic_target(batch.state, batch.action).amin(dim=0)   # (B, 1)
+        # V: upper expectile of the target critics' value of the logged actions.
+        v = self.value_train(batch.state)
+        value_loss = expectile_loss(q_logged - v, self.iql.expectile)
+        optimizer_step(self.optimizers["value"], value_loss)
+        # Q: one-step Bellman backup onto V(s'), no action is maximised over.
+        with torch.no_grad():
+            target = bellman_target(batch.reward, batch.is_terminal,
+                                    self.value(batch.next_state), self.cfg.gamma)
+        q = self.critic_train(batch.state, batch.action)                            # (2, B, 1)
+        critic_loss = ensemble_critic_loss(q, target)
+        optimizer_step(self.optimizers["critic"], critic_loss)
+        # Actor: advantage-weighted regression on the exploration rows.
+        with torch.no_grad():
+            advantage = q_logged - self.value(batch.state)
+            weight = awr_weights(advantage, self.iql.beta, self.iql.max_weight)
+            mask = torch.isin(batch.group, self.actor_codes).float()
+        actor_loss = weighted_regression_loss(self.actor_train(batch.state), batch.action,
+                                              weight, mask)
+        optimizer_step(self.optimizers["actor"], actor_loss)
+        if (step + 1) % self.cfg.target_update_every == 0:
+            soft_update(self.critic_target, self.critic, self.cfg.tau)
+        return {"loss/value": value_loss.detach(), "loss/critic": critic_loss.detach(),
+                "loss/actor": actor_loss.detach(), "q/data": q[0].detach().mean(),
+                "q/target": target.mean(), "iql/advantage": advantage.mean(),
+                "iql/actor_rows": mask.mean(),
+                "iql/weight": (weight * mask).sum() / mask.sum().clamp(min=1.0)}
+
+    def policy(self) -> nn.Module:
+        return self.actor
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        return self.actor(state)
+
+    @torch.no_grad()
+    def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.critic.q1_value(state, action)
