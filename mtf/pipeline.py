@@ -8,7 +8,8 @@
    real daily partitions do);
 2. **transitions**: ``build-transitions`` for ``ds = D`` (incremental, continuing yesterday's
    sessions);
-3. **train**: BatchRL-MTF (BCQ) on the last ``train_window_days`` days (paper: 3);
+3. **train**: ``train.algo`` (default BatchRL-MTF, BCQ) on the last ``train_window_days`` days
+   (paper: 3);
 4. **evaluate**: the conservative off-policy estimate of the new policy against the logging
    baseline on the held-out split, and the go / no-go decision;
 5. **deploy**: on "go", the new policy (wrapped in the exploration policy) serves day D + 1.
@@ -18,7 +19,7 @@ the logging baseline. After the last day, the baselines the paper compares again
 or searched on the same data and evaluated on ground truth in one table, with paired
 confidence intervals (common random numbers): logging baseline weights, the best fixed weights
 found by CEM with simulator access, ES over a small state -> weights network, TD3, CQL, BCQ
-(BatchRL-MTF) and BCQ trained on random-exploration data only.
+(BatchRL-MTF), BCQ trained on random-exploration data only, and IQL (beyond the paper).
 """
 from __future__ import annotations
 
@@ -208,8 +209,9 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
                      true_baseline=truth["baseline"].mean_return)
         if d >= pcfg.first_train_day:
             first = day - dt.timedelta(days=pcfg.train_window_days - 1)
-            name = f"bcq-{day.isoformat()}"
-            export = _train(cfg, "bcq", max(first, cfg.sim.start), day, f"{stamp}-{name}")
+            name = f"{cfg.train.algo}-{day.isoformat()}"
+            export = _train(cfg, cfg.train.algo, max(first, cfg.sim.start), day,
+                            f"{stamp}-{name}")
             candidate = _load_policy(export)
             ope = offline_eval(spark, cfg, {"baseline": None, name: export}, day=day,
                                out_dir=os.path.join(out_dir, f"ope-{day.isoformat()}"))
