@@ -2,9 +2,9 @@
 
 Paper values are the defaults (paper-spec section 5). Fields shared by every algorithm
 (discount, target-network schedule, network sizes, actor/critic learning rates) live in
-``BCQConfig``, the main algorithm; the others (``td3``, ``cql``, ``bc``, ``iql``) reuse them so that a
-comparison changes the algorithm and nothing else, and their own sections hold only what is
-specific to them.
+``BCQConfig``, the main algorithm; the others (``td3``, ``cql``, ``bc``, ``iql``) reuse them so
+that a comparison changes the algorithm and nothing else, and their own sections hold only what
+is specific to them.
 """
 from __future__ import annotations
 

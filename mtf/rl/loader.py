@@ -461,8 +461,8 @@ class PetastormSource:
         info, cfg = self.info, self.cfg
         reader = make_batch_reader(
             list(self.table.uris),
-            schema_fields=[f"{re.escape(c)}$" for c in (*NUMERIC_COLUMNS, SPLIT,
-                                                       *self.table.optional_columns)],
+            schema_fields=[f"{re.escape(c)}$"
+                           for c in (*NUMERIC_COLUMNS, SPLIT, *self.table.optional_columns)],
             reader_pool_type=cfg.reader_pool, workers_count=cfg.workers_count,
             results_queue_size=cfg.results_queue_size,
             # A different order per rank and per (re)start. Shard membership does not depend on
