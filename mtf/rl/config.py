@@ -148,6 +148,8 @@ class IQLConfig:
     critic: sum_j mean (Q_j(s, a) - (r + gamma (1 - done) V(s')))^2
     actor:  mean over rows of actor_groups of w ||pi(s) - a||^2,
             w = min(exp(beta (min_j Q'_j(s, a) - V(s))), max_weight)
+    quadratic_critic: Q_j = v_j(s) + g_j(s).a - 0.5 sum_i p_ji(s) a_i^2, p >= min_curvature;
+            no actor, the policy is mean_j clip(g_j / p_j, -1, 1)
     Shared fields (gamma, tau, target schedule, widths, critic lr) come from ``bcq``.
     """
 
@@ -156,8 +158,11 @@ class IQLConfig:
     max_weight: float = 100.0            # cap of exp(beta * A)
     actor_lr: float = 1e-3               # actor Adam lr
     actor_groups: tuple[str, ...] = ("random",)  # exploration groups the actor regresses on
+    quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
+    min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
 
     def __post_init__(self) -> None:
+        check_positive("iql", min_curvature=self.min_curvature)
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"iql.expectile must be in (0, 1), got {self.expectile!r}")
         check_non_negative("iql", beta=self.beta)

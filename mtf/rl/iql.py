@@ -14,11 +14,21 @@ learn to personalise?"). IQL never evaluates an action the logs do not hold:
   actually shown. The random-exploration group spans the whole action box, so this is where
   the policy can move far from the logging baseline; the exploit group (every row the same
   action) would only anchor it (``actor_groups`` = all three reproduces that).
+
+``iql.quadratic_critic`` replaces both the MLP critics and the actor: each critic is
+``Q(s, a) = v(s) + g(s).a - 0.5 sum_j p_j(s) a_j^2`` with curvatures ``p_j >= min_curvature``
+(:class:`QuadraticQ`), fitted in-sample exactly as above, and the policy is the critics'
+explicit maximiser ``clip(g / p, -1, 1)``, averaged over the two. The structure is the prior
+(each weight's effect is smooth, with one best value per state): the critic only has to
+estimate a slope and a curvature per weight and state from the random group's wide actions,
+which averages the return noise over many rows instead of letting an actor search the
+critic's errors. ``min_curvature`` bounds how far a flat, uncertain slope can push the policy.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mtf.rl.batch import GROUP_CODES, TransitionBatch
 from mtf.rl.config import BCQConfig, IQLConfig
@@ -47,8 +57,74 @@ def weighted_regression_loss(predicted: torch.Tensor, logged: torch.Tensor,
     return (mask * weight * per_row).sum() / mask.sum().clamp(min=1.0)
 
 
+class QuadraticHead(nn.Module):
+    """One critic ``v(s) + g(s).a - 0.5 sum p(s) a^2``; ``p = softplus(.) + min_curvature``."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...],
+                 min_curvature: float) -> None:
+        super().__init__()
+        self.k = action_dim
+        self.min_curvature = min_curvature
+        self.net = mlp(state_dim, hidden, 1 + 2 * action_dim)
+
+    def parts(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(state)                                               # (B, 1 + 2k)
+        k = self.k
+        return out[:, :1], out[:, 1:1 + k], F.softplus(out[:, 1 + k:]) + self.min_curvature
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        v, g, p = self.parts(state)
+        return v + (g * action).sum(1, keepdim=True) - 0.5 * (p * action * action).sum(
+            1, keepdim=True)
+
+    def best(self, state: torch.Tensor) -> torch.Tensor:
+        """``clip(g / p, -1, 1)``: the quadratic is separable per weight."""
+        _, g, p = self.parts(state)
+        return (g / p).clamp(-1.0, 1.0)
+
+
+class QuadraticQ(nn.Module):
+    """Two :class:`QuadraticHead` critics. Same interface as
+    :class:`~mtf.rl.networks.EnsembleQ` (``forward -> (2, B, 1)``, ``q1_value``) plus
+    :meth:`maximiser`."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...],
+                 min_curvature: float) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(QuadraticHead(state_dim, action_dim, hidden, min_curvature)
+                                   for _ in range(2))
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        values = []
+        for head in self.heads:
+            values.append(head(state, action))
+        return torch.stack(values)                                          # (2, B, 1)
+
+    def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.heads[0](state, action)
+
+    def maximiser(self, state: torch.Tensor) -> torch.Tensor:
+        """``(B, k)``: each critic's best action in the box, averaged over the critics."""
+        best = []
+        for head in self.heads:
+            best.append(head.best(state))
+        return torch.stack(best).mean(dim=0)
+
+
+class CriticMaximiser(nn.Module):
+    """The exported policy of a quadratic-critic IQL: state -> the critics' maximiser."""
+
+    def __init__(self, critic: QuadraticQ) -> None:
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.critic.maximiser(state)
+
+
 class IQLAgent:
-    """Twin critics + target copies, a state-value network and a deterministic actor."""
+    """Twin critics + target copies, a state-value network and a deterministic actor (or, with
+    ``quadratic_critic``, the critics' explicit maximiser and no actor)."""
 
     algo = "iql"
 
@@ -58,30 +134,38 @@ class IQLAgent:
         self.iql = iql
         self.device = device
         self.generator = generator
-        self.critic = EnsembleQ(state_dim, action_dim, cfg.hidden, 2).to(device)
+        self.critic: nn.Module = (
+            QuadraticQ(state_dim, action_dim, cfg.hidden, iql.min_curvature)
+            if iql.quadratic_critic else EnsembleQ(state_dim, action_dim, cfg.hidden, 2)
+        ).to(device)
         self.critic_target = target_copy(self.critic)
         self.value = mlp(state_dim, cfg.hidden, 1).to(device)
-        self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
+        self.actor = (None if iql.quadratic_critic
+                      else DeterministicActor(state_dim, action_dim, cfg.hidden).to(device))
         self.critic_train: nn.Module = self.critic
         self.value_train: nn.Module = self.value
-        self.actor_train: nn.Module = self.actor
+        self.actor_train: nn.Module | None = self.actor
         self.actor_codes = torch.tensor([float(GROUP_CODES[g]) for g in iql.actor_groups],
                                         device=device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
             "value": torch.optim.Adam(self.value.parameters(), lr=cfg.critic_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=iql.actor_lr),
         }
+        if self.actor is not None:
+            self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=iql.actor_lr)
 
     @property
     def nets(self) -> dict[str, nn.Module]:
-        return {"critic": self.critic, "critic_target": self.critic_target, "value": self.value,
-                "actor": self.actor}
+        nets = {"critic": self.critic, "critic_target": self.critic_target, "value": self.value}
+        if self.actor is not None:
+            nets["actor"] = self.actor
+        return nets
 
     def wrap_ddp(self) -> None:
         self.critic_train = ddp_wrap(self.critic, self.device)
         self.value_train = ddp_wrap(self.value, self.device)
-        self.actor_train = ddp_wrap(self.actor, self.device)
+        if self.actor is not None:
+            self.actor_train = ddp_wrap(self.actor, self.device)
 
     def update(self, batch: TransitionBatch, step: int) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -97,6 +181,12 @@ class IQLAgent:
         q = self.critic_train(batch.state, batch.action)                            # (2, B, 1)
         critic_loss = ensemble_critic_loss(q, target)
         optimizer_step(self.optimizers["critic"], critic_loss)
+        if (step + 1) % self.cfg.target_update_every == 0:
+            soft_update(self.critic_target, self.critic, self.cfg.tau)
+        metrics = {"loss/value": value_loss.detach(), "loss/critic": critic_loss.detach(),
+                   "q/data": q[0].detach().mean(), "q/target": target.mean()}
+        if self.actor_train is None:         # quadratic critic: the policy is its maximiser
+            return metrics
         # Actor: advantage-weighted regression on the exploration rows.
         with torch.no_grad():
             advantage = q_logged - self.value(batch.state)
@@ -105,20 +195,18 @@ class IQLAgent:
         actor_loss = weighted_regression_loss(self.actor_train(batch.state), batch.action,
                                               weight, mask)
         optimizer_step(self.optimizers["actor"], actor_loss)
-        if (step + 1) % self.cfg.target_update_every == 0:
-            soft_update(self.critic_target, self.critic, self.cfg.tau)
-        return {"loss/value": value_loss.detach(), "loss/critic": critic_loss.detach(),
-                "loss/actor": actor_loss.detach(), "q/data": q[0].detach().mean(),
-                "q/target": target.mean(), "iql/advantage": advantage.mean(),
+        return {**metrics, "loss/actor": actor_loss.detach(), "iql/advantage": advantage.mean(),
                 "iql/actor_rows": mask.mean(),
                 "iql/weight": (weight * mask).sum() / mask.sum().clamp(min=1.0)}
 
     def policy(self) -> nn.Module:
+        if self.actor is None:
+            return CriticMaximiser(self.critic)   # type: ignore[arg-type]
         return self.actor
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
-        return self.actor(state)
+        return self.policy()(state)
 
     @torch.no_grad()
     def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

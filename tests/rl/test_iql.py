@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import torch
 from mtf.rl.agent import make_agent, make_generator
 from mtf.rl.batch import GROUP_CODES, TransitionBatch
 from mtf.rl.config import BCQConfig, IQLConfig, TrainConfig
-from mtf.rl.iql import IQLAgent, awr_weights, expectile_loss, weighted_regression_loss
+from mtf.rl.iql import (IQLAgent, QuadraticQ, awr_weights, expectile_loss,
+                        weighted_regression_loss)
 from mtf.rl.loader import InMemorySource
 from tests.rl.helpers import random_batch
 
@@ -110,3 +112,69 @@ def test_iql_personalises_towards_the_better_action_of_each_state() -> None:
     # regressing on the exploit rows too anchors the policy at their action (0)
     anchored = _fit_iql(("exploit", "random"))
     assert (anchored.abs() < a.abs()).all(), (anchored, a)
+
+
+def test_quadratic_critic_value_and_maximiser_by_hand() -> None:
+    q = QuadraticQ(1, 2, (4,), min_curvature=0.1)
+    # Make head j output the constant (v, g1, g2, d1, d2): zero weights, chosen biases.
+    outs = [torch.tensor([1.0, 0.4, -3.0, 0.0, 0.0]), torch.tensor([0.0, 0.2, 0.1, 0.0, 0.0])]
+    with torch.no_grad():
+        for head, out in zip(q.heads, outs):
+            for layer in head.net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.zero_()
+                    layer.bias.zero_()
+            head.net[-1].bias.copy_(out)
+    p = torch.nn.functional.softplus(torch.tensor(0.0)).item() + 0.1     # curvature, both
+    s, a = torch.zeros(1, 1), torch.tensor([[0.5, -1.0]])
+    want1 = 1.0 + 0.4 * 0.5 - 3.0 * -1.0 - 0.5 * p * (0.25 + 1.0)
+    assert q.q1_value(s, a).item() == pytest.approx(want1, rel=1e-6)
+    assert q(s, a)[0].item() == pytest.approx(want1, rel=1e-6)
+    # maximisers g / p, clipped to the box, averaged over the two critics
+    best = [[min(1.0, 0.4 / p), -1.0], [0.2 / p, 0.1 / p]]
+    want = [(best[0][j] + best[1][j]) / 2 for j in range(2)]
+    assert q.maximiser(s).ravel().tolist() == pytest.approx(want, rel=1e-6)
+
+
+def _fit_quadratic(steps: int = 600) -> IQLAgent:
+    torch.manual_seed(0)
+    cfg = TrainConfig(algo="iql", batch_size=128,
+                      bcq=BCQConfig(hidden=(32, 32), critic_lr=1e-3),
+                      iql=IQLConfig(quadratic_critic=True, min_curvature=0.1))
+    agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU))
+    batches = InMemorySource(_personalised_bandit(), batch_size=128, seed=0).batches(0)
+    for step in range(steps):
+        agent.update(next(batches), step)
+    return agent  # type: ignore[return-value]
+
+
+def test_quadratic_critic_finds_each_states_best_action_without_an_actor() -> None:
+    agent = _fit_quadratic()
+    assert set(agent.nets) == {"critic", "critic_target", "value"}
+    assert set(agent.optimizers) == {"critic", "value"}
+    a = agent.act(torch.tensor([[-0.7], [-0.4], [0.4], [0.7]])).ravel()
+    # the reward is exactly quadratic in a with its peak at -+0.6: the maximiser finds it
+    assert torch.allclose(a, torch.tensor([-0.6, -0.6, 0.6, 0.6]), atol=0.15), a
+    # and it is what the exported policy module computes
+    assert torch.equal(agent.policy()(torch.tensor([[0.4]])), agent.act(torch.tensor([[0.4]])))
+
+
+def test_quadratic_policy_exports_to_torchscript(tmp_path: Any) -> None:
+    from mtf.rl.batch import Normalizer
+    from mtf.rl.checkpoint import load_checkpoint
+    from mtf.rl.export import build_policy, export_policy
+    from mtf.rl.train import train
+    from tests.rl.helpers import tiny_config
+    from tests.rl.test_train import LAYOUT, SPACE
+
+    data = random_batch(b=64, s=3, k=2, seed=1)
+    result = train(tiny_config("iql", max_steps=6, checkpoint_every=6,
+                               iql=IQLConfig(quadratic_critic=True)),
+                   InMemorySource(data, batch_size=16, seed=0), layout=LAYOUT,
+                   action_space=SPACE, run_dir=str(tmp_path / "run"), seed=1,
+                   normalizer=Normalizer.fit(data.state.numpy()), device=CPU)
+    exported = export_policy(result.checkpoint, str(tmp_path / "export"))
+    states = torch.randn(20, 3)
+    scripted = torch.jit.load(exported.policy_path)
+    assert torch.equal(scripted(states), build_policy(load_checkpoint(result.checkpoint))(states))
+    assert exported.meta["algorithm"] == "iql"

@@ -10,6 +10,7 @@ import torch
 
 from mtf.rl.batch import Normalizer, TransitionBatch
 from mtf.rl.checkpoint import list_checkpoints, load_checkpoint
+from mtf.rl.config import IQLConfig
 from mtf.rl.layout import ActionSpace, TableLayout
 from mtf.rl.loader import InMemorySource
 from mtf.rl.train import train
@@ -78,17 +79,20 @@ def test_checkpoint_records_layout_and_loads_with_weights_only(tmp_path: Any) ->
     assert set(ckpt.agent["optimizers"]) == {"vae", "actor", "critic"}
 
 
-@pytest.mark.parametrize("algo", ["bcq", "td3", "cql", "bc", "iql"])
+@pytest.mark.parametrize("algo", ["bcq", "td3", "cql", "bc", "iql", "iql_quadratic"])
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Any, algo: str) -> None:
     # 8 + 12 steps vs 20 steps; the interrupted run also logs at its last step (8), which the
     # uninterrupted one does not, so logging must not disturb the training RNG.
+    extra: dict[str, Any] = {}
+    if algo == "iql_quadratic":
+        algo, extra = "iql", {"iql": IQLConfig(quadratic_critic=True)}
     full = _train(tmp_path / "full", tiny_config(algo, max_steps=20, log_every=5,
-                                                 checkpoint_every=20))
+                                                 checkpoint_every=20, **extra))
     first = _train(tmp_path / "resumed", tiny_config(algo, max_steps=8, log_every=5,
-                                                     checkpoint_every=4))
+                                                     checkpoint_every=4, **extra))
     source = CountingSource(_data(), 16)
     resumed = _train(tmp_path / "resumed", tiny_config(algo, max_steps=20, log_every=5,
-                                                       checkpoint_every=20),
+                                                       checkpoint_every=20, **extra),
                      source=source, resume_from=first.checkpoint, normalizer=None)
     assert source.start_steps == [8] and source.served == 12 and resumed.step == 20
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
