@@ -56,7 +56,8 @@ class PipelineConfig:
     first_train_day: int = 1        # 0-based day of the first retrain (day 0 = baseline only)
     truth_sessions: int = 4000      # simulated sessions per ground-truth evaluation
     truth_seed: int = 1234          # common random numbers of every ground-truth evaluation
-    compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random", "iql")  # table
+    compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random", "iql",
+                                "iql_quadratic")  # the final table
     go_requires_ope: bool = True    # deploy only on the OPE's "go"; False = always deploy
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -65,7 +66,7 @@ class PipelineConfig:
             raise ValueError("days and train_window_days must be > 0, truth_sessions >= 2")
         if not 0 <= self.first_train_day < self.days:
             raise ValueError(f"first_train_day must be in [0, days), got {self.first_train_day}")
-        known = {"cem", "es", "td3", "cql", "bc", "bcq", "bcq_random", "iql"}
+        known = {"cem", "es", "td3", "cql", "bc", "bcq", "bcq_random", "iql", "iql_quadratic"}
         bad = [c for c in self.compare if c not in known]
         if bad:
             raise ValueError(f"compare has unknown entries {bad}; known: {sorted(known)}")
@@ -159,13 +160,16 @@ def _build_day(spark: "SparkSession", cfg: "MtfConfig", day: dt.date) -> int:
 
 
 def _train(cfg: "MtfConfig", algo: str, first: dt.date, last: dt.date, run_id: str,
-           groups: tuple[str, ...] = ()) -> str:
-    """Train ``algo`` on ds in [first, last]; returns the exported policy directory."""
+           groups: tuple[str, ...] = (), quadratic: bool = False) -> str:
+    """Train ``algo`` on ds in [first, last]; returns the exported policy directory.
+    ``quadratic`` turns on ``train.iql.quadratic_critic``."""
     from mtf.rl.job import EXPORT_DIR, train_job
 
+    iql = (dataclasses.replace(cfg.train.iql, quadratic_critic=True) if quadratic
+           else cfg.train.iql)
     tcfg = dataclasses.replace(cfg.train, algo=algo, start_ds=first.isoformat(),
                                end_ds=last.isoformat(), explore_groups=groups, run_id=run_id,
-                               resume_from="")
+                               resume_from="", iql=iql)
     result = train_job(dataclasses.replace(cfg, train=tcfg))
     return os.path.join(result.run_dir, EXPORT_DIR)
 
@@ -286,10 +290,12 @@ def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: s
     algos = {"td3": ("TD3", "td3", ()), "cql": ("CQL", "cql", ()), "bc": ("BC", "bc", ()),
              "bcq": ("BatchRL-MTF (BCQ)", "bcq", ()),
              "bcq_random": ("BCQ, random exploration only", "bcq", ("random",)),
-             "iql": ("IQL (in-sample critic, weighted actor)", "iql", ())}
+             "iql": ("IQL (in-sample critic, weighted actor)", "iql", ()),
+             "iql_quadratic": ("IQL, quadratic critic", "iql", ())}
     for key, (label, algo, groups) in algos.items():
         if key in pcfg.compare:
-            export = _train(cfg, algo, first, last_day, f"{stamp}-final-{key}", groups)
+            export = _train(cfg, algo, first, last_day, f"{stamp}-final-{key}", groups,
+                            quadratic=key == "iql_quadratic")
             policies[label] = _load_policy(export)
     truth = _truth(world, policies, pcfg)
     best_fixed = truth.get("best fixed weights (CEM)")
