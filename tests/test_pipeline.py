@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> None:
     cfg = load_config(None, [
         f"lake.root={tmp_path}", "sim.n_users=300", "sim.users_per_shard=150",
-        "pipeline.days=2", "pipeline.truth_sessions=200", "pipeline.compare=[cem, bcq]",
+        "pipeline.days=2", "pipeline.truth_sessions=200",
+        "pipeline.compare=[cem, bcq, iql_quadratic]",
         "pipeline.go_requires_ope=false", "train.algo=iql",   # the loop's learner; BCQ below
         "pipeline.search={cem_generations: 1, cem_population: 3, sessions_per_eval: 50}",
         "train.max_steps=40", "train.log_every=20", "train.checkpoint_every=40",
@@ -32,7 +33,8 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
     assert days[1]["candidate"] == "iql-2026-01-02" and days[1]["decision"] == "go"
     assert days[1]["ope_candidate"] == days[1]["ope_candidate"]      # a number, not NaN
     labels = [r["policy"] for r in summary["comparison"]]
-    assert labels == ["logging baseline", "best fixed weights (CEM)", "BatchRL-MTF (BCQ)"]
+    assert labels == ["logging baseline", "best fixed weights (CEM)", "BatchRL-MTF (BCQ)",
+                      "IQL, quadratic critic"]
     base = summary["comparison"][0]
     assert base["vs_baseline_pct"] == 0.0 and base["vs_baseline_ci"] == [0.0, 0.0]
     out = summary["report_dir"]

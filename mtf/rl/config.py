@@ -160,9 +160,12 @@ class IQLConfig:
     actor_groups: tuple[str, ...] = ("random",)  # exploration groups the actor regresses on
     quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
     min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
+    n_heads: int = 2                     # quadratic critics; the policy averages their maximisers
 
     def __post_init__(self) -> None:
         check_positive("iql", min_curvature=self.min_curvature)
+        if self.n_heads < 2:
+            raise ValueError(f"iql.n_heads must be >= 2, got {self.n_heads!r}")
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"iql.expectile must be in (0, 1), got {self.expectile!r}")
         check_non_negative("iql", beta=self.beta)

@@ -17,8 +17,9 @@ learn to personalise?"). IQL never evaluates an action the logs do not hold:
 
 ``iql.quadratic_critic`` replaces both the MLP critics and the actor: each critic is
 ``Q(s, a) = v(s) + g(s).a - 0.5 sum_j p_j(s) a_j^2`` with curvatures ``p_j >= min_curvature``
-(:class:`QuadraticQ`), fitted in-sample exactly as above, and the policy is the critics'
-explicit maximiser ``clip(g / p, -1, 1)``, averaged over the two. The structure is the prior
+(:class:`QuadraticQ`, ``n_heads`` of them), fitted in-sample exactly as above (V is the
+expectile of their minimum), and the policy is the critics' explicit maximiser
+``clip(g / p, -1, 1)``, averaged over the heads. The structure is the prior
 (each weight's effect is smooth, with one best value per state): the critic only has to
 estimate a slope and a curvature per weight and state from the random group's wide actions,
 which averages the return noise over many rows instead of letting an actor search the
@@ -84,21 +85,21 @@ class QuadraticHead(nn.Module):
 
 
 class QuadraticQ(nn.Module):
-    """Two :class:`QuadraticHead` critics. Same interface as
-    :class:`~mtf.rl.networks.EnsembleQ` (``forward -> (2, B, 1)``, ``q1_value``) plus
+    """``n`` :class:`QuadraticHead` critics. Same interface as
+    :class:`~mtf.rl.networks.EnsembleQ` (``forward -> (n, B, 1)``, ``q1_value``) plus
     :meth:`maximiser`."""
 
     def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...],
-                 min_curvature: float) -> None:
+                 min_curvature: float, n: int = 2) -> None:
         super().__init__()
         self.heads = nn.ModuleList(QuadraticHead(state_dim, action_dim, hidden, min_curvature)
-                                   for _ in range(2))
+                                   for _ in range(n))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         values = []
         for head in self.heads:
             values.append(head(state, action))
-        return torch.stack(values)                                          # (2, B, 1)
+        return torch.stack(values)                                          # (n, B, 1)
 
     def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.heads[0](state, action)
@@ -135,7 +136,7 @@ class IQLAgent:
         self.device = device
         self.generator = generator
         self.critic: nn.Module = (
-            QuadraticQ(state_dim, action_dim, cfg.hidden, iql.min_curvature)
+            QuadraticQ(state_dim, action_dim, cfg.hidden, iql.min_curvature, iql.n_heads)
             if iql.quadratic_critic else EnsembleQ(state_dim, action_dim, cfg.hidden, 2)
         ).to(device)
         self.critic_target = target_copy(self.critic)

@@ -178,3 +178,20 @@ def test_quadratic_policy_exports_to_torchscript(tmp_path: Any) -> None:
     scripted = torch.jit.load(exported.policy_path)
     assert torch.equal(scripted(states), build_policy(load_checkpoint(result.checkpoint))(states))
     assert exported.meta["algorithm"] == "iql"
+
+
+def test_quadratic_critic_with_n_heads_averages_their_maximisers() -> None:
+    torch.manual_seed(0)
+    q = QuadraticQ(3, 2, (8,), min_curvature=0.1, n=5)
+    s, a = torch.randn(7, 3), torch.rand(7, 2) * 2 - 1
+    assert q(s, a).shape == (5, 7, 1)
+    assert torch.equal(q(s, a)[0], q.q1_value(s, a))
+    want = torch.stack([h.best(s) for h in q.heads]).mean(dim=0)
+    assert torch.allclose(q.maximiser(s), want)
+    agent = _agent(quadratic_critic=True, n_heads=5)
+    m = agent.update(random_batch(b=16, s=3, k=2), 0)
+    assert len(agent.critic.heads) == 5 and "loss/actor" not in m      # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="iql.n_heads must be >= 2"):
+        IQLConfig(n_heads=1)
+    with pytest.raises(ValueError, match="iql.min_curvature must be > 0"):
+        IQLConfig(min_curvature=0.0)
