@@ -41,10 +41,27 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from mtf.config import MtfConfig
+    from mtf.rl.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 Policy = Callable[[np.ndarray], np.ndarray]
+
+
+# The final comparison: black-box searches with simulator access, and learners trained on the
+# final window. A learner is its table label and how it changes the configured TrainConfig.
+SEARCHES = ("cem", "es")
+LEARNERS: dict[str, tuple[str, Callable[["TrainConfig"], "TrainConfig"]]] = {
+    "td3": ("TD3", lambda t: dataclasses.replace(t, algo="td3")),
+    "cql": ("CQL", lambda t: dataclasses.replace(t, algo="cql")),
+    "bc": ("BC", lambda t: dataclasses.replace(t, algo="bc")),
+    "bcq": ("BatchRL-MTF (BCQ)", lambda t: dataclasses.replace(t, algo="bcq")),
+    "bcq_random": ("BCQ, random exploration only",
+                   lambda t: dataclasses.replace(t, algo="bcq", explore_groups=("random",))),
+    "iql": ("IQL (in-sample critic, weighted actor)", lambda t: dataclasses.replace(t, algo="iql")),
+    "iql_quadratic": ("IQL, quadratic critic", lambda t: dataclasses.replace(
+        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=True))),
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ class PipelineConfig:
             raise ValueError("days and train_window_days must be > 0, truth_sessions >= 2")
         if not 0 <= self.first_train_day < self.days:
             raise ValueError(f"first_train_day must be in [0, days), got {self.first_train_day}")
-        known = {"cem", "es", "td3", "cql", "bc", "bcq", "bcq_random", "iql", "iql_quadratic"}
+        known = {*SEARCHES, *LEARNERS}
         bad = [c for c in self.compare if c not in known]
         if bad:
             raise ValueError(f"compare has unknown entries {bad}; known: {sorted(known)}")
@@ -159,17 +176,15 @@ def _build_day(spark: "SparkSession", cfg: "MtfConfig", day: dt.date) -> int:
     return summary.steps
 
 
-def _train(cfg: "MtfConfig", algo: str, first: dt.date, last: dt.date, run_id: str,
-           groups: tuple[str, ...] = (), quadratic: bool = False) -> str:
-    """Train ``algo`` on ds in [first, last]; returns the exported policy directory.
-    ``quadratic`` turns on ``train.iql.quadratic_critic``."""
+def _train(cfg: "MtfConfig", first: dt.date, last: dt.date, run_id: str,
+           learner: Callable[["TrainConfig"], "TrainConfig"] = lambda t: t) -> str:
+    """Train on ds in [first, last] with ``learner`` applied to ``train`` (every exploration
+    group unless it selects some); returns the exported policy directory."""
     from mtf.rl.job import EXPORT_DIR, train_job
 
-    iql = (dataclasses.replace(cfg.train.iql, quadratic_critic=True) if quadratic
-           else cfg.train.iql)
-    tcfg = dataclasses.replace(cfg.train, algo=algo, start_ds=first.isoformat(),
-                               end_ds=last.isoformat(), explore_groups=groups, run_id=run_id,
-                               resume_from="", iql=iql)
+    tcfg = dataclasses.replace(learner(dataclasses.replace(cfg.train, explore_groups=())),
+                               start_ds=first.isoformat(), end_ds=last.isoformat(),
+                               run_id=run_id, resume_from="")
     result = train_job(dataclasses.replace(cfg, train=tcfg))
     return os.path.join(result.run_dir, EXPORT_DIR)
 
@@ -214,8 +229,7 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
         if d >= pcfg.first_train_day:
             first = day - dt.timedelta(days=pcfg.train_window_days - 1)
             name = f"{cfg.train.algo}-{day.isoformat()}"
-            export = _train(cfg, cfg.train.algo, max(first, cfg.sim.start), day,
-                            f"{stamp}-{name}")
+            export = _train(cfg, max(first, cfg.sim.start), day, f"{stamp}-{name}")
             candidate = _load_policy(export)
             ope = offline_eval(spark, cfg, {"baseline": None, name: export}, day=day,
                                out_dir=os.path.join(out_dir, f"ope-{day.isoformat()}"))
@@ -287,15 +301,9 @@ def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: s
                                init_bias=init)
         policies["ES (state -> weights)"] = res.best
         sessions["ES (state -> weights)"] = res.n_sessions
-    algos = {"td3": ("TD3", "td3", ()), "cql": ("CQL", "cql", ()), "bc": ("BC", "bc", ()),
-             "bcq": ("BatchRL-MTF (BCQ)", "bcq", ()),
-             "bcq_random": ("BCQ, random exploration only", "bcq", ("random",)),
-             "iql": ("IQL (in-sample critic, weighted actor)", "iql", ()),
-             "iql_quadratic": ("IQL, quadratic critic", "iql", ())}
-    for key, (label, algo, groups) in algos.items():
+    for key, (label, learner) in LEARNERS.items():
         if key in pcfg.compare:
-            export = _train(cfg, algo, first, last_day, f"{stamp}-final-{key}", groups,
-                            quadratic=key == "iql_quadratic")
+            export = _train(cfg, first, last_day, f"{stamp}-final-{key}", learner)
             policies[label] = _load_policy(export)
     truth = _truth(world, policies, pcfg)
     best_fixed = truth.get("best fixed weights (CEM)")
