@@ -149,6 +149,13 @@ def _require_columns(names: Sequence[str], path: str, version: int, uri: str) ->
 
 # ---- Arrow -> numpy ---------------------------------------------------------------------------
 
+def _require_group_column(table: "TransitionTable", groups: Sequence[str]) -> None:
+    """Selecting exploration ``groups`` needs the (optional) ``explore_group`` column."""
+    if groups and EXPLORE_GROUP not in table.optional_columns:
+        raise ValueError(f"transitions table {table.layout.table_path!r} has no "
+                         f"{EXPLORE_GROUP!r} column to select exploration groups {list(groups)}")
+
+
 def list_column_to_matrix(column: Any, width: int, name: str) -> NDArray[Any]:
     """A list<float> Arrow column of fixed ``width`` -> ``(N, width)`` float32, zero Python loops.
 
@@ -196,9 +203,7 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
         random.Random(seed).shuffle(row_groups)
     parts: dict[str, list[NDArray[Any]]] = {c: [] for c in columns}
     n = scanned = 0
-    if groups and EXPLORE_GROUP not in table.optional_columns:
-        raise ValueError(f"transitions table {table.layout.table_path!r} has no "
-                         f"{EXPLORE_GROUP!r} column to select exploration groups {list(groups)}")
+    _require_group_column(table, groups)
     with_group = GROUP in columns and EXPLORE_GROUP in table.optional_columns
     data_columns = [c for c in columns if c != GROUP]
     for uri, g in row_groups:
@@ -318,9 +323,9 @@ class _SplitRows:
         for group in self.reader:
             cols = group._asdict()
             keep = cols.pop(SPLIT) == self.split
-            groups = cols.pop(EXPLORE_GROUP) if EXPLORE_GROUP in cols else None
+            names = cols.pop(EXPLORE_GROUP) if EXPLORE_GROUP in cols else None
             if len(self.groups):
-                keep &= np.isin(groups, self.groups)
+                keep &= np.isin(names, self.groups)
             n = int(keep.sum())
             if n == 0:
                 empty_in_a_row += 1
@@ -342,7 +347,7 @@ class _SplitRows:
                 if not np.isfinite(v).all():
                     raise ValueError(f"{self.where}: column {name!r} has NaN or infinite values")
                 out[name] = v
-            out[GROUP] = (group_codes(np.asarray(groups)[keep]) if groups is not None
+            out[GROUP] = (group_codes(np.asarray(names)[keep]) if names is not None
                           else np.zeros(n, dtype=np.float32))
             self.rows += n
             yield _Rows(**out)
@@ -432,10 +437,7 @@ class PetastormSource:
                 f"{table.layout.table_version}) has {table.n_row_groups} Parquet row groups but "
                 f"training runs on {info.world_size} ranks; petastorm shards whole row groups, "
                 f"so write the table with at least {info.world_size} (many more is better)")
-        if groups and EXPLORE_GROUP not in table.optional_columns:
-            raise ValueError(f"transitions table {table.layout.table_path!r} has no "
-                             f"{EXPLORE_GROUP!r} column to select exploration groups "
-                             f"{list(groups)}")
+        _require_group_column(table, groups)
         self.table = table
         self.batch_size = batch_size
         self.split = split

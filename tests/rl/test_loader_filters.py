@@ -1,6 +1,7 @@
 """Training on a window of days and on chosen exploration groups (closed loop, baselines)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -110,3 +111,16 @@ def test_every_batch_carries_the_rows_explore_group_code(mixed_path: str) -> Non
 def test_group_codes_of_names_and_nulls() -> None:
     codes = group_codes(np.array(["random", None, "noise", "exploit"], dtype=object))
     assert codes.tolist() == [2.0, 0.0, 1.0, 0.0]
+
+
+def test_tables_without_explore_group_read_as_exploit_and_refuse_group_selection(
+        mixed_path: str) -> None:
+    # As a table written before exploration existed: its files have no explore_group column.
+    table = dataclasses.replace(open_transitions(mixed_path), optional_columns=())
+    cols, _ = read_split(table, "train", columns=("reward", "group"))
+    assert len(cols["group"]) > 0 and not cols["group"].any()
+    message = r"has no 'explore_group' column to select exploration groups \['random'\]"
+    with pytest.raises(ValueError, match=message):
+        read_split(table, "train", groups=("random",))
+    with pytest.raises(ValueError, match=message):
+        PetastormSource(table, batch_size=16, split="train", seed=0, groups=("random",))
