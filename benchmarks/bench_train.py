@@ -107,7 +107,10 @@ def synthetic_columns(n: int, s: int, k: int, seed: int = 0) -> dict[str, Any]:
             "action": rng.uniform(-1, 1, size=(n, k)).astype(np.float32),
             "reward": rng.normal(size=n),
             "is_terminal": rng.random(n) < 0.25,
-            "split": np.where(rng.random(n) < 0.9, "train", "test")}
+            "split": np.where(rng.random(n) < 0.9, "train", "test"),
+            # as the ETL writes it: every batch carries the row's group code (IQL's actor rows)
+            "explore_group": rng.choice(np.array(["exploit", "noise", "random"]), n,
+                                        p=[0.6, 0.2, 0.2])}
 
 
 def arrow_table(cols: dict[str, Any]) -> Any:
@@ -122,7 +125,8 @@ def arrow_table(cols: dict[str, Any]) -> Any:
                      "state": lists(cols["state"]), "next_state": lists(cols["next_state"]),
                      "action": lists(cols["action"]), "reward": pa.array(cols["reward"]),
                      "is_terminal": pa.array(cols["is_terminal"]),
-                     "split": pa.array(cols["split"])})
+                     "split": pa.array(cols["split"]),
+                     "explore_group": pa.array(cols["explore_group"])})
 
 
 def write_parquet(table: Any, out_dir: str, files: int) -> list[str]:
@@ -181,7 +185,8 @@ def open_table(fmt: str, spec: dict[str, Any]) -> Any:
     if fmt == "delta":
         return open_transitions(spec["path"])
     layout = TableLayout.from_properties("(parquet files)", 0, spec["props"])
-    return TransitionTable(layout, tuple(spec["uris"]), spec["rows"], len(spec["uris"]))
+    return TransitionTable(layout, tuple(spec["uris"]), spec["rows"], len(spec["uris"]),
+                           ("explore_group",))
 
 
 # ---- measurements ----------------------------------------------------------------------------
