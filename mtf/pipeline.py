@@ -2,6 +2,7 @@
 
 ``mtf pipeline`` (the README's main command) runs, for each simulated day D:
 
+0. **profiles**: the simulated users' profile table lands in Delta (``lake.user_profiles``);
 1. **logs**: the simulator serves day D with the deployed policy plus exploration (exploit /
    action-noise / random user groups, log-densities logged) and the day's impression logs land
    in Delta (partition ``ds = D``; sessions running past midnight land in D + 1 next day, as
@@ -167,6 +168,14 @@ def _write_logs(spark: "SparkSession", cfg: "MtfConfig", day: dt.date, table: An
     return table.num_rows
 
 
+def _write_profiles(spark: "SparkSession", cfg: "MtfConfig") -> None:
+    """The simulated users' profile table (the state's profile features come from it)."""
+    from mtf.delta import write_delta
+    from mtf.sim.job import profiles_frame
+
+    write_delta(profiles_frame(spark, cfg), cfg.lake.path("user_profiles"), mode="overwrite")
+
+
 def _build_day(spark: "SparkSession", cfg: "MtfConfig", day: dt.date) -> int:
     from mtf.etl.pipeline import run_build_transitions
 
@@ -217,6 +226,7 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
     os.makedirs(out_dir, exist_ok=True)
     offline_eval = offline_eval or _offline_eval
     days: list[DayRow] = []
+    _write_profiles(spark, cfg)
     for d in range(pcfg.days):
         t0 = time.perf_counter()
         day, table = logs.next_day()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from mtf.config import load_config
@@ -37,6 +38,22 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
                       "IQL, quadratic critic"]
     base = summary["comparison"][0]
     assert base["vs_baseline_pct"] == 0.0 and base["vs_baseline_ci"] == [0.0, 0.0]
+    # The states carry each simulated user's real profile (the profile table is written).
+    from mtf.delta import read_delta
+    from mtf.sim.generate import shard_users
+    from mtf.sim.world import World
+
+    world = World.from_config(cfg)
+    cols = list(cfg.features.profile_columns)
+    truth = {}
+    for shard in range(cfg.sim.n_shards):
+        users = shard_users(world, shard)
+        truth.update(zip(users.ids, users.profile_columns(cols)))
+    rows = read_delta(spark, cfg.lake.path("transitions")).select("user_id", "state").collect()
+    got = np.array([r.state[:len(cols)] for r in rows])
+    want = np.array([truth[r.user_id] for r in rows])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[:, cols.index("activity")].std() > 0.1
     out = summary["report_dir"]
     assert json.load(open(os.path.join(out, "summary.json")))["days"][1]["day"] == "2026-01-02"
     assert os.path.isfile(os.path.join(out, "ope-2026-01-02", "report.html"))

@@ -255,7 +255,8 @@ def _day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.dat
 
 
 def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None":
-    """The profile table conformed to its contract, one row per user (None if absent)."""
+    """The profile table conformed to its contract, one row per user (None when no profile
+    columns are configured; a missing table is an error)."""
     from pyspark.sql import functions as F
 
     from mtf.delta import is_delta_table, read_delta
@@ -265,9 +266,13 @@ def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None"
     if not cols:
         return None
     if not is_delta_table(path):
-        logger.warning("no user-profile table at %s: profile features %s are 0 for every user",
-                       path, cols)
-        return None
+        # Fatal, not a warning: zero profile features train a policy that cannot personalise
+        # and then sees real profiles at serving time (it happened to the closed loop).
+        raise ValueError(
+            f"no user-profile table at {path!r}, but features.profile_columns={cols} need it: "
+            "write the table (mtf simulate writes it for simulated logs), point "
+            "lake.user_profiles at it, or set features.profile_columns=[] to build states "
+            "without profile features")
     prof = S.conform(read_delta(spark, path), S.profile_contract(cols),
                      where=f"user_profiles {path!r}", column_map=cfg.etl.column_map)
     # One row per user: duplicates (if any) resolve to the per-column max, deterministically.

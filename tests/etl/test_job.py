@@ -226,3 +226,18 @@ def test_missing_column_fails_before_writing(spark, tmp_path) -> None:
         run_build_transitions(spark, cfg)
     assert "column 'play_time_s' has type string, expected double" in str(err.value)
     assert not (tmp_path / "quarantine").exists() and not (tmp_path / "transitions").exists()
+
+
+def test_missing_profile_table_fails_before_writing(spark, tmp_path) -> None:
+    # Zero profile features would silently train a policy that cannot personalise.
+    write_logs(spark, good_rows(), str(tmp_path / "raw_impressions"))
+    cfg = load_config(None, overrides(tmp_path))
+    with pytest.raises(ValueError, match="no user-profile table at .*user_profiles.*"
+                                         r"features.profile_columns=\[\]"):
+        run_build_transitions(spark, cfg)
+    assert not (tmp_path / "quarantine").exists() and not (tmp_path / "transitions").exists()
+    # Without profile features configured the same logs build, with shorter states.
+    cfg = load_config(None, overrides(tmp_path, "features.profile_columns=[]"))
+    run_build_transitions(spark, cfg)
+    states = spark.read.format("delta").load(cfg.lake.path("transitions")).select("state")
+    assert {len(r.state) for r in states.collect()} == {len(cfg.features.feature_names)}
