@@ -121,8 +121,13 @@ def test_cli_build_transitions_in_process(spark, tmp_path, capsys) -> None:
     from mtf.cli import main
 
     write_logs(spark, good_rows(), str(tmp_path / "raw_impressions"))
-    assert main(["build-transitions", f"lake.root={tmp_path}", "etl.start_ds=2026-01-02",
-                 "etl.lookback_days=1"]) == 0
+    args = ["build-transitions", f"lake.root={tmp_path}", "etl.start_ds=2026-01-02",
+            "etl.lookback_days=1"]
+    with pytest.raises(ValueError, match="no user-profile table"):   # fatal, nothing written
+        main(args)
+    assert not (tmp_path / "transitions").exists()
+    write_profiles(spark, PROFILES, str(tmp_path / "user_profiles"))
+    assert main(args) == 0
     df = spark.read.format("delta").load(str(tmp_path / "transitions"))
     assert sorted((str(r.ts), r.step) for r in df.collect()) == [("2026-01-02 00:10:00", 1),
                                                                  ("2026-01-02 23:45:00", 0)]
