@@ -150,6 +150,8 @@ class IQLConfig:
             w = min(exp(beta (min_j Q'_j(s, a) - V(s))), max_weight)
     quadratic_critic: Q_j = v_j(s) + g_j(s).a - 0.5 sum_i p_ji(s) a_i^2, p >= min_curvature;
             no actor, the policy is mean_j clip(g_j / p_j, -1, 1)
+    policy_ema: the exported policy uses an exponential moving average of the networks it is
+            made of (the actor, or the quadratic critics), decay min(policy_ema, (1+t)/(10+t))
     Shared fields (gamma, tau, target schedule, widths, critic lr) come from ``bcq``.
     """
 
@@ -161,11 +163,14 @@ class IQLConfig:
     quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
     min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
     n_heads: int = 2                     # quadratic critics; the policy averages their maximisers
+    policy_ema: float = 0.999            # the exported policy is this EMA of the trained nets; 0 = off
 
     def __post_init__(self) -> None:
         check_positive("iql", min_curvature=self.min_curvature)
         if self.n_heads < 2:
             raise ValueError(f"iql.n_heads must be >= 2, got {self.n_heads!r}")
+        if not 0.0 <= self.policy_ema < 1.0:
+            raise ValueError(f"iql.policy_ema must be in [0, 1), got {self.policy_ema!r}")
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"iql.expectile must be in (0, 1), got {self.expectile!r}")
         check_non_negative("iql", beta=self.beta)

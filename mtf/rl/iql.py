@@ -24,6 +24,11 @@ expectile of their minimum), and the policy is the critics' explicit maximiser
 estimate a slope and a curvature per weight and state from the random group's wide actions,
 which averages the return noise over many rows instead of letting an actor search the
 critic's errors. ``min_curvature`` bounds how far a flat, uncertain slope can push the policy.
+
+``policy_ema``: the exported policy is made of an exponential moving average of the trained
+networks (Polyak averaging over about ``1 / (1 - policy_ema)`` steps). On noisy session returns
+the last few hundred minibatches move the critics' slopes enough to change the policy; the
+average removes most of that seed-to-seed spread (docs/training.md, item 10).
 """
 from __future__ import annotations
 
@@ -37,6 +42,12 @@ from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor, EnsembleQ, mlp
 from mtf.rl.updates import (bellman_target, ensemble_critic_loss, optimizer_step, soft_update,
                             target_copy)
+
+
+def ema_decay(policy_ema: float, step: int) -> float:
+    """``min(policy_ema, (1 + step) / (10 + step))``: early steps track the networks closely,
+    so a short run's average is not dominated by the initial weights."""
+    return min(policy_ema, (1.0 + step) / (10.0 + step))
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -143,6 +154,10 @@ class IQLAgent:
         self.value = mlp(state_dim, cfg.hidden, 1).to(device)
         self.actor = (None if iql.quadratic_critic
                       else DeterministicActor(state_dim, action_dim, cfg.hidden).to(device))
+        # The policy's networks, averaged (None: the policy uses the trained ones directly).
+        self.policy_average: nn.Module | None = (
+            target_copy(self.actor if self.actor is not None else self.critic)
+            if iql.policy_ema > 0 else None)
         self.critic_train: nn.Module = self.critic
         self.value_train: nn.Module = self.value
         self.actor_train: nn.Module | None = self.actor
@@ -160,6 +175,8 @@ class IQLAgent:
         nets = {"critic": self.critic, "critic_target": self.critic_target, "value": self.value}
         if self.actor is not None:
             nets["actor"] = self.actor
+        if self.policy_average is not None:
+            nets["policy_average"] = self.policy_average
         return nets
 
     def wrap_ddp(self) -> None:
@@ -187,6 +204,7 @@ class IQLAgent:
         metrics = {"loss/value": value_loss.detach(), "loss/critic": critic_loss.detach(),
                    "q/data": q[0].detach().mean(), "q/target": target.mean()}
         if self.actor_train is None:         # quadratic critic: the policy is its maximiser
+            self._average_policy(self.critic, step)
             return metrics
         # Actor: advantage-weighted regression on the exploration rows.
         with torch.no_grad():
@@ -196,14 +214,20 @@ class IQLAgent:
         actor_loss = weighted_regression_loss(self.actor_train(batch.state), batch.action,
                                               weight, mask)
         optimizer_step(self.optimizers["actor"], actor_loss)
+        self._average_policy(self.actor, step)
         return {**metrics, "loss/actor": actor_loss.detach(), "iql/advantage": advantage.mean(),
                 "iql/actor_rows": mask.mean(),
                 "iql/weight": (weight * mask).sum() / mask.sum().clamp(min=1.0)}
 
+    def _average_policy(self, source: nn.Module | None, step: int) -> None:
+        if self.policy_average is not None and source is not None:
+            soft_update(self.policy_average, source, 1.0 - ema_decay(self.iql.policy_ema, step))
+
     def policy(self) -> nn.Module:
         if self.actor is None:
-            return CriticMaximiser(self.critic)   # type: ignore[arg-type]
-        return self.actor
+            critic = self.critic if self.policy_average is None else self.policy_average
+            return CriticMaximiser(critic)   # type: ignore[arg-type]
+        return self.actor if self.policy_average is None else self.policy_average
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:

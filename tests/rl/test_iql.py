@@ -10,7 +10,7 @@ import torch
 from mtf.rl.agent import make_agent, make_generator
 from mtf.rl.batch import GROUP_CODES, TransitionBatch
 from mtf.rl.config import BCQConfig, IQLConfig, TrainConfig
-from mtf.rl.iql import (IQLAgent, QuadraticQ, awr_weights, expectile_loss,
+from mtf.rl.iql import (IQLAgent, QuadraticQ, awr_weights, ema_decay, expectile_loss,
                         weighted_regression_loss)
 from mtf.rl.loader import InMemorySource
 from tests.rl.helpers import random_batch
@@ -150,7 +150,7 @@ def _fit_quadratic(steps: int = 600) -> IQLAgent:
 
 def test_quadratic_critic_finds_each_states_best_action_without_an_actor() -> None:
     agent = _fit_quadratic()
-    assert set(agent.nets) == {"critic", "critic_target", "value"}
+    assert set(agent.nets) == {"critic", "critic_target", "value", "policy_average"}
     assert set(agent.optimizers) == {"critic", "value"}
     a = agent.act(torch.tensor([[-0.7], [-0.4], [0.4], [0.7]])).ravel()
     # the reward is exactly quadratic in a with its peak at -+0.6: the maximiser finds it
@@ -195,3 +195,28 @@ def test_quadratic_critic_with_n_heads_averages_their_maximisers() -> None:
         IQLConfig(n_heads=1)
     with pytest.raises(ValueError, match="iql.min_curvature must be > 0"):
         IQLConfig(min_curvature=0.0)
+
+
+def test_policy_is_a_moving_average_of_the_trained_networks() -> None:
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)          # early steps track closely
+    assert ema_decay(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay(0.999, 100_000) == 0.999
+    for quadratic in (False, True):
+        agent = _agent(quadratic_critic=quadratic, policy_ema=0.5)
+        trained = agent.critic if quadratic else agent.actor
+        before = [p.clone() for p in agent.policy_average.parameters()]   # type: ignore
+        agent.update(random_batch(b=16, s=3, k=2), 5)                       # decay 6/15
+        for avg, old, new in zip(agent.policy_average.parameters(), before,  # type: ignore
+                                 trained.parameters()):                     # type: ignore
+            assert torch.allclose(avg, 0.4 * old + 0.6 * new, atol=1e-6)
+        s = torch.randn(4, 3)
+        net = agent.policy_average
+        want = net.maximiser(s) if quadratic else net(s)                    # type: ignore
+        assert torch.equal(agent.act(s), want)
+        assert not torch.equal(agent.act(s), (agent.critic.maximiser(s) if quadratic   # type: ignore
+                                              else agent.actor(s)))         # type: ignore
+    off = _agent(policy_ema=0.0)
+    assert off.policy_average is None and "policy_average" not in off.nets
+    assert torch.equal(off.act(s), off.actor(s))                            # type: ignore
+    with pytest.raises(ValueError, match="iql.policy_ema must be in"):
+        IQLConfig(policy_ema=1.0)
