@@ -152,13 +152,14 @@ class IQLConfig:
             no actor, the policy is mean_j clip(g_j / p_j, -1, 1)
     policy_ema: the exported policy uses an exponential moving average of the networks it is
             made of (the actor, or the quadratic critics), decay min(policy_ema, (1+t)/(10+t))
-    Shared fields (gamma, tau, target schedule, widths, critic lr) come from ``bcq``.
+    Shared fields (gamma, tau, target schedule, widths) come from ``bcq``.
     """
 
     expectile: float = 0.8               # tau of the value expectile (> 0.5: optimistic in-sample)
     beta: float = 30.0                   # inverse temperature of the advantage weights
     max_weight: float = 100.0            # cap of exp(beta * A)
     actor_lr: float = 1e-3               # actor Adam lr
+    critic_lr: float = 2e-4              # critics' and value net's Adam lr (bcq's paper value)
     actor_groups: tuple[str, ...] = ("random",)  # exploration groups the actor regresses on
     quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
     min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
@@ -174,7 +175,8 @@ class IQLConfig:
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"iql.expectile must be in (0, 1), got {self.expectile!r}")
         check_non_negative("iql", beta=self.beta)
-        check_positive("iql", max_weight=self.max_weight, actor_lr=self.actor_lr)
+        check_positive("iql", max_weight=self.max_weight, actor_lr=self.actor_lr,
+                       critic_lr=self.critic_lr)
         bad = [g for g in self.actor_groups if g not in EXPLORE_GROUPS]
         if not self.actor_groups or bad:
             raise ValueError(f"iql.actor_groups must list one or more of {list(EXPLORE_GROUPS)}, "

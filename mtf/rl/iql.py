@@ -164,8 +164,8 @@ class IQLAgent:
         self.actor_codes = torch.tensor([float(GROUP_CODES[g]) for g in iql.actor_groups],
                                         device=device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
-            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.critic_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=iql.critic_lr),
+            "value": torch.optim.Adam(self.value.parameters(), lr=iql.critic_lr),
         }
         if self.actor is not None:
             self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=iql.actor_lr)

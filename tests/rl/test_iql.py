@@ -95,8 +95,8 @@ def _personalised_bandit(n: int = 6000) -> TransitionBatch:
 def _fit_iql(actor_groups: tuple[str, ...], steps: int = 600) -> torch.Tensor:
     torch.manual_seed(0)
     cfg = TrainConfig(algo="iql", batch_size=128,
-                      bcq=BCQConfig(hidden=(32, 32), critic_lr=1e-3),
-                      iql=IQLConfig(beta=10.0, actor_groups=actor_groups))
+                      bcq=BCQConfig(hidden=(32, 32)),
+                      iql=IQLConfig(beta=10.0, actor_groups=actor_groups, critic_lr=1e-3))
     agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU))
     batches = InMemorySource(_personalised_bandit(), batch_size=128, seed=0).batches(0)
     for step in range(steps):
@@ -139,8 +139,9 @@ def test_quadratic_critic_value_and_maximiser_by_hand() -> None:
 def _fit_quadratic(steps: int = 600) -> IQLAgent:
     torch.manual_seed(0)
     cfg = TrainConfig(algo="iql", batch_size=128,
-                      bcq=BCQConfig(hidden=(32, 32), critic_lr=1e-3),
-                      iql=IQLConfig(quadratic_critic=True, min_curvature=0.1))
+                      bcq=BCQConfig(hidden=(32, 32)),
+                      iql=IQLConfig(quadratic_critic=True, min_curvature=0.1,
+                                    critic_lr=1e-3))
     agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU))
     batches = InMemorySource(_personalised_bandit(), batch_size=128, seed=0).batches(0)
     for step in range(steps):
