@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import types
 import typing
 from typing import Any, Mapping, Sequence, TypeVar
@@ -17,6 +18,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 import yaml
 
 T = TypeVar("T")
+# Scientific notation YAML 1.1 leaves as a string ("1e-3", "-2E+4"); plain float() would also
+# accept "nan" / "inf", which a config should spell explicitly as .nan / .inf.
+_FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -106,6 +110,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_WITHOUT_DOT.fullmatch(value.strip()):
+            return float(value)     # YAML 1.1 reads '1e-3' (no dot) as a string
         raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
     if tp is str:
         if isinstance(value, str):

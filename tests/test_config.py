@@ -47,6 +47,14 @@ def test_int_is_accepted_for_float_but_not_the_reverse() -> None:
         load_config(None, ["train.batch_size=1.5"])
 
 
+def test_scientific_notation_without_a_dot_is_a_float() -> None:
+    # YAML 1.1 reads 1e-3 as a string; a float field takes it as 0.001 (from a file too).
+    cfg = load_config(None, ["train.bcq.critic_lr=1e-3", "train.iql.critic_lr=+2E-4"])
+    assert (cfg.train.bcq.critic_lr, cfg.train.iql.critic_lr) == (0.001, 0.0002)
+    with pytest.raises(ConfigError, match=r"train\.bcq\.critic_lr: expected float, got str 'nan'"):
+        load_config(None, ["train.bcq.critic_lr=nan"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.batch_sise=5", r"unknown config key train\.batch_sise in section 'train'; "
                            r"known keys: .*batch_size"),
