@@ -59,7 +59,8 @@ LEARNERS: dict[str, tuple[str, Callable[["TrainConfig"], "TrainConfig"]]] = {
     "bcq": ("BatchRL-MTF (BCQ)", lambda t: dataclasses.replace(t, algo="bcq")),
     "bcq_random": ("BCQ, random exploration only",
                    lambda t: dataclasses.replace(t, algo="bcq", explore_groups=("random",))),
-    "iql": ("IQL (in-sample critic, weighted actor)", lambda t: dataclasses.replace(t, algo="iql")),
+    "iql": ("IQL (in-sample critic, weighted actor)", lambda t: dataclasses.replace(
+        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=False))),
     "iql_quadratic": ("IQL, quadratic critic", lambda t: dataclasses.replace(
         t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=True))),
 }

@@ -66,3 +66,15 @@ def test_pipeline_config_validation() -> None:
         PipelineConfig(compare=("sac",))
     with pytest.raises(ValueError, match="first_train_day"):
         PipelineConfig(days=2, first_train_day=2)
+
+
+def test_learners_set_what_distinguishes_them_whatever_the_configured_learner() -> None:
+    from mtf.pipeline import LEARNERS
+
+    quad = load_config(None, ["train.algo=iql", "train.iql.quadratic_critic=true"]).train
+    plain = load_config(None, ["train.algo=bcq"]).train
+    for base in (quad, plain):
+        assert LEARNERS["iql"][1](base).iql.quadratic_critic is False
+        assert LEARNERS["iql_quadratic"][1](base).iql.quadratic_critic is True
+        assert LEARNERS["bcq"][1](base).algo == "bcq"
+        assert LEARNERS["bcq_random"][1](base).explore_groups == ("random",)
