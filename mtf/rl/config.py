@@ -164,7 +164,7 @@ class IQLConfig:
     quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
     min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
     n_heads: int = 2                     # quadratic critics; the policy averages their maximisers
-    policy_ema: float = 0.999            # the exported policy is this EMA of the trained nets; 0 = off
+    policy_ema: float = 0.999            # exported policy = this EMA of the trained nets; 0 = off
 
     def __post_init__(self) -> None:
         check_positive("iql", min_curvature=self.min_curvature)

@@ -214,8 +214,8 @@ def test_policy_is_a_moving_average_of_the_trained_networks() -> None:
         net = agent.policy_average
         want = net.maximiser(s) if quadratic else net(s)                    # type: ignore
         assert torch.equal(agent.act(s), want)
-        assert not torch.equal(agent.act(s), (agent.critic.maximiser(s) if quadratic   # type: ignore
-                                              else agent.actor(s)))         # type: ignore
+        last = agent.critic.maximiser(s) if quadratic else agent.actor(s)     # type: ignore
+        assert not torch.equal(agent.act(s), last)
     off = _agent(policy_ema=0.0)
     assert off.policy_average is None and "policy_average" not in off.nets
     assert torch.equal(off.act(s), off.actor(s))                            # type: ignore
