@@ -169,14 +169,6 @@ def _write_logs(spark: "SparkSession", cfg: "MtfConfig", day: dt.date, table: An
     return table.num_rows
 
 
-def _write_profiles(spark: "SparkSession", cfg: "MtfConfig") -> None:
-    """The simulated users' profile table (the state's profile features come from it)."""
-    from mtf.delta import write_delta
-    from mtf.sim.job import profiles_frame
-
-    write_delta(profiles_frame(spark, cfg), cfg.lake.path("user_profiles"), mode="overwrite")
-
-
 def _build_day(spark: "SparkSession", cfg: "MtfConfig", day: dt.date) -> int:
     from mtf.etl.pipeline import run_build_transitions
 
@@ -213,6 +205,7 @@ def _load_policy(export_dir: str) -> Policy:
 def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
                  offline_eval: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the closed loop and the final comparison; returns the summary written to disk."""
+    from mtf.sim.job import write_profiles
     from mtf.sim.policies import FixedPolicy
     from mtf.sim.world import World
 
@@ -227,7 +220,7 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
     os.makedirs(out_dir, exist_ok=True)
     offline_eval = offline_eval or _offline_eval
     days: list[DayRow] = []
-    _write_profiles(spark, cfg)
+    write_profiles(spark, cfg)      # the states' profile features come from this table
     for d in range(pcfg.days):
         t0 = time.perf_counter()
         day, table = logs.next_day()

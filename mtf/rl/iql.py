@@ -156,8 +156,7 @@ class IQLAgent:
                       else DeterministicActor(state_dim, action_dim, cfg.hidden).to(device))
         # The policy's networks, averaged (None: the policy uses the trained ones directly).
         self.policy_average: nn.Module | None = (
-            target_copy(self.actor if self.actor is not None else self.critic)
-            if iql.policy_ema > 0 else None)
+            target_copy(self._policy_nets()) if iql.policy_ema > 0 else None)
         self.critic_train: nn.Module = self.critic
         self.value_train: nn.Module = self.value
         self.actor_train: nn.Module | None = self.actor
@@ -204,7 +203,7 @@ class IQLAgent:
         metrics = {"loss/value": value_loss.detach(), "loss/critic": critic_loss.detach(),
                    "q/data": q[0].detach().mean(), "q/target": target.mean()}
         if self.actor_train is None:         # quadratic critic: the policy is its maximiser
-            self._average_policy(self.critic, step)
+            self._average_policy(step)
             return metrics
         # Actor: advantage-weighted regression on the exploration rows.
         with torch.no_grad():
@@ -214,20 +213,23 @@ class IQLAgent:
         actor_loss = weighted_regression_loss(self.actor_train(batch.state), batch.action,
                                               weight, mask)
         optimizer_step(self.optimizers["actor"], actor_loss)
-        self._average_policy(self.actor, step)
+        self._average_policy(step)
         return {**metrics, "loss/actor": actor_loss.detach(), "iql/advantage": advantage.mean(),
                 "iql/actor_rows": mask.mean(),
                 "iql/weight": (weight * mask).sum() / mask.sum().clamp(min=1.0)}
 
-    def _average_policy(self, source: nn.Module | None, step: int) -> None:
-        if self.policy_average is not None and source is not None:
-            soft_update(self.policy_average, source, 1.0 - ema_decay(self.iql.policy_ema, step))
+    def _policy_nets(self) -> nn.Module:
+        """What the policy is made of: the actor, or (no actor) the quadratic critics."""
+        return self.actor if self.actor is not None else self.critic
+
+    def _average_policy(self, step: int) -> None:
+        if self.policy_average is not None:
+            soft_update(self.policy_average, self._policy_nets(),
+                        1.0 - ema_decay(self.iql.policy_ema, step))
 
     def policy(self) -> nn.Module:
-        if self.actor is None:
-            critic = self.critic if self.policy_average is None else self.policy_average
-            return CriticMaximiser(critic)   # type: ignore[arg-type]
-        return self.actor if self.policy_average is None else self.policy_average
+        nets = self._policy_nets() if self.policy_average is None else self.policy_average
+        return nets if self.actor is not None else CriticMaximiser(nets)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:

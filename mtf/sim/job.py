@@ -107,6 +107,14 @@ def profiles_frame(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame":
     return spark.createDataFrame(table.to_pandas(), S.user_profile_schema())
 
 
+def write_profiles(spark: "SparkSession", cfg: "MtfConfig") -> int:
+    """Overwrite ``lake.user_profiles`` with the simulated users; returns the table version."""
+    from mtf.delta import write_delta
+
+    return write_delta(profiles_frame(spark, cfg), cfg.lake.path("user_profiles"),
+                       mode="overwrite")
+
+
 def _properties(cfg: "MtfConfig") -> dict[str, str]:
     return {
         "mtf.source": "simulator",
@@ -130,7 +138,7 @@ def simulate_to_delta(spark: "SparkSession", cfg: "MtfConfig",
     logger.info("simulating %d users (%d shards, %d partitions) for %d days %s..%s, seed %d",
                 cfg.sim.n_users, cfg.sim.n_shards, parts, len(days), days[0], days[-1], cfg.seed)
     t0 = time.perf_counter()
-    prof_version = write_delta(profiles_frame(spark, cfg), prof_path, mode="overwrite")
+    prof_version = write_profiles(spark, cfg)
     predicate = window_predicate(cfg) if is_delta_table(imp_path) else None
     counters = [spark.sparkContext.accumulator(0) for _ in days]
     imp_version = write_delta(impressions_frame(spark, cfg, parts, counters), imp_path,
