@@ -1,21 +1,22 @@
-"""Benchmark: the transition build vs. the copy floor, and its scaling (issue 4).
+"""Benchmark: the transition build vs. the copy floor, and its scaling.
 
 For each size N (default 2M, then 4 x 2M impressions) it writes seeded synthetic impression logs
-to Delta (set-up, not timed), then times, in one Spark session:
+and a user-profile table for their users to Delta (set-up, not timed), then times, in one Spark
+session:
 
 * copy floor: read the logs and write them unchanged to a new Delta table;
-* full build: ``run_build_transitions`` (validate -> quarantine -> sessions, state, rewards ->
-  transitions written to Delta), a full rebuild of every day.
+* full build: ``run_build_transitions`` (validate -> quarantine -> sessions, state with the
+  profile join, rewards -> transitions written to Delta), a full rebuild of every day.
 
 It prints impressions/s of both, the ratio build/copy (target <= 3) and, across sizes, the
 build's seconds per million impressions (flat = linear scaling). ``--dirty F`` makes a fraction
 F of the rows invalid and redelivers another F as duplicates. ``--skew`` adds one user with
 1M impressions to the first size (the job must not fail at default memory settings).
 
-Run with (about 10-20 minutes on 2 cores)::
+Run with (about 10-20 minutes on 2 cores; ``--smoke``: tiny sizes, no warm-up, under a minute)::
 
     .venv/bin/python benchmarks/bench_etl.py [--sizes 2000000 8000000] [--dirty 0.001] [--skew]
-        [--workdir DIR]
+        [--workdir DIR] [--json benchmarks/results/bench_etl.json] [--smoke]
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from result import add_result_arguments, parse_with_smoke, write_result
 
 TASKS = ("click", "like", "share", "finish", "watch_time", "exit")
 
@@ -130,16 +134,36 @@ def add_dirty_rows(table: pa.Table, fraction: float, seed: int) -> pa.Table:
     return pa.concat_tables([table, table.take(pa.array(rng.choice(n, k, replace=False)))])
 
 
-def write_raw(spark, table: pa.Table, workdir: str, name: str) -> str:
-    """Write ``table`` as a Delta table partitioned by ds (via Parquet, not timed)."""
+def profiles(logs: pa.Table, columns: list[str], seed: int) -> pa.Table:
+    """A seeded user-profile table (the profile contract: ``user_id`` + double columns in
+    [0, 1]) with one row per user of ``logs``, as a production lake has for its users."""
+    users = pc.unique(logs.column("user_id"))
+    rng = np.random.default_rng(seed)
+    return pa.table({"user_id": users,
+                     **{c: pa.array(rng.random(len(users))) for c in columns}})
+
+
+def write_delta_table(spark, table: pa.Table, workdir: str, name: str,
+                      partition_by: str | None = None, partitions: int = 8) -> str:
+    """Write ``table`` as a Delta table (via Parquet, not timed)."""
     pq_dir = os.path.join(workdir, f"{name}_parquet")
     os.makedirs(pq_dir, exist_ok=True)
     pq.write_table(table, os.path.join(pq_dir, "part-0.parquet"), row_group_size=500_000)
     path = os.path.join(workdir, name)
-    spark.read.parquet(pq_dir).repartition(8).write.format("delta").mode("overwrite") \
-        .partitionBy("ds").save(path)
+    writer = spark.read.parquet(pq_dir).repartition(partitions).write.format("delta") \
+        .mode("overwrite")
+    (writer.partitionBy(partition_by) if partition_by else writer).save(path)
     shutil.rmtree(pq_dir)
     return path
+
+
+def write_inputs(spark, logs: pa.Table, workdir: str, name: str, profile_columns: list[str],
+                 seed: int) -> tuple[str, str]:
+    """The build's two inputs: the logs partitioned by ds and their users' profiles."""
+    raw = write_delta_table(spark, logs, workdir, f"raw_{name}", partition_by="ds")
+    prof = write_delta_table(spark, profiles(logs, profile_columns, seed), workdir,
+                             f"profiles_{name}", partitions=2)
+    return raw, prof
 
 
 def copy_floor(spark, raw: str, out: str) -> float:
@@ -150,16 +174,19 @@ def copy_floor(spark, raw: str, out: str) -> float:
     return time.perf_counter() - t
 
 
-def full_build(spark, raw: str, root: str) -> tuple[float, object]:
+def full_build(spark, raw: str, prof: str, root: str) -> tuple[float, object]:
     from mtf.config import load_config
     from mtf.etl.pipeline import run_build_transitions
 
     shutil.rmtree(root, ignore_errors=True)
     cfg = load_config(None, [f"lake.root={root}", f"lake.raw_logs={raw}",
-                             f"lake.user_profiles={root}/no_profiles"])
+                             f"lake.user_profiles={prof}"])
     t = time.perf_counter()
     summary = run_build_transitions(spark, cfg)
     return time.perf_counter() - t, summary
+
+
+SMOKE = {"sizes": [20_000], "repeat": 1, "warmup": 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,54 +206,89 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 0: clean logs)")
     parser.add_argument("--workdir", type=str, default=None,
                         help="scratch directory (default: a temp dir, removed at the end)")
-    args = parser.parse_args(argv)
+    add_result_arguments(parser)
+    args = parse_with_smoke(parser, argv, SMOKE)
     logging.basicConfig(level=logging.WARNING)
 
-    from mtf.config import SparkConfig
+    from mtf.config import SparkConfig, load_config
     from mtf.spark import get_spark
 
-    from mtf.config import load_config
-    spark_cfg = load_config(None).spark
+    defaults = load_config(None)
+    spark_cfg, profile_columns = defaults.spark, list(defaults.features.profile_columns)
     spark = get_spark("mtf-bench-etl", SparkConfig(
         master=spark_cfg.master, shuffle_partitions=spark_cfg.shuffle_partitions,
         driver_memory=spark_cfg.driver_memory,
         conf={**spark_cfg.conf, "spark.ui.enabled": "false"}))
     workdir = args.workdir or tempfile.mkdtemp(prefix="mtf-bench-etl-")
-    results = []
+    runs: list[dict] = []
     try:
         if args.warmup:
-            raw = write_raw(spark, generate(args.warmup, seed=1), workdir, "raw_warmup")
+            raw, prof = write_inputs(spark, generate(args.warmup, seed=1), workdir, "warmup",
+                                     profile_columns, seed=2)
             copy_floor(spark, raw, os.path.join(workdir, "warm_copy"))
-            full_build(spark, raw, os.path.join(workdir, "warm_lake"))
+            full_build(spark, raw, prof, os.path.join(workdir, "warm_lake"))
         for i, n in enumerate(args.sizes):
             skew = 1_000_000 if (args.skew and i == 0) else 0
             table = add_dirty_rows(generate(n, seed=42 + i, skew_user_impressions=skew),
                                    args.dirty, seed=7 + i)
-            raw = write_raw(spark, table, workdir, f"raw_{i}")
+            raw, prof = write_inputs(spark, table, workdir, str(i), profile_columns,
+                                     seed=100 + i)
             rows = table.num_rows
             del table
-            copy_s = min(copy_floor(spark, raw, os.path.join(workdir, f"copy_{i}"))
-                         for _ in range(args.repeat))
-            runs = [full_build(spark, raw, os.path.join(workdir, f"lake_{i}"))
-                    for _ in range(args.repeat)]
-            build_s, summary = min(runs, key=lambda x: x[0])
-            results.append((rows, copy_s, build_s, skew))
+            copies = [copy_floor(spark, raw, os.path.join(workdir, f"copy_{i}"))
+                      for _ in range(args.repeat)]
+            builds = [full_build(spark, raw, prof, os.path.join(workdir, f"lake_{i}"))
+                      for _ in range(args.repeat)]
+            copy_s = min(copies)
+            build_s, summary = min(builds, key=lambda x: x[0])
+            runs.append({"impressions": rows, "skew_user_impressions": skew,
+                         "copy_s": copy_s, "build_s": build_s,
+                         "copy_s_each": copies, "build_s_each": [b for b, _ in builds],
+                         "steps": summary.steps, "sessions": summary.sessions,
+                         "rows_quarantined": summary.rows_quarantined,
+                         "rejected_by_reason": dict(summary.rejected_by_reason)})
             print(f"N={rows:,} impressions{' (incl. 1M-impression user)' if skew else ''}: "
                   f"copy floor {copy_s:.1f} s ({rows / copy_s / 1e3:.0f}k impr/s), "
                   f"full build {build_s:.1f} s ({rows / build_s / 1e3:.0f}k impr/s), "
                   f"ratio {build_s / copy_s:.2f}x; steps {summary.steps:,}, "
                   f"sessions {summary.sessions:,}, quarantined {summary.rows_quarantined:,} "
                   f"{summary.rejected_by_reason}", flush=True)
-        if len(results) > 1:
-            base = results[0]
-            for rows, copy_s, build_s, _ in results[1:]:
-                print(f"scaling {base[0]:,} -> {rows:,} ({rows / base[0]:.1f}x data): build "
-                      f"{build_s / base[2]:.2f}x time, {1e6 * build_s / rows:.1f} s/M impr vs "
-                      f"{1e6 * base[2] / base[0]:.1f}; ratio to copy {build_s / copy_s:.2f}x")
+        base = runs[0]
+        for run in runs[1:]:
+            print(f"scaling {base['impressions']:,} -> {run['impressions']:,} "
+                  f"({run['impressions'] / base['impressions']:.1f}x data): build "
+                  f"{run['build_s'] / base['build_s']:.2f}x time, "
+                  f"{1e6 * run['build_s'] / run['impressions']:.1f} s/M impr vs "
+                  f"{1e6 * base['build_s'] / base['impressions']:.1f}; ratio to copy "
+                  f"{run['build_s'] / run['copy_s']:.2f}x")
     finally:
+        spark.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    write_result(args.json, "bench_etl", figures(runs), vars(args), args.smoke,
+                 {"runs": runs, "profile_columns": profile_columns})
     return 0
+
+
+def figures(runs: list[dict]) -> dict[str, float]:
+    """The first size's figures (the <= 3x target is stated there) and, with more sizes, the
+    largest size's and the scaling between them."""
+    def of(run: dict, prefix: str = "") -> dict[str, float]:
+        n = run["impressions"]
+        return {f"{prefix}impressions": n, f"{prefix}copy_s": run["copy_s"],
+                f"{prefix}build_s": run["build_s"],
+                f"{prefix}ratio_build_over_copy": run["build_s"] / run["copy_s"],
+                f"{prefix}copy_impressions_per_s": n / run["copy_s"],
+                f"{prefix}build_impressions_per_s": n / run["build_s"],
+                f"{prefix}build_s_per_million": 1e6 * run["build_s"] / n}
+
+    out = of(runs[0])
+    if len(runs) > 1:
+        first, last = runs[0], runs[-1]
+        out.update(of(last, "largest_"))
+        out["scaling_data_ratio"] = last["impressions"] / first["impressions"]
+        out["scaling_build_time_ratio"] = last["build_s"] / first["build_s"]
+    return out
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Run with (the numbers in docs/ope.md came from this):
 
-    .venv/bin/python benchmarks/bench_ope.py --rows 1000000
+    .venv/bin/python benchmarks/bench_ope.py --json benchmarks/results/bench_ope.json  # 1M rows
     .venv/bin/python benchmarks/bench_ope.py --rows 100000 --policy bcq
+    .venv/bin/python benchmarks/bench_ope.py --smoke     # 5000 rows: does it still run?
 
 In one run it
 
@@ -22,7 +23,6 @@ In one run it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -30,6 +30,10 @@ import tempfile
 import time
 
 import numpy as np
+
+from result import add_result_arguments, parse_with_smoke, write_result
+
+SMOKE = {"rows": 5000, "files": 2, "repeats": 1, "ope_rows": 2000, "batch": 1000}
 
 
 def build_policy(kind: str, state_dim: int, k: int) -> bytes:
@@ -185,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes (best counts)")
     parser.add_argument("--ope-rows", type=int, default=200_000,
                         help="rows for the full OPE-scoring comparison (0 = skip)")
-    args = parser.parse_args(argv)
+    add_result_arguments(parser)
+    args = parse_with_smoke(parser, argv, SMOKE)
 
     from mtf.config import SparkConfig
     from mtf.spark import get_spark
@@ -209,21 +214,17 @@ def main(argv: list[str] | None = None) -> int:
                       for t in sorted({1, cores})}
         best_threads = max(by_threads, key=lambda t: by_threads[t])
         torch_rate = by_threads[best_threads]
-        out = {"rows": n, "policy": args.policy, "cores": cores, "master": args.master,
-               "udf_threads": args.udf_threads, "torch_threads": best_threads,
-               "spark_rows_per_s": round(spark_rate), "spark_first_pass_rows_per_s":
-               round(spark_first), "torch_rows_per_s": round(torch_rate),
-               "torch_rows_per_s_by_threads": {str(t): round(r) for t, r in by_threads.items()},
-               "ratio": round(spark_rate / torch_rate, 3), "write_s": round(t_write, 1),
-               "load_average_1min": round(os.getloadavg()[0], 2)}
+        figures = {"spark_rows_per_s": spark_rate, "spark_first_pass_rows_per_s": spark_first,
+                   "torch_rows_per_s": torch_rate,
+                   **{f"torch_{t}_threads_rows_per_s": r for t, r in by_threads.items()},
+                   "ratio_spark_over_torch": spark_rate / torch_rate, "write_s": t_write}
         if args.ope_rows:
             ope_spark, ope_torch = time_ope_scoring(spark, path, payload, state_dim, k,
                                                     min(args.ope_rows, n), args.udf_threads,
                                                     best_threads)
-            out.update({"ope_scoring_rows": min(args.ope_rows, n),
-                        "ope_scoring_spark_rows_per_s": round(ope_spark),
-                        "ope_scoring_torch_rows_per_s": round(ope_torch),
-                        "ope_scoring_ratio": round(ope_spark / ope_torch, 3)})
+            figures.update({"ope_scoring_spark_rows_per_s": ope_spark,
+                            "ope_scoring_torch_rows_per_s": ope_torch,
+                            "ope_scoring_ratio_spark_over_torch": ope_spark / ope_torch})
         print(f"policy scoring ({args.policy}, {n:,} rows, {cores} cores):")
         print(f"  Spark mapInArrow job : {spark_rate:>12,.0f} rows/s "
               f"(first timed pass {spark_first:,.0f})")
@@ -232,15 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio                : {spark_rate / torch_rate:.2f} (target >= 0.5)")
         if args.ope_rows:
             print(f"full OPE row scoring (3 policies x (2 policy passes, density, 4 Q passes)): "
-                  f"Spark {out['ope_scoring_spark_rows_per_s']:,} rows/s, in process "
-                  f"{out['ope_scoring_torch_rows_per_s']:,} rows/s, ratio "
-                  f"{out['ope_scoring_ratio']:.2f}")
+                  f"Spark {ope_spark:,.0f} rows/s, in process {ope_torch:,.0f} rows/s, ratio "
+                  f"{ope_spark / ope_torch:.2f}")
         print(f"  (1-minute load average {os.getloadavg()[0]:.1f} on {cores} cores: other "
               f"processes compete for the CPU)")
-        print(json.dumps(out))
     finally:
         spark.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    write_result(args.json, "bench_ope", figures, vars(args), args.smoke,
+                 {"rows": n, "state_dim": state_dim, "torch_threads": best_threads,
+                  "ope_scoring_rows": min(args.ope_rows, n)})
     return 0
 
 

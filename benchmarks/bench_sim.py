@@ -1,14 +1,16 @@
 """Benchmark the simulator: impressions generated per second, in-process and through Spark.
 
 Run with:
-  .venv/bin/python benchmarks/bench_sim.py                       # 20k users x 3 days
+  .venv/bin/python benchmarks/bench_sim.py --json benchmarks/results/bench_sim.json  # 20k x 3
   .venv/bin/python benchmarks/bench_sim.py --users 95000 --no-in-process   # ~10M rows, Spark
   .venv/bin/python benchmarks/bench_sim.py --no-spark
+  .venv/bin/python benchmarks/bench_sim.py --smoke     # 200 users x 1 day: does it still run?
 
 In-process: one Python process simulates the shards one after another (single core).
 Spark: `mtf.sim.job.simulate_to_delta` on ``local[N]`` (all cores), i.e. simulation in
 ``mapInArrow`` tasks plus the Delta write of both tables; "Spark, no write" counts the
-simulated rows without writing. Figures are printed; docs/simulator.md records them.
+simulated rows without writing. Figures are printed and written with ``--json``;
+docs/simulator.md records them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING, Sequence
+
+from result import add_result_arguments, parse_with_smoke, write_result
 
 if TYPE_CHECKING:
     from mtf.config import MtfConfig
@@ -38,7 +42,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run the Spark benchmarks (default on)")
     p.add_argument("--lake", type=str, default=None,
                    help="lake root for the Spark run (default: a temporary directory)")
-    return p.parse_args(argv)
+    add_result_arguments(p)
+    return parse_with_smoke(p, argv, SMOKE)
+
+
+SMOKE = {"users": 200, "days": 1, "users_per_shard": 100}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,17 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"config: {args.users} users x {args.days} days, {cfg.sim.n_shards} shards of "
           f"{args.users_per_shard}; cores: {os.cpu_count()}; load average: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    figures: dict[str, float] = {}
     in_rate = None
     if args.in_process:
-        in_rate = bench_in_process(cfg)
+        rows, secs = bench_in_process(cfg)
+        in_rate = rows / secs
+        figures.update({"in_process_impressions": rows, "in_process_s": secs,
+                        "in_process_impressions_per_s": in_rate})
     if args.spark:
-        bench_spark(cfg, in_rate)
+        figures.update(bench_spark(cfg, in_rate))
     if args.lake is None:
         shutil.rmtree(lake, ignore_errors=True)
+    write_result(args.json, "bench_sim", figures, vars(args), args.smoke,
+                 {"n_shards": cfg.sim.n_shards})
     return 0
 
 
-def bench_in_process(cfg: MtfConfig) -> float:
+def bench_in_process(cfg: MtfConfig) -> tuple[int, float]:
     from mtf.sim.generate import simulate_shard
     from mtf.sim.world import World
 
@@ -81,33 +95,41 @@ def bench_in_process(cfg: MtfConfig) -> float:
     rate = rows / secs
     print(f"in-process (1 core):           {rows:>11,d} impressions in {secs:7.1f} s = "
           f"{rate:>9,.0f} impressions/s")
-    return rate
+    return rows, secs
 
 
-def bench_spark(cfg: MtfConfig, in_rate: float | None) -> None:
+def bench_spark(cfg: MtfConfig, in_rate: float | None) -> dict[str, float]:
     from mtf.sim.job import impressions_frame, simulate_to_delta
     from mtf.spark import get_spark
 
     t0 = time.perf_counter()
     spark = get_spark("mtf-bench-sim", cfg.spark)
-    print(f"Spark session start:           {time.perf_counter() - t0:7.1f} s")
+    start_s = time.perf_counter() - t0
+    print(f"Spark session start:           {start_s:7.1f} s")
     try:
         t0 = time.perf_counter()
         rows = impressions_frame(spark, cfg).count()
         secs = time.perf_counter() - t0
-        _report("Spark, no write", rows, secs, in_rate)
+        figures = {"spark_start_s": start_s,
+                   **_report("Spark, no write", "spark_count", rows, secs, in_rate)}
         result = simulate_to_delta(spark, cfg)
-        _report("Spark + Delta write (both tables)", result.n_impressions, result.seconds,
-                in_rate)
+        figures.update(_report("Spark + Delta write (both tables)", "spark_write",
+                               result.n_impressions, result.seconds, in_rate))
     finally:
         spark.stop()
+    return figures
 
 
-def _report(what: str, rows: int, secs: float, in_rate: float | None) -> None:
+def _report(what: str, key: str, rows: int, secs: float,
+            in_rate: float | None) -> dict[str, float]:
     rate = rows / secs
     ratio = f" ({rate / in_rate:.2f} x in-process)" if in_rate else ""
     print(f"{what + ':':<31s}{rows:>11,d} impressions in {secs:7.1f} s = {rate:>9,.0f} "
           f"impressions/s{ratio}")
+    figures = {f"{key}_impressions": rows, f"{key}_s": secs, f"{key}_impressions_per_s": rate}
+    if in_rate:
+        figures[f"ratio_{key}_over_in_process"] = rate / in_rate
+    return figures
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Measures, in one run and at one batch size:
      (gloo on CPU; NCCL on CUDA when there are >= 2 GPUs).
 
 Run with:
-  .venv/bin/python benchmarks/bench_train.py                      # CPU, Delta table via Spark
+  .venv/bin/python benchmarks/bench_train.py --json benchmarks/results/bench_train.json  # CPU
   .venv/bin/python benchmarks/bench_train.py --device cuda --format parquet --ddp 0
+  .venv/bin/python benchmarks/bench_train.py --smoke   # tiny table and networks: still runs?
 
 ``--format delta`` (default) writes the table the way the Spark jobs do (mtf.spark.get_spark +
 mtf.delta.write_delta, layout in table properties) and reads its pinned snapshot;
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -41,12 +41,15 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from result import add_result_arguments, parse_with_smoke, write_result  # noqa: E402
 from mtf.rl.agent import make_agent, make_generator  # noqa: E402
 from mtf.rl.batch import Normalizer, TransitionBatch  # noqa: E402
 from mtf.rl.config import BCQConfig, LoaderConfig, TrainConfig  # noqa: E402
 from mtf.rl.layout import TableLayout  # noqa: E402
 
 TASKS = ("click", "like", "share", "finish", "watch_time", "exit")
+SMOKE = {"rows": 4000, "files": 4, "state_dim": 8, "batch_size": 64, "steps": 5, "warmup": 1,
+         "repeats": 1, "loader_batches": 20, "hidden": "16,16", "vae_hidden": "16,16"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,11 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=LoaderConfig().prefetch_batches,
                    help="batches prefetched by a background thread (default: "
                         "train.loader.prefetch_batches)")
-    p.add_argument("--json", type=str, default="", metavar="PATH",
-                   help="also write the results as JSON to PATH")
     p.add_argument("--workdir", type=str, default="",
                    help="where to write the table (default: a temporary directory)")
-    return p.parse_args(argv)
+    add_result_arguments(p)
+    return parse_with_smoke(p, argv, SMOKE)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -289,13 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda but CUDA is not available", file=sys.stderr)
         return 2
     workdir = args.workdir or tempfile.mkdtemp(prefix="mtf-bench-")
-    results: dict[str, Any] = {
+    results: dict[str, Any] = {}        # the figures
+    details: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "hidden": args.hidden, "vae_hidden": args.vae_hidden, "workers": args.workers,
-        "prefetch": args.prefetch}
+        "torch_threads": torch.get_num_threads()}
     try:
         fmt, spec = build_table(args, workdir)
         table = open_table(fmt, spec)
@@ -303,11 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         states, _ = read_split(table, "train", columns=("state",), max_rows=100_000)
         normalizer = Normalizer.fit(states["state"])
         data = load_in_memory(table, "train").to(device)
-        results.update({"rows_train": len(data), "row_groups": table.n_row_groups,
+        details.update({"rows_train": len(data), "row_groups": table.n_row_groups,
                         "state_dim": table.layout.state_dim})
         print(f"{len(data)} training rows, {table.n_row_groups} row groups, S="
               f"{table.layout.state_dim}, k={table.layout.action_dim}, batch {args.batch_size}, "
-              f"device {results['device']}, torch threads {torch.get_num_threads()}", flush=True)
+              f"device {details['device']}, torch threads {torch.get_num_threads()}", flush=True)
 
         def petastorm_batches() -> Iterator[TransitionBatch]:
             return PetastormSource(table, batch_size=args.batch_size, split="train", seed=0,
@@ -337,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 mem.append(in_memory_rate(r))
             print(f"  repeat {r}: in-memory {mem[-1]:.2f} steps/s, petastorm {peta[-1]:.2f} "
                   f"steps/s", flush=True)
+        details.update({"in_memory_steps_per_s_each": mem, "petastorm_steps_per_s_each": peta})
         results["bcq_in_memory_steps_per_s"] = statistics.median(mem)
         results["bcq_petastorm_steps_per_s"] = statistics.median(peta)
         results["ratio_petastorm_over_in_memory"] = statistics.median(peta) / statistics.median(mem)
@@ -348,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"petastorm loader only: {results['loader_only_rows_per_s']:.0f} rows/s")
         if args.ddp > 1:
             if device.type == "cuda" and torch.cuda.device_count() < args.ddp:
-                print(f"DDP skipped: {args.ddp} ranks need {args.ddp} GPUs, found "
-                      f"{torch.cuda.device_count()}")
+                details["ddp_skipped"] = (f"{args.ddp} ranks need {args.ddp} GPUs, found "
+                                          f"{torch.cuda.device_count()}")
+                print(f"DDP skipped: {details['ddp_skipped']}")
             else:
                 for world in (1, args.ddp):
                     r = ddp_rate(world, fmt, spec, args, workdir)
@@ -360,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    write_result(args.json, "bench_train", results, vars(args), args.smoke, details)
     return 0
 
 

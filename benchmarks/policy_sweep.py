@@ -24,12 +24,18 @@ Two steps, so the training step can run where Spark and Delta are not installed 
 
        .venv/bin/python benchmarks/policy_sweep.py signal --table LAKE/transitions --group random
 
+4. ``smoke``: steps 1-3 in seconds on a lake it simulates itself (150 users x 2 days), with two
+   tiny variants, so that a test can check the script still runs::
+
+       .venv/bin/python benchmarks/policy_sweep.py smoke --json /tmp/sweep.json
+
 Everything after ``--`` overrides the config of every variant and must match the config the
 data were simulated with (seed, sim, fusion, features): the simulator that scores a policy is
 rebuilt from it. ``TSEED=<n>`` in a variant's overrides (``"tag: TSEED=8 train.bcq.rho=0.5"``)
 changes only the training seed, to measure seed-to-seed spread. Output: one line per variant
 with the true return vs the baseline in % and its 95% CI, and the mean action of engaged
-(profile_activity >= 0.6) and casual users, to see whether the policy personalises.
+(profile_activity >= 0.6) and casual users, to see whether the policy personalises. ``run``,
+``signal`` and ``smoke`` write a result JSON with ``--json PATH`` (benchmarks/result.py).
 """
 from __future__ import annotations
 
@@ -37,7 +43,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -47,11 +55,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from result import write_result  # noqa: E402
+
 GROUPS = ("exploit", "noise", "random")
 COLUMNS = ("state", "action", "reward", "next_state", "is_terminal")
 
 
-def export(table_path: str, out: str, version: int | None) -> None:
+def export(table_path: str, out: str, version: int | None) -> dict[str, int]:
     from mtf.rl.loader import open_transitions, read_split
 
     table = open_transitions(table_path, version)
@@ -67,9 +77,10 @@ def export(table_path: str, out: str, version: int | None) -> None:
     counts = {g: int((group == i).sum()) for i, g in enumerate(GROUPS)}
     print(f"exported {len(group)} train rows {counts} of {table_path} "
           f"(version {table.layout.table_version}) to {out}")
+    return counts
 
 
-def signal(table_path: str, group: str, overrides: list[str]) -> None:
+def signal(table_path: str, group: str, overrides: list[str]) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -99,9 +110,15 @@ def signal(table_path: str, group: str, overrides: list[str]) -> None:
     k, off = actions.shape[1], 1 + states.shape[1]
     print(f"{rows.sum()} {group!r} train steps of {table_path}; return-to-go ~ state + action + "
           f"action x (profile_activity - 0.5), gamma {gamma}")
+    coefficients = {}
     for j, task in enumerate(cfg.fusion.names):
         print(f"  {task:12s} action {beta[off + j]:+.3f} +- {se[off + j]:.3f}   "
               f"x activity {beta[off + k + j]:+.3f} +- {se[off + k + j]:.3f}")
+        coefficients.update({f"{task}.action": beta[off + j], f"{task}.action_se": se[off + j],
+                             f"{task}.x_activity": beta[off + k + j],
+                             f"{task}.x_activity_se": se[off + k + j]})
+    return {"steps": int(rows.sum()), "group": group, "gamma": gamma,
+            "coefficients": {c: float(v) for c, v in coefficients.items()}}
 
 
 def _variant(tag: str, data: str, overrides: list[str], steps: int, sessions: int,
@@ -168,7 +185,8 @@ def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
         return {"tag": args[0], "error": f"{type(exc).__name__}: {exc}"}
 
 
-def run(ns: argparse.Namespace, common: list[str]) -> int:
+def run(ns: argparse.Namespace, common: list[str], smoke: bool = False,
+        details: dict[str, Any] | None = None) -> int:
     variants = []
     for spec in ns.run:
         tag, _, rest = spec.partition(":")
@@ -190,10 +208,56 @@ def run(ns: argparse.Namespace, common: list[str]) -> int:
                       f"[{r['ci_pct'][0]:+.2f}, {r['ci_pct'][1]:+.2f}]  engaged "
                       f"{r['action_engaged']}  casual {r['action_casual']}  "
                       f"({r['rows']} rows, train {r['train_s']:.0f} s)", flush=True)
-    if ns.json:
-        with open(ns.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    order = [v[0] for v in variants]
+    results.sort(key=lambda r: order.index(r["tag"]))     # the order given, not of finishing
+    figures = {}
+    for r in results:
+        if "error" not in r:
+            figures.update({f"{r['tag']}.vs_baseline_pct": r["vs_baseline_pct"],
+                            f"{r['tag']}.train_s": r["train_s"],
+                            f"{r['tag']}.train_steps_per_s": ns.steps / r["train_s"]})
+    write_result(ns.json, "policy_sweep", figures, {**vars(ns), "overrides": common}, smoke,
+                 {**(details or {}), "variants": results})
     return 1 if any("error" in r for r in results) else 0
+
+
+SMOKE_SIM = ["sim.n_users=150", "sim.users_per_shard=150", "sim.n_days=2"]
+SMOKE_NETS = "train.bcq.hidden=[8,8] train.bcq.vae_hidden=[8,8] train.batch_size=16"
+
+
+def smoke(ns: argparse.Namespace, common: list[str]) -> int:
+    """Simulate a tiny lake, build its transitions, then export, signal and run as above."""
+    from mtf.config import load_config
+    from mtf.etl.pipeline import run_build_transitions
+    from mtf.sim.job import simulate_to_delta
+    from mtf.spark import get_spark
+
+    workdir = ns.workdir or tempfile.mkdtemp(prefix="mtf-sweep-smoke-")
+    overrides = [*SMOKE_SIM, *common]
+    try:
+        cfg = load_config(None, [f"lake.root={os.path.join(workdir, 'lake')}",
+                                 "spark.shuffle_partitions=2",
+                                 'spark.conf={"spark.databricks.delta.snapshotPartitions": "2", '
+                                 '"spark.ui.enabled": "false"}', *overrides])
+        spark = get_spark("mtf-sweep-smoke", cfg.spark)
+        try:
+            simulate_to_delta(spark, cfg)
+            summary = run_build_transitions(spark, cfg)
+        finally:
+            spark.stop()      # free the cores for the variants
+        table, data = cfg.lake.path("transitions"), os.path.join(workdir, "transitions.npz")
+        counts = export(table, data, None)
+        coefficients = signal(table, "random", overrides)
+        runs = argparse.Namespace(
+            data=data, steps=15, sessions=60, parallel=2, threads=1, device="cpu",
+            out_dir=os.path.join(workdir, "runs"), json=ns.json,
+            run=[f"a: {SMOKE_NETS}", f"b: TSEED=3 {SMOKE_NETS} train.explore_groups=[random]"])
+        return run(runs, overrides, smoke=True,
+                   details={"train_steps": summary.train_steps, "exported_rows": counts,
+                            "signal": coefficients})
+    finally:
+        if not ns.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("signal", help="regression of return-to-go on action x activity")
     g.add_argument("--table", required=True)
     g.add_argument("--group", default="random", choices=GROUPS)
+    g.add_argument("--json", default="", metavar="PATH", help="write the coefficients here")
     r = sub.add_parser("run", help="train and score variants")
     r.add_argument("--data", required=True)
     r.add_argument("--run", action="append", required=True, metavar="'TAG: OVERRIDES'")
@@ -220,14 +285,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=1, help="torch threads per variant")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda")
     r.add_argument("--out-dir", default="/tmp/mtf-policy-sweep")
-    r.add_argument("--json", default="", help="also write the results here")
+    r.add_argument("--json", default="", metavar="PATH",
+                   help="write the result JSON to PATH (see benchmarks/result.py)")
+    m = sub.add_parser("smoke", help="all of the above, tiny, on a lake it simulates")
+    m.add_argument("--workdir", default="",
+                   help="keep the lake, the .npz and the runs here (default: a temporary "
+                        "directory, removed)")
+    m.add_argument("--json", default="", metavar="PATH",
+                   help="write the result JSON to PATH (see benchmarks/result.py)")
     ns = p.parse_args(argv)
     if ns.cmd == "export":
         export(ns.table, ns.out, ns.version)
         return 0
     if ns.cmd == "signal":
-        signal(ns.table, ns.group, common)
+        result = signal(ns.table, ns.group, common)
+        write_result(ns.json, "policy_sweep.signal", result.pop("coefficients"),
+                     {**vars(ns), "overrides": common}, False, result)
         return 0
+    if ns.cmd == "smoke":
+        return smoke(ns, common)
     return run(ns, common)
 
 

@@ -1,0 +1,160 @@
+"""Every script in benchmarks/ still runs: its ``--smoke`` mode (tiny sizes, the same code paths)
+exits 0 and writes a result JSON with the figures the README and docs quote.
+
+policy_sweep.py's smoke also checks what its export, signal and run produce (it simulates and
+builds its own small lake), and a failing variant must not lose the others' results.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mtf.config import load_config
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD_KEYS = {"benchmark", "smoke", "figures", "sizes", "details", "command", "utc", "machine",
+               "git"}
+MACHINE_KEYS = {"cpu_count", "platform", "python", "torch", "pyspark", "delta-spark", "petastorm",
+                "load_average_1min"}
+CORES = os.cpu_count() or 1
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def _record(path: Any, benchmark: str, figures: set[str]) -> dict[str, Any]:
+    """The result JSON at ``path``: its keys, and figures that are all finite, with every rate,
+    ratio and duration > 0."""
+    record = json.loads(path.read_text())
+    assert set(record) == RECORD_KEYS
+    assert record["benchmark"] == benchmark and record["smoke"] is True
+    assert set(record["figures"]) == figures
+    for key, value in record["figures"].items():
+        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+        if "per_s" in key or "ratio" in key or key.endswith("_s"):
+            assert value > 0, (key, value)
+    assert set(record["machine"]) == MACHINE_KEYS and record["machine"]["cpu_count"] == CORES
+    assert set(record["git"]) == {"commit", "dirty"}
+    assert dt.datetime.strptime(record["utc"], "%Y-%m-%dT%H:%M:%SZ")
+    assert "json" not in record["sizes"] and "smoke" not in record["sizes"]
+    return record
+
+
+def _ran(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def _etl_figures(prefix: str = "") -> set[str]:
+    return {prefix + k for k in ("impressions", "copy_s", "build_s", "ratio_build_over_copy",
+                                 "copy_impressions_per_s", "build_impressions_per_s",
+                                 "build_s_per_million")}
+
+
+def test_bench_etl_smoke(tmp_path: Any) -> None:
+    out = tmp_path / "etl.json"
+    proc = _bench("bench_etl.py", "--smoke", "--json", str(out))
+    _ran(proc)
+    record = _record(out, "bench_etl", _etl_figures())
+    assert record["sizes"]["sizes"] == [20_000] and record["sizes"]["warmup"] == 0
+    (run,) = record["details"]["runs"]
+    # the build joined the profile table the benchmark wrote (without it the build stops)
+    assert record["details"]["profile_columns"] == list(load_config(None)
+                                                        .features.profile_columns)
+    assert run["steps"] > 0 and run["sessions"] > 0 and run["rows_quarantined"] == 0
+    assert "ratio" in proc.stdout and proc.stdout.rstrip().endswith("}")
+
+
+def test_bench_train_smoke(tmp_path: Any) -> None:
+    out = tmp_path / "train.json"
+    _ran(_bench("bench_train.py", "--smoke", "--json", str(out)))
+    record = _record(out, "bench_train", {
+        "bcq_in_memory_steps_per_s", "bcq_petastorm_steps_per_s",
+        "ratio_petastorm_over_in_memory", "loader_only_rows_per_s", "ddp_1_steps_per_s",
+        "ddp_1_rows_per_s", "ddp_2_steps_per_s", "ddp_2_rows_per_s"})
+    assert record["sizes"]["rows"] == 4000 and record["sizes"]["format"] == "delta"
+    assert 0 < record["details"]["rows_train"] < 4000       # the train split only
+
+
+def test_bench_ope_smoke(tmp_path: Any) -> None:
+    out = tmp_path / "ope.json"
+    _ran(_bench("bench_ope.py", "--smoke", "--json", str(out)))
+    record = _record(out, "bench_ope", {
+        "spark_rows_per_s", "spark_first_pass_rows_per_s", "torch_rows_per_s",
+        *(f"torch_{t}_threads_rows_per_s" for t in {1, CORES}), "ratio_spark_over_torch",
+        "write_s", "ope_scoring_spark_rows_per_s", "ope_scoring_torch_rows_per_s",
+        "ope_scoring_ratio_spark_over_torch"})
+    assert record["details"]["rows"] == record["sizes"]["rows"] == 5000
+
+
+def test_bench_sim_smoke(tmp_path: Any) -> None:
+    out = tmp_path / "sim.json"
+    _ran(_bench("bench_sim.py", "--smoke", "--json", str(out)))
+    record = _record(out, "bench_sim", {
+        "in_process_impressions", "in_process_s", "in_process_impressions_per_s",
+        "spark_start_s", "spark_count_impressions", "spark_count_s",
+        "spark_count_impressions_per_s", "ratio_spark_count_over_in_process",
+        "spark_write_impressions", "spark_write_s", "spark_write_impressions_per_s",
+        "ratio_spark_write_over_in_process"})
+    figures = record["figures"]
+    # the same seeded users, simulated in process and in Spark tasks
+    assert (figures["in_process_impressions"] == figures["spark_count_impressions"]
+            == figures["spark_write_impressions"] > 0)
+
+
+def test_policy_sweep_smoke_export_signal_and_run(tmp_path: Any) -> None:
+    out, work = tmp_path / "sweep.json", tmp_path / "work"
+    proc = _bench("policy_sweep.py", "smoke", "--workdir", str(work), "--json", str(out))
+    _ran(proc)
+    record = _record(out, "policy_sweep", {f"{tag}.{k}" for tag in ("a", "b") for k in (
+        "vs_baseline_pct", "train_s", "train_steps_per_s")})
+    cfg = load_config(None, record["sizes"]["overrides"])
+    details = record["details"]
+
+    data = np.load(work / "transitions.npz")                 # export
+    assert len(data["reward"]) == details["train_steps"]     # every train row, once
+    assert set(np.unique(data["group"])) <= {0, 1, 2}
+    assert {g: int((data["group"] == i).sum()) for i, g in enumerate(
+        ("exploit", "noise", "random"))} == details["exported_rows"]
+    assert data["state"].shape[1] == len(cfg.features.feature_names)
+    assert json.loads(str(data["layout"]))["action_tasks"] == list(cfg.fusion.names)
+
+    signal = details["signal"]                                # signal
+    assert signal["steps"] == details["exported_rows"]["random"]
+    assert all(f"  {t}" in proc.stdout for t in cfg.fusion.names)
+    assert set(signal["coefficients"]) == {f"{t}.{c}" for t in cfg.fusion.names for c in (
+        "action", "action_se", "x_activity", "x_activity_se")}
+
+    variants = {r["tag"]: r for r in details["variants"]}   # run
+    assert list(variants) == ["a", "b"]
+    assert variants["a"]["rows"] == details["train_steps"]
+    assert variants["b"]["rows"] == details["exported_rows"]["random"]   # random rows only
+    for r in variants.values():
+        assert r["ci_pct"][0] <= r["vs_baseline_pct"] <= r["ci_pct"][1]
+        assert len(r["action_engaged"]) == len(r["action_casual"]) == cfg.fusion.k
+
+    # A broken variant (it stops at its config) fails alone: the other still reports, exit 1.
+    broken = tmp_path / "broken.json"
+    proc = _bench("policy_sweep.py", "run", "--data", str(work / "transitions.npz"),
+                  "--steps", "15", "--sessions", "60", "--device", "cpu", "--json", str(broken),
+                  "--run", "broken: train.bcq.rho=9",
+                  "--run", "c: train.bcq.hidden=[8,8] train.batch_size=16",
+                  "--", *record["sizes"]["overrides"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    results = json.loads(broken.read_text())
+    failed, ok = results["details"]["variants"]
+    assert failed["tag"] == "broken" and "bcq.rho must be in [0, 2]" in failed["error"]
+    assert ok["tag"] == "c" and "error" not in ok, ok
+    assert set(results["figures"]) == {"c.vs_baseline_pct", "c.train_s", "c.train_steps_per_s"}
