@@ -48,11 +48,12 @@ def build_policy(kind: str, state_dim: int, k: int) -> bytes:
         inner: torch.nn.Module = DeterministicActor(state_dim, k, (400, 300))
     else:
         from mtf.rl.bcq import BCQAgent
-        from mtf.rl.config import BCQConfig
+        from mtf.rl.config import BCQConfig, LearnerConfig
         from mtf.rl.networks import prior_latents
 
         cfg = BCQConfig()
-        agent = BCQAgent(state_dim, k, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+        agent = BCQAgent(state_dim, k, LearnerConfig(), cfg, torch.device("cpu"),
+                         torch.Generator().manual_seed(0), gamma=0.95)
         latents = prior_latents(cfg.n_candidates, cfg.latent_size(k), cfg.latent_clip,
                                 generator=torch.Generator().manual_seed(1),
                                 device=torch.device("cpu"))

@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from result import add_result_arguments, parse_with_smoke, write_result  # noqa: E402
 from mtf.rl.agent import make_agent, make_generator  # noqa: E402
 from mtf.rl.batch import Normalizer, TransitionBatch  # noqa: E402
-from mtf.rl.config import BCQConfig, LoaderConfig, TrainConfig  # noqa: E402
+from mtf.mdp import MdpConfig  # noqa: E402
+from mtf.rl.config import BCQConfig, LearnerConfig, LoaderConfig, TrainConfig  # noqa: E402
 from mtf.rl.layout import TableLayout  # noqa: E402
 
 TASKS = ("click", "like", "share", "finish", "watch_time", "exit")
@@ -93,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     widths = (lambda s: tuple(int(x) for x in s.split(",")))
     return TrainConfig(batch_size=args.batch_size, tensorboard=False,
-                       bcq=BCQConfig(hidden=widths(args.hidden),
-                                     vae_hidden=widths(args.vae_hidden)),
+                       common=LearnerConfig(hidden=widths(args.hidden)),
+                       bcq=BCQConfig(vae_hidden=widths(args.vae_hidden)),
                        loader=LoaderConfig(workers_count=args.workers,
                                            prefetch_batches=args.prefetch))
 
@@ -204,7 +205,7 @@ def bcq_steps_per_s(cfg: TrainConfig, batches: Iterator[TransitionBatch], normal
     """The training loop's inner step (normalise, move, update), timed after ``warmup``."""
     torch.manual_seed(0)
     agent = make_agent(cfg, layout.state_dim, layout.action_dim, device,
-                       make_generator(0, device))
+                       make_generator(0, device), gamma=MdpConfig().gamma)
     if wrap_ddp:
         agent.wrap_ddp()
     norm = normalizer.to(device)

@@ -4,7 +4,9 @@
 applies dotted ``section.key=value`` overrides and returns a frozen :class:`MtfConfig`.
 Unknown keys and wrong types raise :class:`mtf.configtools.ConfigError` naming the key.
 Each component owns its section's dataclass (``mtf.sim.config.SimConfig``,
-``mtf.rl.config.TrainConfig`` ...); missing sections take their defaults.
+``mtf.rl.config.TrainConfig`` ...); missing sections take their defaults. A key that moved
+to another section (``train.bcq.gamma`` -> ``mdp.gamma``) stops loading with a message naming
+its new place (:data:`MOVED_KEYS`).
 """
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from mtf.configtools import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from mtf.configtools import (ConfigError, apply_overrides, check_moved, from_dict, read_yaml,
+                             to_dict)
 from mtf.etl.config import EtlConfig
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
+from mtf.loop.config import PipelineConfig
+from mtf.mdp import MdpConfig
 from mtf.ope.config import OpeConfig
-from mtf.pipeline import PipelineConfig
 from mtf.reward import RewardConfig
 from mtf.rl.config import TrainConfig
+from mtf.serving.exploration import ServingConfig
 from mtf.sim.config import SimConfig
 
 __all__ = ["ConfigError", "LakeConfig", "MtfConfig", "SparkConfig", "default_config_path",
@@ -78,14 +83,29 @@ class MtfConfig:
     seed: int = 7
     lake: LakeConfig = field(default_factory=LakeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    mdp: MdpConfig = field(default_factory=MdpConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     etl: EtlConfig = field(default_factory=EtlConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+# Keys that moved when each setting went to the section that owns it: old key -> new key.
+MOVED_KEYS = {
+    "train.bcq.gamma": "mdp.gamma",
+    "ope.gamma": "mdp.gamma (one discount for the learners, the OPE and the simulator)",
+    **{f"train.bcq.{k}": f"train.common.{k}"
+       for k in ("tau", "target_update_every", "hidden", "actor_lr", "critic_lr")},
+    "sim.exploration": "serving (the logging policy: baseline_action, shares, noise)",
+    "ope.baseline_action": "serving.baseline_action",
+    "ope.truth_sessions": ("removed: the OPE job needs no simulator; compare estimators with "
+                           "the truth with `python -m mtf.loop.ope_validation`"),
+}
 
 
 def default_config_path() -> str:
@@ -99,4 +119,5 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> MtfCo
     """Load ``path`` (default: embedded local.yaml), apply overrides, validate."""
     data = read_yaml(path or default_config_path())
     data = apply_overrides(data, overrides)
+    check_moved(data, MOVED_KEYS)
     return from_dict(MtfConfig, data)

@@ -142,6 +142,26 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
 
 
+def check_moved(data: Mapping[str, Any], moved: Mapping[str, str]) -> None:
+    """Raise ConfigError naming the new key for every old (dotted) key present in ``data``.
+
+    ``moved`` maps an old key (``"train.bcq.gamma"``) to its new home (``"mdp.gamma"``) or to
+    a sentence saying why it is gone.
+    """
+    found = []
+    for old, new in moved.items():
+        node: Any = data
+        for part in old.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            found.append(f"{old}: {new}" if new.startswith("removed") else f"{old} is now {new}")
+    if found:
+        raise ConfigError(f"config key{'s have' if len(found) > 1 else ' has'} moved: "
+                          f"{'; '.join(found)} (see README, Configuration)")
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 

@@ -3,7 +3,7 @@
 Spark side (delta-spark): :func:`read_delta`, :func:`write_delta`, :func:`table_version`,
 :func:`table_properties`. Outside Spark (trainer, petastorm): :func:`active_file_uris` lists the
 Parquet files of one pinned table version with the ``deltalake`` package. Never point Spark or
-petastorm at a table *directory*: it also holds files the log has removed (design section 6).
+petastorm at a table *directory*: it also holds files the log has removed (docs/stack.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Point-in-time user-state features: ONE specification, a reference numpy implementation.
 
 The state at a request uses only impressions of the same user from *earlier requests* (strictly
-before it; design section 4). Impressions of a user are ordered by ``(ts, request_id,
+before it; docs/contract.md section 3). Impressions of a user are ordered by ``(ts, request_id,
 position)``. Per impression we derive the behaviours of :data:`BEHAVIOURS`:
 
 =================  =====================================================================

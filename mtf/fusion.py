@@ -1,6 +1,6 @@
 """The multi-task fusion formula shared by the simulator, training, export, OPE and serving.
 
-paper-spec section 2: ``score(item) = sum_i alpha_i * log(o_i(item) + beta_i)``.
+docs/method.md section 2: ``score(item) = sum_i alpha_i * log(o_i(item) + beta_i)``.
 The agent acts in a normalised space ``a in [-1, 1]^k`` that maps affinely onto per-task weight
 intervals ``alpha_i in [lo_i, hi_i]``. Negative tasks (exit) enter as ``1 - p`` so every alpha is
 >= 0 and a larger alpha always means "care more about this task".

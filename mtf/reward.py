@@ -1,4 +1,4 @@
-"""The heuristic satisfaction reward: user stickiness + user activeness (paper-spec section 4).
+"""The heuristic satisfaction reward: user stickiness + user activeness (docs/method.md section 4).
 
 Per impression::
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-INTERACTIONS = ("liked", "shared", "commented", "followed")
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class RewardConfig:
 
     @property
     def interaction_weights(self) -> tuple[float, float, float, float]:
-        """Weights in the order of :data:`INTERACTIONS`."""
+        """Weights in the order of :data:`mtf.contract.INTERACTION_COLUMNS`."""
         return (self.w_like, self.w_share, self.w_comment, self.w_follow)
 
 

@@ -74,7 +74,7 @@ def get_spark(app_name: str, cfg: "SparkConfig | None" = None) -> "SparkSession"
                 f"Delta Lake jars not found in {jars_dir()}. Run scripts/setup.sh (or "
                 f"`python -m mtf.spark --fetch-jars`) once to download {DELTA_PACKAGE}.")
         # Executors (standalone cluster, local mode) must run this interpreter, not the
-        # system python (design section 6).
+        # system python (docs/stack.md).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (builder.master(os.environ.get("MTF_SPARK_MASTER", cfg.master))
                    .config("spark.jars", ",".join(jars))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtf.blackbox import LinearTanhPolicy, SearchConfig, cem_fixed_action, es_linear_policy
+from mtf.loop.blackbox import LinearTanhPolicy, cem_fixed_action, es_linear_policy
+from mtf.loop.config import SearchConfig
 from mtf.config import load_config
 from mtf.sim.evaluate import compare
 from mtf.sim.policies import FixedPolicy, reference_actions

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -32,9 +33,9 @@ def test_cluster_example_loads() -> None:
 
 
 def test_overrides_are_typed_and_nested() -> None:
-    cfg = load_config(None, ["train.batch_size=512", "train.bcq.gamma=0.9", "seed=3"])
+    cfg = load_config(None, ["train.batch_size=512", "mdp.gamma=0.9", "seed=3"])
     assert cfg.train.batch_size == 512
-    assert cfg.train.bcq.gamma == 0.9
+    assert cfg.mdp.gamma == 0.9
     assert cfg.seed == 3
     # Configs are frozen: derive, never mutate.
     with pytest.raises(Exception):
@@ -42,17 +43,18 @@ def test_overrides_are_typed_and_nested() -> None:
 
 
 def test_int_is_accepted_for_float_but_not_the_reverse() -> None:
-    assert load_config(None, ["train.bcq.gamma=1"]).train.bcq.gamma == 1.0
+    assert load_config(None, ["mdp.gamma=1"]).mdp.gamma == 1.0
     with pytest.raises(ConfigError, match=r"train\.batch_size: expected int, got float 1\.5"):
         load_config(None, ["train.batch_size=1.5"])
 
 
 def test_scientific_notation_without_a_dot_is_a_float() -> None:
     # YAML 1.1 reads 1e-3 as a string; a float field takes it as 0.001 (from a file too).
-    cfg = load_config(None, ["train.bcq.critic_lr=1e-3", "train.iql.critic_lr=+2E-4"])
-    assert (cfg.train.bcq.critic_lr, cfg.train.iql.critic_lr) == (0.001, 0.0002)
-    with pytest.raises(ConfigError, match=r"train\.bcq\.critic_lr: expected float, got str 'nan'"):
-        load_config(None, ["train.bcq.critic_lr=nan"])
+    cfg = load_config(None, ["train.common.critic_lr=1e-3", "train.iql.critic_lr=+2E-4"])
+    assert (cfg.train.common.critic_lr, cfg.train.iql.critic_lr) == (0.001, 0.0002)
+    with pytest.raises(ConfigError,
+                       match=r"train\.common\.critic_lr: expected float, got str 'nan'"):
+        load_config(None, ["train.common.critic_lr=nan"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -62,7 +64,7 @@ def test_scientific_notation_without_a_dot_is_a_float() -> None:
     ("train.batch_size=abc", r"train\.batch_size: expected int, got str 'abc'"),
     ("spark.conf=3", r"spark\.conf: expected a mapping, got int 3"),
     ("train=5", r"train: expected a mapping for section TrainConfig, got int 5"),
-    ("train.bcq.gamma=0", r"train\.bcq: .*gamma must be in \(0, 1\], got 0\.0"),
+    ("mdp.gamma=0", r"mdp: .*gamma must be in \(0, 1\], got 0\.0"),
     ("fusion.tasks=[]", r"fusion: fusion\.tasks must list at least one task"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
@@ -115,3 +117,24 @@ def test_lake_paths_are_absolute_and_overridable(tmp_path) -> None:
 
 def test_yaml_dates_are_accepted_for_string_fields() -> None:
     assert load_config(None, ["sim.start_date=2026-02-27"]).sim.start_date == "2026-02-27"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bcq.gamma=0.9", r"train\.bcq\.gamma is now mdp\.gamma"),
+    ("train.bcq.hidden=[8, 8]", r"train\.bcq\.hidden is now train\.common\.hidden"),
+    ("sim.exploration.noise_share=0.3", r"sim\.exploration is now serving"),
+    ("ope.baseline_action=[0, 0]", r"ope\.baseline_action is now serving\.baseline_action"),
+    ("ope.truth_sessions=10", r"ope\.truth_sessions: removed: .*mtf\.loop\.ope_validation"),
+])
+def test_a_moved_key_names_its_new_place(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_moved_key_in_a_yaml_file_names_its_new_place(tmp_path: Any) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  bcq: {gamma: 0.9, rho: 0.2}\n"
+                    "sim:\n  exploration: {noise_share: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"train\.bcq\.gamma is now mdp\.gamma; "
+                                          r"sim\.exploration is now serving"):
+        load_config(str(path))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mtf.config import load_config
-from mtf.pipeline import PipelineConfig, render_tables, run_pipeline
+from mtf.loop.closed_loop import render_tables, run_pipeline
+from mtf.loop.config import PipelineConfig
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
         "pipeline.go_requires_ope=false", "train.algo=iql",   # the loop's learner; BCQ below
         "pipeline.search={cem_generations: 1, cem_population: 3, sessions_per_eval: 50}",
         "train.max_steps=40", "train.log_every=20", "train.checkpoint_every=40",
-        "train.bcq.hidden=[16, 16]", "train.bcq.vae_hidden=[16, 16]",
+        "train.common.hidden=[16, 16]", "train.bcq.vae_hidden=[16, 16]",
         "ope.n_iterations=30", "ope.n_initial_states=100", "ope.hidden=[16]",
         "ope.n_bootstrap=20", "etl.files_per_day=2"])
     summary = run_pipeline(spark, cfg)
@@ -69,7 +70,7 @@ def test_pipeline_config_validation() -> None:
 
 
 def test_learners_set_what_distinguishes_them_whatever_the_configured_learner() -> None:
-    from mtf.pipeline import LEARNERS
+    from mtf.loop.config import LEARNERS
 
     quad = load_config(None, ["train.algo=iql", "train.iql.quadratic_critic=true"]).train
     plain = load_config(None, ["train.algo=bcq"]).train

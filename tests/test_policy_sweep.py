@@ -45,7 +45,7 @@ def test_export_signal_and_run_on_a_simulated_lake(spark: Any, tmp_path: Any) ->
     assert signal.returncode == 0, signal.stderr[-3000:]
     assert all(f"  {t}" in signal.stdout for t in cfg.fusion.names)
 
-    tiny = "train.bcq.hidden=[8,8] train.bcq.vae_hidden=[8,8] train.batch_size=16"
+    tiny = "train.common.hidden=[8,8] train.bcq.vae_hidden=[8,8] train.batch_size=16"
     run = _sweep("run", "--data", npz, "--steps", "15", "--sessions", "60", "--parallel", "2",
                  "--json", str(out), "--run", f"a: {tiny}",
                  "--run", f"b: TSEED=3 {tiny} train.explore_groups=[random]",

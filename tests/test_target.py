@@ -14,7 +14,8 @@ from __future__ import annotations
 import pytest
 
 from mtf.config import load_config
-from mtf.pipeline import LEARNERS, run_pipeline
+from mtf.loop.closed_loop import run_pipeline
+from mtf.loop.config import LEARNERS
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """``mtf calibrate-rewards``: fit the reward weights against future dwell time (Spark ML).
 
 The paper sets the reward weights "via statistic analysis on relationships between these
-feedback and future user app dwell time" (paper-spec section 4). This job makes that concrete:
+feedback and future user app dwell time" (docs/method.md section 4). This job makes that concrete:
 
     rest_dwell(t) = sum of play_time_s over the steps of the session after step t
     rest_dwell(t) ~ b0 + sum_j beta_j * feedback_j(t)
@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.user_pass import DWELL_S, FEEDBACK, fb_col
 from mtf.etl.steps import REWARD_WEIGHT_NAMES, reward_weights
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from mtf.contract import EXPLORE_GROUPS
+
 # The largest inactivity gap we accept: a session must be decidable as ended within one day, so
 # that a daily run only ever has to revisit the previous day's last rows (docs/etl.md).
 MAX_SESSION_GAP_S = 86_399
@@ -24,7 +26,7 @@ def parse_ds(value: str, key: str) -> dt.date:
 
 @dataclass(frozen=True)
 class EtlConfig:
-    # --- sessions (paper-spec section 3) ---
+    # --- sessions (docs/method.md section 3) ---
     session_gap_s: int = 1800          # inactivity gap (s) that ends a session; also ends one
                                        # that carries an app_session_id (docs/etl.md, sessions)
     # --- which days to build ---
@@ -37,7 +39,7 @@ class EtlConfig:
     # --- row rules -> quarantine (docs/etl.md, validation) ---
     max_play_time_s: float = 21_600.0  # play time above this (6 h) is absurd
     max_play_to_duration: float = 10.0  # play_time_s > this * duration_s is implausible (loops)
-    explore_groups: tuple[str, ...] = ("exploit", "noise", "random")  # allowed (null allowed too)
+    explore_groups: tuple[str, ...] = EXPLORE_GROUPS  # allowed (null allowed too)
     weight_tolerance: float = 1e-6     # slack on fusion weights outside the task's [lo, hi]
     warn_reject_fraction: float = 0.05  # log a warning when more rows than this are quarantined
     # --- output ---

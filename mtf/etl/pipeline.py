@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mtf.configtools import to_dict
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE, add_profile_state
 from mtf.etl.steps import (EXPLORE_IDX, action_array, action_col, add_impression_feedback,

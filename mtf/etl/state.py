@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.features import FeatureConfig
 
 if TYPE_CHECKING:

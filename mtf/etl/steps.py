@@ -1,6 +1,6 @@
 """Per-impression inputs of a step (action, encoded strings) and the step's reward.
 
-Reward (paper-spec section 4, the formulas of :mod:`mtf.reward`): per impression
+Reward (docs/method.md section 4, the formulas of :mod:`mtf.reward`): per impression
 
     stickiness = w_play_time * min(play_time_s / play_cap_s, 1) + w_integrity * play_ratio
     activeness = w_like * liked + w_share * shared + w_comment * commented + w_follow * followed
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.user_pass import APP_SID_HASH, FEEDBACK, RAW_PLAY_TIME_NORM, fb_col
 from mtf.fusion import FusionConfig
 from mtf.reward import RewardConfig
@@ -81,7 +81,7 @@ def add_reward(steps: "DataFrame", *, reward: RewardConfig) -> "DataFrame":
     stick = F.col(fb_col("play_time_norm")) * w["play_time_norm"] \
         + F.col(fb_col("play_ratio")) * w["play_ratio"]
     act = F.lit(0.0)
-    for c in S.INTERACTIONS:
+    for c in S.INTERACTION_COLUMNS:
         act = act + F.col(fb_col(c)) * w[c]
     return steps.select("*", stick.alias(S.REWARD_STICKINESS), act.alias(S.REWARD_ACTIVENESS)) \
         .withColumn(S.REWARD, F.col(S.REWARD_STICKINESS) + F.col(S.REWARD_ACTIVENESS))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.user_pass import IS_SENTINEL, SESSION_START_TS
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def add_sentinels(imps: "DataFrame", *, users: "DataFrame", data_end: dt.datetim
         S.USER_ID, end.alias(S.TS), F.to_date(end).alias(S.DS),
         F.lit(0).alias(S.POSITION),
         F.lit(0.0).alias(S.PLAY_TIME_S), F.lit(0.0).alias(S.DURATION_S),
-        *(F.lit(0).alias(c) for c in S.INTERACTIONS),
+        *(F.lit(0).alias(c) for c in S.INTERACTION_COLUMNS),
         F.lit(True).alias(IS_SENTINEL))
     return (imps.withColumn(IS_SENTINEL, F.lit(False))
             .unionByName(sentinels, allowMissingColumns=True))
@@ -98,7 +98,7 @@ def add_split(df: "DataFrame", *, train_until: dt.datetime | None,
 
 
 def select_transitions(df: "DataFrame") -> "DataFrame":
-    """Exactly the transition-table columns (design.md section 3), in order, with their types."""
+    """Exactly the transition-table columns (docs/contract.md section 2), in order, with their types."""
     from pyspark.sql import functions as F
 
     types = {S.STEP: "int", S.STATE: "array<float>", S.NEXT_STATE: "array<float>",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.sessionize import PrevRequest, assign_sessions, session_id
 from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE
 from mtf.features import BEHAVIOURS, FeatureConfig, impression_behaviours, state_from_sums
@@ -51,10 +51,10 @@ DWELL_S = "dwell_s"              # sum of play_time_s over the page
 SESSION_START_TS = "session_start_ts"
 RAW_PLAY_TIME_NORM = "fb_play_time_norm"  # per impression: play time at the reward's cap
 # Per-page feedback sums: the reward's regressors, in the order of the reward weights.
-FEEDBACK = ("play_time_norm", "play_ratio", *S.INTERACTIONS)
+FEEDBACK = ("play_time_norm", "play_ratio", *S.INTERACTION_COLUMNS)
 # Impression columns the pass reads besides the pass-through ones.
 PASS_INPUT = (S.USER_ID, S.TS, S.REQUEST_ID, IS_SENTINEL, APP_SID_HASH, S.PLAY_TIME_S,
-              S.DURATION_S, *S.INTERACTIONS, RAW_PLAY_TIME_NORM)
+              S.DURATION_S, *S.INTERACTION_COLUMNS, RAW_PLAY_TIME_NORM)
 
 
 def fb_col(name: str) -> str:
@@ -159,7 +159,7 @@ def _process(table: "pa.Table", carry: _Carry | None, *, features: FeatureConfig
 
     play = _num(table, S.PLAY_TIME_S)
     beh = impression_behaviours(features, play, _num(table, S.DURATION_S),
-                                *(_num(table, c) for c in S.INTERACTIONS))
+                                *(_num(table, c) for c in S.INTERACTION_COLUMNS))
     csum = np.vstack([np.zeros((1, beh.shape[1])), np.cumsum(beh, axis=0)])
 
     def cum_before(r: np.ndarray) -> np.ndarray:          # user's sums over index < idx[r]

@@ -3,7 +3,7 @@
 Stage :func:`add_reject_reason` adds the nullable string column ``reject_reason`` (the first rule
 that fails, in the order of :data:`REASONS`) instead of raising: bad rows are data, routed to the
 quarantine table by the job. Schema problems (a missing or mistyped column) are not row rules;
-they fail the job before anything is written (:func:`mtf.etl.schema.conform`).
+they fail the job before anything is written (:func:`mtf.contract.conform`).
 
 Duplicates: rows that pass every other rule and share an ``event_id`` within one ``ds``
 partition are duplicates; the first by (ts, user_id, request_id, position, item_id, play_time_s,
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING
 
-from mtf.etl import schema as S
+from mtf import contract as S
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Reasons, in the order the rules are checked (a row gets the first that applies).
 ID_COLUMNS = (S.EVENT_ID, S.USER_ID, S.REQUEST_ID, S.ITEM_ID)
-FEEDBACK_COLUMNS = (S.PLAY_TIME_S, S.DURATION_S, *S.INTERACTIONS)
+FEEDBACK_COLUMNS = (S.PLAY_TIME_S, S.DURATION_S, *S.INTERACTION_COLUMNS)
 NULL_TS = "null_ts"
 NULL_POSITION = "null_position"
 DS_MISMATCH = "ds_mismatch"                  # ds null or != date(ts) in UTC
@@ -56,7 +56,7 @@ class RowRules:
 
     weights_lo: tuple[float, ...]      # per fusion task, alpha at action -1
     weights_hi: tuple[float, ...]      # per fusion task, alpha at action +1
-    explore_groups: tuple[str, ...] = ("exploit", "noise", "random")
+    explore_groups: tuple[str, ...] = S.EXPLORE_GROUPS
     max_play_time_s: float = 21_600.0
     max_play_to_duration: float = 10.0
     weight_tolerance: float = 1e-6
@@ -108,7 +108,7 @@ def _row_rules(rules: RowRules) -> list[tuple["Column", str]]:
         (play > rules.max_play_time_s, ABSURD_PLAY_TIME),
         (F.isnan(dur) | (dur < 0) | (dur == inf), INVALID_DURATION),
         ((dur > 0) & (play > dur * rules.max_play_to_duration), PLAY_TIME_EXCEEDS_DURATION),
-        (reduce(lambda a, b: a | b, [~F.col(c).isin(0, 1) for c in S.INTERACTIONS]),
+        (reduce(lambda a, b: a | b, [~F.col(c).isin(0, 1) for c in S.INTERACTION_COLUMNS]),
          INVALID_INTERACTION),
         (fw.isNull(), NULL_FUSION_WEIGHTS),
         (F.size(fw) != rules.k, FUSION_WEIGHTS_LENGTH),
@@ -121,7 +121,7 @@ def _row_rules(rules: RowRules) -> list[tuple["Column", str]]:
 def add_row_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
     """Add ``reject_reason`` from the per-row rules only (no duplicate check; narrow).
 
-    Requires the impression-contract columns (:func:`mtf.etl.schema.impression_contract`).
+    Requires the impression-contract columns (:func:`mtf.contract.impression_contract`).
     """
     from pyspark.sql import functions as F
 
@@ -203,7 +203,7 @@ def ranked_candidate_rows(flagged: "DataFrame", candidates: "DataFrame") -> "Dat
 def add_reject_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
     """Add ``reject_reason`` (null = valid) to impression rows: row rules, then duplicates.
 
-    Requires the impression-contract columns (:func:`mtf.etl.schema.impression_contract`);
+    Requires the impression-contract columns (:func:`mtf.contract.impression_contract`);
     adds ``reject_reason`` (string, one of :data:`REASONS` or null). Row count is unchanged.
     The job runs the same two stages but checks for duplicate keys first, so that the common
     case (none) costs no shuffle.

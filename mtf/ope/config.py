@@ -1,8 +1,8 @@
 """Off-policy evaluation configuration (section ``ope``). Owned by mtf.ope.
 
-Paper values (paper-spec section 7, Conservative-OPEstimator) are the defaults: alpha 0.5e-3,
-lr 1e-4, batch m = 512, K = 5000 iterations, n = 5000 initial states, gamma 0.95 (taken from
-``train.bcq.gamma`` unless ``ope.gamma`` is set). Every other field is a project decision [D],
+Paper values (docs/method.md section 7, Conservative-OPEstimator) are the defaults: alpha
+0.5e-3, lr 1e-4, batch m = 512, K = 5000 iterations, n = 5000 initial states; the discount is
+``mdp.gamma``. Every other field is a project decision [D],
 documented in docs/ope.md. This module imports nothing heavy, so ``mtf.config`` can nest it.
 """
 from __future__ import annotations
@@ -25,13 +25,12 @@ class OpeConfig:
     split: str = "test"                  # transitions rows evaluated (paper: the test split)
     table_version: int | None = None     # pinned Delta version of the transitions; None = latest
 
-    # ---- Conservative FQE (paper-spec 7) -----------------------------------------------------
+    # ---- Conservative FQE (docs/method.md 7) -------------------------------------------------
     alpha: float = 0.5e-3                # CQL regulariser weight alpha in alpha*R + T (paper)
     lr: float = 1e-4                     # Adam learning rate (paper)
     batch_size: int = 512                # m: transitions per gradient step (paper)
     n_iterations: int = 5000             # K: gradient steps; one step = one "iteration" (paper)
     n_initial_states: int = 5000         # n: initial states s0 averaged (paper); 0 = all sessions
-    gamma: float | None = None           # discount gamma; None = train.bcq.gamma (paper: 0.95)
     hidden: tuple[int, ...] = (256, 256)  # Q-network MLP widths, ReLU [D]
     target_update_every: int = 100       # steps between hard copies Q_k <- Q of the frozen TD
     #                                      target network [D] (K / this = Bellman backups)
@@ -63,8 +62,6 @@ class OpeConfig:
     #                                      ids under the lake's models dir; () = discover all
     latest_per_algorithm: bool = True    # when discovering: keep only the newest per algorithm
     include_logging: bool = True         # evaluate the logging baseline (the decision reference)
-    baseline_action: tuple[float, ...] = ()  # normalised logging baseline action, task order;
-    #                                      () = sim.exploration.baseline_action, else zeros
     fixed_policies: dict[str, tuple[float, ...]] = field(default_factory=dict)
     #                                      extra constant-action policies: name -> action
 
@@ -74,8 +71,6 @@ class OpeConfig:
     udf_threads: int = 1                 # torch threads per Spark Python worker (cores / task)
     run_id: str = ""                     # report directory under the lake's reports; "" = UTC
     plot_sample_rows: int = 5000         # rows per policy in the action-distribution plots
-    truth_sessions: int = 0              # simulator runs only: sessions per policy for the
-    #                                      ground truth (mtf.sim.evaluate); 0 = no ground truth
 
     def __post_init__(self) -> None:
         if not self.split:
@@ -91,10 +86,7 @@ class OpeConfig:
                        udf_threads=self.udf_threads, plot_sample_rows=self.plot_sample_rows)
         check_non_negative("ope", alpha=self.alpha, n_initial_states=self.n_initial_states,
                            go_margin=self.go_margin, max_penalty=self.max_penalty,
-                           threads=self.threads,
-                           truth_sessions=self.truth_sessions)
-        if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"ope.gamma must be in (0, 1], got {self.gamma!r}")
+                           threads=self.threads)
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ValueError(f"ope.hidden must list one or more positive layer widths, "
                              f"got {list(self.hidden)!r}")
@@ -105,17 +97,13 @@ class OpeConfig:
         if self.n_bootstrap < 20:
             raise ValueError(f"ope.n_bootstrap must be >= 20 for a percentile interval, "
                              f"got {self.n_bootstrap!r}")
-        bad = [a for a in self.baseline_action if not -1.0 <= a <= 1.0]
-        if bad:
-            raise ValueError(f"ope.baseline_action must lie in [-1, 1], got "
-                             f"{list(self.baseline_action)!r}")
         for name, action in self.fixed_policies.items():
             if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
                 raise ValueError(f"ope.fixed_policies name {name!r} must be a plain name "
                                  f"(letters, digits, '_', '-', '.')")
             if name == LOGGING_POLICY:
                 raise ValueError(f"ope.fixed_policies must not redefine {LOGGING_POLICY!r}; "
-                                 f"set ope.baseline_action instead")
+                                 f"set serving.baseline_action instead")
             if not action or any(not -1.0 <= a <= 1.0 for a in action):
                 raise ValueError(f"ope.fixed_policies.{name} must be a non-empty action in "
                                  f"[-1, 1]^k, got {list(action)!r}")
@@ -131,7 +119,3 @@ class OpeConfig:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def resolved_gamma(self, train_gamma: float) -> float:
-        """``ope.gamma`` if set, else the training discount ``train.bcq.gamma``."""
-        return float(self.gamma) if self.gamma is not None else float(train_gamma)

@@ -1,6 +1,6 @@
 """The evaluation split as numpy arrays (single-process path, FQE fitting, tests).
 
-Columns follow the transition-table contract (design section 3). Rows are kept sorted by
+Columns follow the transition-table contract (docs/contract.md section 2). Rows are kept sorted by
 ``(session_id, step)``, so a session is a contiguous run of rows and ``position`` (0-based index
 within the session, the ``t`` of every estimator) is well defined even when steps have gaps.
 """
@@ -12,11 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-SESSION_ID, STEP, STATE, NEXT_STATE, ACTION = "session_id", "step", "state", "next_state", "action"
-ACTION_LOGP, REWARD, IS_TERMINAL, IS_TRUNCATED = "action_logp", "reward", "is_terminal", \
-    "is_truncated"
-EXPLORE_GROUP, SPLIT = "explore_group", "split"
-EXPLOIT = "exploit"
+from mtf.contract import (ACTION, ACTION_LOGP, EXPLOIT, EXPLORE_GROUP,  # noqa: F401
+                          EXPLORE_GROUPS, IS_TERMINAL, IS_TRUNCATED, NEXT_STATE, REWARD,
+                          SESSION_ID, SPLIT, STATE, STEP)
+
 REQUIRED_COLUMNS = (SESSION_ID, STEP, STATE, NEXT_STATE, ACTION, ACTION_LOGP, REWARD,
                     IS_TERMINAL, IS_TRUNCATED)
 OPTIONAL_COLUMNS = (EXPLORE_GROUP,)
@@ -27,7 +26,7 @@ def require_columns(have: Sequence[str], where: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in have]
     if missing:
         raise ValueError(f"{where} lacks columns {missing}; OPE needs {list(REQUIRED_COLUMNS)} "
-                         f"(transition-table contract, design section 3). Rebuild it with "
+                         f"(docs/contract.md section 2). Rebuild it with "
                          f"`mtf build-transitions`.")
 
 
@@ -86,7 +85,7 @@ class TransitionArrays:
             reward=np.asarray(reward, dtype=np.float64),
             is_terminal=np.asarray(is_terminal, dtype=bool),
             is_truncated=np.asarray(is_truncated, dtype=bool),
-            is_exploit=np.asarray([g == EXPLOIT for g in groups], dtype=bool))
+            is_exploit=np.asarray([g == EXPLORE_GROUPS[EXPLOIT] for g in groups], dtype=bool))
         for name in ("state", "next_state", "action", "reward"):
             if not np.all(np.isfinite(getattr(arrays, name))):
                 raise ValueError(f"column {name!r} has NaN or infinite values")

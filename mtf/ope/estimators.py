@@ -10,7 +10,7 @@ with behaviour log-density ``action_logp`` = log mu(a_t | s_t), target density p
 V^(s) = Q^(s, pi(s)) (plug-in: exact for the deterministic policy, a second-order
 approximation of E_{a ~ pi_e} Q^(s, a) for the smoothed one), Q^c the conservative fit.
 
-    conservative_fqe = mean_{i in S0} Q^c(s_i0, pi(s_i0))                 (paper-spec 7)
+    conservative_fqe = mean_{i in S0} Q^c(s_i0, pi(s_i0))                 (docs/method.md section 7)
     fqe (DM)         = mean_{i in S0} V^(s_i0)
     pdis             = (1/n) sum_i sum_t gamma^t rho^i_{0:t} r^i_t            (Precup 2000)
     wpdis            = sum_{t < H} [sum_i gamma^t rho^i_{0:t} r^i_t] / [sum_i rho~^i_t]

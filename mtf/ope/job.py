@@ -16,8 +16,9 @@ Steps (:func:`evaluate_table`):
 4. Score every row of the split for every policy in Spark (mapInArrow, models loaded once per
    partition), aggregate per session with window functions, Poisson-bootstrap per partition and
    reduce in Spark; collect only the ``P x (1 + B)`` sums.
-5. Estimates, intervals, decisions; optional simulator ground truth (``ope.truth_sessions``);
-   ``report.json`` + ``report.html`` under ``<lake reports>/<run id>/``.
+5. Estimates, intervals, decisions; with a ``truth`` (:class:`mtf.ope.truth.GroundTruth`, e.g.
+   the simulator, passed in by the closed loop or a validation run) the estimates are compared
+   with the true values; ``report.json`` + ``report.html`` under ``<lake reports>/<run id>/``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
+from mtf.contract import PROP_ACTION_TASKS, PROP_FEATURE_NAMES
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
+from mtf.ope.truth import compare_with_truth
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -38,17 +41,10 @@ if TYPE_CHECKING:
     from mtf.ope.evaluate import OpeResult
     from mtf.ope.policies import TargetPolicy
     from mtf.ope.report import ReportPaths
+    from mtf.ope.truth import GroundTruth
 
 logger = logging.getLogger(__name__)
 
-FEATURE_NAMES_KEY = "mtf.feature_names"
-ACTION_TASKS_KEY = "mtf.action_tasks"
-
-
-def ope_config(cfg: "MtfConfig") -> OpeConfig:
-    """The ``ope`` section of ``cfg`` (defaults until MtfConfig carries one)."""
-    ope = getattr(cfg, "ope", None)
-    return ope if isinstance(ope, OpeConfig) else OpeConfig()
 
 
 def run(cfg: "MtfConfig") -> int:
@@ -57,7 +53,7 @@ def run(cfg: "MtfConfig") -> int:
 
     from mtf.spark import get_spark
 
-    ope = ope_config(cfg)
+    ope = cfg.ope
     if ope.threads:
         torch.set_num_threads(ope.threads)
     spark = get_spark("mtf-evaluate", cfg.spark)
@@ -81,12 +77,12 @@ def _layout(spark: "SparkSession", path: str, version: int,
 
         props = table_properties(spark, path)
     try:
-        features = json.loads(props[FEATURE_NAMES_KEY])
-        tasks = json.loads(props[ACTION_TASKS_KEY])
+        features = json.loads(props[PROP_FEATURE_NAMES])
+        tasks = json.loads(props[PROP_ACTION_TASKS])
     except (KeyError, json.JSONDecodeError):
         logger.warning("transitions table %s (version %d) has no valid %s / %s properties; "
                        "assuming the configured features and fusion tasks", path, version,
-                       FEATURE_NAMES_KEY, ACTION_TASKS_KEY)
+                       PROP_FEATURE_NAMES, PROP_ACTION_TASKS)
         features, tasks = list(cfg.features.feature_names), list(cfg.fusion.names)
     if list(tasks) != list(cfg.fusion.names):
         raise ValueError(f"transitions table {path!r} (version {version}) has actions for tasks "
@@ -95,8 +91,8 @@ def _layout(spark: "SparkSession", path: str, version: int,
     return list(features), list(tasks)
 
 
-def read_split(spark: "SparkSession", path: str, version: int | None,
-               split: str) -> tuple["DataFrame", int]:
+def split_frame(spark: "SparkSession", path: str, version: int | None,
+                split: str) -> tuple["DataFrame", int]:
     """The rows of ``split`` of the pinned table version, and that version."""
     from pyspark.sql import functions as F
 
@@ -135,7 +131,8 @@ def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: i
 def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | None = None, *,
                    policies: Sequence["TargetPolicy"] | None = None,
                    out_dir: str | None = None, where: str | None = None,
-                   logging_name: str = LOGGING_POLICY) -> tuple["OpeResult", "ReportPaths"]:
+                   logging_name: str = LOGGING_POLICY, truth: "GroundTruth | None" = None,
+                   truth_sessions: int = 0) -> tuple["OpeResult", "ReportPaths"]:
     """Evaluate policies on the lake's transitions table and write the report.
 
     Args:
@@ -143,6 +140,8 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
         out_dir: report directory; default ``<lake reports>/<ope.run_id or UTC time>``.
         where: an extra Spark SQL filter on the split's rows (e.g. ``"ds <= '2026-01-03'"``).
         logging_name: the policy the go / no-go rule compares with.
+        truth: true policy values (e.g. :class:`mtf.sim.truth.SimulatorTruth`) to compare the
+            estimates with, over ``truth_sessions`` sessions per policy; None = no comparison.
     Returns:
         (the result, the paths of report.json and report.html).
     """
@@ -150,16 +149,16 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
 
     from mtf.ope.data import SESSION_ID
     from mtf.ope.evaluate import assemble, fit_policies, initial_share, scoring_bundle
-    from mtf.ope.policies import check_policy, resolve_policies
+    from mtf.ope.policies import baseline_action, check_policy, resolve_policies
     from mtf.ope.report import write_report
     from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
                                session_statistics_df)
 
-    ope = ope or ope_config(cfg)
+    ope = ope or cfg.ope
     t0 = time.perf_counter()
-    gamma = ope.resolved_gamma(cfg.train.bcq.gamma)
+    gamma = cfg.mdp.gamma
     path = cfg.lake.path("transitions")
-    split_df, version = read_split(spark, path, ope.table_version, ope.split)
+    split_df, version = split_frame(spark, path, ope.table_version, ope.split)
     if where:
         split_df = split_df.where(where)
     features, tasks = _layout(spark, path, version, cfg)
@@ -172,7 +171,8 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     logger.info("OPE on %s version %d split %r: %d rows, %d sessions", path, version, ope.split,
                 n_rows, n_sessions)
     if policies is None:
-        policies = resolve_policies(cfg, ope, features, tasks)
+        policies = resolve_policies(ope, cfg.lake.path("models"),
+                                    baseline_action(cfg.fusion, cfg.serving), features, tasks)
     else:
         for p in policies:
             check_policy(p, features, tasks)
@@ -205,12 +205,11 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
             "fusion": to_dict(cfg.fusion)}
     result = assemble(policies, fits, sums, fit_data, ope, logging_name=logging_name,
                       meta=meta)
-    if ope.truth_sessions > 0:
-        from mtf.ope.validate import compare_with_truth, ground_truth
-
-        truth = ground_truth(cfg, policies, n_sessions=ope.truth_sessions, seed=cfg.seed + 1)
-        result = replace(result, truth=truth,
-                         validation=compare_with_truth(result.results, truth, result.decisions))
+    if truth is not None and truth_sessions > 0:
+        values = truth.values({p.name: p.numpy_policy() for p in policies},
+                              n_sessions=truth_sessions, seed=cfg.seed + 1)
+        result = replace(result, truth=values, validation=compare_with_truth(
+            result.results, values, result.decisions, truth.note))
     run_id = ope.run_id or (f"ope-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
                             f"{uuid.uuid4().hex[:6]}")
     out_dir = out_dir or os.path.join(cfg.lake.path("reports"), run_id)

@@ -40,8 +40,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtf.serving.export import ConstantPolicy, torch_policy
+
 if TYPE_CHECKING:
-    from mtf.config import MtfConfig
+    from mtf.fusion import FusionConfig
+    from mtf.serving.exploration import ServingConfig
     from mtf.ope.config import OpeConfig
 
 logger = logging.getLogger(__name__)
@@ -74,9 +77,7 @@ class TargetPolicy:
         return load_module(self.payload)
 
     def numpy_policy(self) -> Callable[[np.ndarray], np.ndarray]:
-        """``states (B, S) -> actions (B, k)`` as numpy (for mtf.sim.evaluate)."""
-        from mtf.sim.policies import torch_policy
-
+        """``states (B, S) -> actions (B, k)`` as numpy (what a simulator serves)."""
         return torch_policy(self.module())
 
     def describe(self) -> dict[str, Any]:
@@ -112,15 +113,20 @@ def script_bytes(module: nn.Module) -> bytes:
     return buf.getvalue()
 
 
-class ConstantPolicy(nn.Module):
-    """``pi(s) = action`` for every state: a fixed fusion weight vector."""
+class ThresholdModule(nn.Module):
+    """``high`` where ``state[:, index] >= threshold``, else ``low``: a personalised rule."""
 
-    def __init__(self, action: torch.Tensor) -> None:
+    def __init__(self, index: int, threshold: float, low: torch.Tensor,
+                 high: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("action", action.float().clamp(-1.0, 1.0))  # (k,)
+        self.index = index
+        self.threshold = threshold
+        self.register_buffer("low", low.float())    # (k,)
+        self.register_buffer("high", high.float())  # (k,)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.action.unsqueeze(0).expand(state.shape[0], -1).clone()  # (k,) -> (B, k)
+        mask = (state[:, self.index] >= self.threshold).unsqueeze(1)   # (B, 1)
+        return torch.where(mask, self.high.unsqueeze(0), self.low.unsqueeze(0))
 
 
 def fixed_policy(name: str, action: Sequence[float], description: str = "") -> TargetPolicy:
@@ -228,22 +234,24 @@ def discover_exports(models_dir: str, latest_per_algorithm: bool = True) -> list
     return sorted(v[2] for v in newest.values())
 
 
-def baseline_action(cfg: "MtfConfig", ope: "OpeConfig") -> np.ndarray:
-    """The logging baseline's normalised action: ``ope.baseline_action``, else the simulator's
-    ``sim.exploration.baseline_action``, else zeros (every weight mid-interval)."""
-    k = cfg.fusion.k
-    action = ope.baseline_action or cfg.sim.exploration.baseline_action
+def baseline_action(fusion: "FusionConfig", serving: "ServingConfig") -> np.ndarray:
+    """The logging baseline's normalised action: ``serving.baseline_action``, else zeros (every
+    weight mid-interval)."""
+    k = fusion.k
+    action = serving.baseline_action
     if action and len(action) != k:
-        raise ValueError(f"baseline action has {len(action)} values but fusion.tasks has {k} "
-                         f"({list(cfg.fusion.names)}); set ope.baseline_action")
+        raise ValueError(f"serving.baseline_action has {len(action)} values but fusion.tasks has "
+                         f"{k} ({list(fusion.names)}); set serving.baseline_action")
     return np.asarray(action, dtype=np.float64) if action else np.zeros(k)
 
 
-def resolve_policies(cfg: "MtfConfig", ope: "OpeConfig", feature_names: Sequence[str],
-                     action_tasks: Sequence[str]) -> list[TargetPolicy]:
-    """The policies of one evaluation run: logging baseline, fixed ones, then exports.
+def resolve_policies(ope: "OpeConfig", models: str, baseline: np.ndarray,
+                     feature_names: Sequence[str], action_tasks: Sequence[str]
+                     ) -> list[TargetPolicy]:
+    """The policies of one evaluation run: logging baseline (``baseline``, a normalised
+    action), fixed ones, then exports.
 
-    Exports come from ``ope.policies`` (directories, or run ids under the lake's models dir),
+    Exports come from ``ope.policies`` (directories, or run ids under the ``models`` dir),
     or, when that is empty, from :func:`discover_exports`. Every policy is checked with
     :func:`check_policy`. Names must be unique.
     """
@@ -251,11 +259,10 @@ def resolve_policies(cfg: "MtfConfig", ope: "OpeConfig", feature_names: Sequence
 
     out: list[TargetPolicy] = []
     if ope.include_logging:
-        out.append(fixed_policy(LOGGING_POLICY, baseline_action(cfg, ope),
+        out.append(fixed_policy(LOGGING_POLICY, baseline,
                                 "logging baseline (exploit group's action)"))
     for name, action in sorted(ope.fixed_policies.items()):
         out.append(fixed_policy(name, action, "fixed action from ope.fixed_policies"))
-    models = cfg.lake.path("models")
     if ope.policies:
         dirs = [_resolve_export(p, models) for p in ope.policies]
     else:

@@ -5,7 +5,7 @@ networks over a batch of transitions and returns, per policy and row, the log im
 and the Q terms the estimators need (:mod:`mtf.ope.estimators`). The Spark job runs exactly
 this function inside ``mapInArrow`` (:func:`score_transitions`): the TorchScript bytes travel
 in one broadcast variable and are loaded once per partition, before the partition's first
-batch (design section 6: mapInArrow was the fastest way to score torch models).
+batch (docs/stack.md: mapInArrow was the fastest way to score torch models).
 
 Spark side, after scoring (:func:`session_statistics_df`): a window per (policy, session)
 ordered by step gives t and the running log-weight; a groupBy gives the per-session columns of
@@ -154,7 +154,7 @@ def score_arrow_batch(batch: "pa.RecordBatch", models: Sequence[LoadedPolicy],
         list_column_to_matrix(col(D.NEXT_STATE), bundle.state_dim, D.NEXT_STATE),
         list_column_to_matrix(col(D.ACTION), bundle.action_dim, D.ACTION),
         _logp_column(batch), bundle.target_sigma)
-    exploit = pc.fill_null(pc.equal(col(D.EXPLORE_GROUP), D.EXPLOIT), False)
+    exploit = pc.fill_null(pc.equal(col(D.EXPLORE_GROUP), D.EXPLORE_GROUPS[D.EXPLOIT]), False)
     p = len(models)
     names = pa.array(np.repeat(np.array([m.name for m in models], dtype=object), n),
                      pa.string())

@@ -43,8 +43,9 @@ class Agent(Protocol):
 
 
 def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.device,
-               generator: torch.Generator) -> Agent:
-    """Build ``cfg.algo``'s agent. Networks are initialised from torch's global RNG."""
+               generator: torch.Generator, *, gamma: float) -> Agent:
+    """Build ``cfg.algo``'s agent for discount ``gamma`` (``mdp.gamma``). Networks are
+    initialised from torch's global RNG."""
     from mtf.rl.bc import BCAgent
     from mtf.rl.bcq import BCQAgent
     from mtf.rl.cql import CQLAgent
@@ -54,15 +55,19 @@ def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.
     if state_dim <= 0 or action_dim <= 0:
         raise ValueError(f"state_dim and action_dim must be > 0, got {state_dim}, {action_dim}")
     if cfg.algo == "bcq":
-        return BCQAgent(state_dim, action_dim, cfg.bcq, device, generator)
+        return BCQAgent(state_dim, action_dim, cfg.common, cfg.bcq, device, generator,
+                        gamma=gamma)
     if cfg.algo == "td3":
-        return TD3Agent(state_dim, action_dim, cfg.bcq, cfg.td3, device, generator)
+        return TD3Agent(state_dim, action_dim, cfg.common, cfg.td3, device, generator,
+                        gamma=gamma)
     if cfg.algo == "cql":
-        return CQLAgent(state_dim, action_dim, cfg.bcq, cfg.td3, cfg.cql, device, generator)
+        return CQLAgent(state_dim, action_dim, cfg.common, cfg.td3, cfg.cql, device, generator,
+                        gamma=gamma)
     if cfg.algo == "bc":
-        return BCAgent(state_dim, action_dim, cfg.bcq, cfg.bc, device, generator)
+        return BCAgent(state_dim, action_dim, cfg.common, cfg.bc, device, generator)
     if cfg.algo == "iql":
-        return IQLAgent(state_dim, action_dim, cfg.bcq, cfg.iql, device, generator)
+        return IQLAgent(state_dim, action_dim, cfg.common, cfg.iql, device, generator,
+                        gamma=gamma)
     raise ValueError(f"train.algo must be one of bcq, td3, cql, bc, iql; got {cfg.algo!r}")
 
 

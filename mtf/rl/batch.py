@@ -1,6 +1,6 @@
 """The one batch type of the trainer and the state normaliser applied to it.
 
-A :class:`TransitionBatch` holds the numeric columns of the transitions table (design section 3)
+A :class:`TransitionBatch` holds the numeric columns of the transitions table (docs/contract.md section 2)
 that the update rules need, as float32 tensors of shape ``(B, ·)``. Every loader yields it and
 every algorithm consumes it; conversion from numpy happens in :meth:`TransitionBatch.from_numpy`.
 """
@@ -13,17 +13,14 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-# Transitions-table columns read by the trainer, in a fixed order (design section 3).
-STATE, NEXT_STATE, ACTION, REWARD, IS_TERMINAL = (
-    "state", "next_state", "action", "reward", "is_terminal")
-NUMERIC_COLUMNS = (STATE, NEXT_STATE, ACTION, REWARD, IS_TERMINAL)
-SPLIT = "split"
-EXPLORE_GROUP = "explore_group"
-GROUP = "group"   # the batch's numeric code of explore_group
+from mtf.contract import (ACTION, EXPLORE_GROUP, GROUP_CODES, IS_TERMINAL,  # noqa: F401
+                          NEXT_STATE, REWARD, SPLIT, STATE)
 
-# explore_group -> code in TransitionBatch.group. Null (logs from before exploration) counts as
-# exploit: the action is the served policy's.
-GROUP_CODES = {"exploit": 0, "noise": 1, "random": 2}
+# Transitions-table columns read by the trainer, in a fixed order (docs/contract.md section 2).
+NUMERIC_COLUMNS = (STATE, NEXT_STATE, ACTION, REWARD, IS_TERMINAL)
+GROUP = "group"   # the batch's numeric code of explore_group (mtf.contract.GROUP_CODES); a
+#                   null group (logs from before exploration) counts as exploit: the action is
+#                   the served policy's.
 
 
 def group_codes(groups: Any) -> NDArray[np.float32]:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtf.rl.batch import TransitionBatch
-from mtf.rl.config import BCConfig, BCQConfig
+from mtf.rl.config import BCConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor
 from mtf.rl.updates import optimizer_step
@@ -26,11 +26,11 @@ class BCAgent:
 
     algo = "bc"
 
-    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, bc: BCConfig,
+    def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, bc: BCConfig,
                  device: torch.device, generator: torch.Generator) -> None:
         self.device = device
         self.generator = generator
-        self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
+        self.actor = DeterministicActor(state_dim, action_dim, common.hidden).to(device)
         self.actor_train: nn.Module = self.actor   # DDP-wrapped under DDP
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "actor": torch.optim.Adam(self.actor.parameters(), lr=bc.lr)}

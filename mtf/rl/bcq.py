@@ -1,4 +1,4 @@
-"""BCQ, the batch-RL algorithm of BatchRL-MTF (paper-spec section 5; Fujimoto et al. 2019).
+"""BCQ, the batch-RL algorithm of BatchRL-MTF (docs/method.md section 5; Fujimoto et al. 2019).
 
 Losses are free functions over tensors; :class:`BCQAgent` owns the networks and optimisers and
 runs one update in the reference order: VAE, critic, actor (perturbation), then targets.
@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtf.rl.batch import TransitionBatch
-from mtf.rl.config import BCQConfig
+from mtf.rl.config import BCQConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
 from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, max_over_candidates,
@@ -33,9 +33,9 @@ def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std:
 
 @torch.no_grad()
 def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE, actor_target: Perturbation,
-                      critic_target: EnsembleQ, cfg: BCQConfig,
+                      critic_target: EnsembleQ, cfg: BCQConfig, gamma: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Critic target ``(B, 1)`` of BCQ with soft clipped double Q (paper-spec section 5).
+    """Critic target ``(B, 1)`` of BCQ with soft clipped double Q (docs/method.md section 5).
 
     ``y = r + gamma (1 - done) max_i [lam min_j Q'_j(s', a'_i) + (1 - lam) max_j Q'_j(s', a'_i)]``
     with ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents z_i,
@@ -48,7 +48,7 @@ def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE, actor_target: Pert
     next_a = actor_target(next_s, vae.decode(next_s, z))                 # (B*n, k)
     q = critic_target(next_s, next_a)                                    # (critics, B*n, 1)
     value = max_over_candidates(mix_ensemble_q(q, cfg.lam), n)           # (B, 1)
-    return bellman_target(batch.reward, batch.is_terminal, value, cfg.gamma)
+    return bellman_target(batch.reward, batch.is_terminal, value, gamma)
 
 
 def bcq_actor_loss(critic: EnsembleQ, state: torch.Tensor, perturbed: torch.Tensor,
@@ -64,7 +64,7 @@ class BCQPolicy(nn.Module):
     (With ``penalty > 0`` the argmax is over the ensemble score ``mean Q - penalty * std Q``.)
 
     ``forward`` uses the registered ``latents`` buffer (fixed, clipped samples of the prior), so
-    one state always maps to one action (style.md 16); training-time metrics call
+    one state always maps to one action; training-time metrics call
     :meth:`select` with fresh latents. Input states are normalised.
     """
 
@@ -100,15 +100,15 @@ class BCQAgent:
 
     algo = "bcq"
 
-    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, device: torch.device,
-                 generator: torch.Generator) -> None:
-        self.cfg = cfg
+    def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, cfg: BCQConfig,
+                 device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
+        self.common, self.cfg, self.gamma = common, cfg, gamma
         self.device = device
         self.generator = generator
         self.vae = ActionVAE(state_dim, action_dim, cfg.latent_size(action_dim), cfg.vae_hidden,
                              cfg.log_std_min, cfg.log_std_max).to(device)
-        self.actor = Perturbation(state_dim, action_dim, cfg.hidden, cfg.rho).to(device)
-        self.critic = EnsembleQ(state_dim, action_dim, cfg.hidden, cfg.n_critics).to(device)
+        self.actor = Perturbation(state_dim, action_dim, common.hidden, cfg.rho).to(device)
+        self.critic = EnsembleQ(state_dim, action_dim, common.hidden, cfg.n_critics).to(device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
         self.vae_train: nn.Module = self.vae
@@ -116,8 +116,8 @@ class BCQAgent:
         self.critic_train: nn.Module = self.critic
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "vae": torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=common.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=common.critic_lr),
         }
 
     @property
@@ -137,7 +137,7 @@ class BCQAgent:
         metrics.update(self.critic_step(batch))
         metrics.update(self.actor_step(batch))
         # Delayed soft target update (paper: tau = 0.05 every 10 steps).
-        if (step + 1) % self.cfg.target_update_every == 0:
+        if (step + 1) % self.common.target_update_every == 0:
             self.update_targets()
         return metrics
 
@@ -153,7 +153,7 @@ class BCQAgent:
     def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         """Regress both critics on the soft clipped double-Q target (updates the critic only)."""
         target = bcq_critic_target(batch, self.vae, self.actor_target, self.critic_target,
-                                   self.cfg, self.generator)
+                                   self.cfg, self.gamma, self.generator)
         q = self.critic_train(batch.state, batch.action)          # (critics, B, 1)
         loss = ensemble_critic_loss(q, target)
         optimizer_step(self.optimizers["critic"], loss)
@@ -173,8 +173,8 @@ class BCQAgent:
         return {"loss/actor": loss.detach(), "q/policy": -loss.detach()}
 
     def update_targets(self) -> None:
-        soft_update(self.critic_target, self.critic, self.cfg.tau)
-        soft_update(self.actor_target, self.actor, self.cfg.tau)
+        soft_update(self.critic_target, self.critic, self.common.tau)
+        soft_update(self.actor_target, self.actor, self.common.tau)
 
     def policy(self, latents: torch.Tensor | None = None) -> BCQPolicy:
         """The greedy policy over this agent's live networks (shared, not copied)."""

@@ -23,7 +23,7 @@ from mtf.rl.layout import ActionSpace, TableLayout
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: train.common holds the shared learner settings, gamma is recorded
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -35,6 +35,7 @@ class Checkpoint:
     state_dim: int
     action_dim: int
     seed: int
+    gamma: float                   # the discount trained with (mdp.gamma)
     train_config: dict[str, Any]   # TrainConfig as a plain dict
     layout: TableLayout
     action_space: ActionSpace
@@ -44,7 +45,7 @@ class Checkpoint:
     def to_payload(self) -> dict[str, Any]:
         meta = {"format": FORMAT_VERSION, "step": self.step, "algo": self.algo,
                 "state_dim": self.state_dim, "action_dim": self.action_dim, "seed": self.seed,
-                "train_config": self.train_config, "layout": self.layout.to_dict(),
+                "gamma": self.gamma, "train_config": self.train_config, "layout": self.layout.to_dict(),
                 "action_space": self.action_space.to_dict()}
         return {"meta_json": json.dumps(meta, sort_keys=True),
                 "normalizer": self.normalizer.state_dict(), "agent": self.agent}
@@ -60,7 +61,8 @@ class Checkpoint:
                              f"reads format {FORMAT_VERSION}")
         return Checkpoint(step=int(meta["step"]), algo=str(meta["algo"]),
                           state_dim=int(meta["state_dim"]), action_dim=int(meta["action_dim"]),
-                          seed=int(meta["seed"]), train_config=meta["train_config"],
+                          seed=int(meta["seed"]), gamma=float(meta["gamma"]),
+                          train_config=meta["train_config"],
                           layout=TableLayout.from_dict(meta["layout"]),
                           action_space=ActionSpace.from_dict(meta["action_space"]),
                           normalizer=Normalizer.from_state_dict(payload["normalizer"]),

@@ -1,10 +1,11 @@
 """Training configuration: ``TrainConfig`` (section ``train``) and one section per algorithm.
 
-Paper values are the defaults (paper-spec section 5). Fields shared by every algorithm
-(discount, target-network schedule, network sizes, actor/critic learning rates) live in
-``BCQConfig``, the main algorithm; the others (``td3``, ``cql``, ``bc``, ``iql``) reuse them so
-that a comparison changes the algorithm and nothing else, and their own sections hold only what
-is specific to them.
+Paper values are the defaults (docs/method.md section 5). Settings shared by every algorithm
+(target-network schedule, network widths, actor/critic learning rates) live in
+``train.common`` (:class:`LearnerConfig`), so that a comparison changes the algorithm and
+nothing else; each algorithm's section (``bcq``, ``td3``, ``cql``, ``bc``, ``iql``) holds only
+what is specific to it. The discount gamma belongs to the problem, not the learner: ``mdp.gamma``
+(:class:`mtf.mdp.MdpConfig`), passed to the agents by the trainer.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from mtf.configtools import check_non_negative, check_positive
+from mtf.contract import EXPLORE_GROUPS
 
 ALGORITHMS = ("bcq", "td3", "cql", "bc", "iql")
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,8 +27,26 @@ def _hidden(section: str, name: str, sizes: tuple[int, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class LearnerConfig:
+    """Section ``train.common``: what every learner shares (paper values, docs/method.md 5)."""
+
+    tau: float = 0.05                    # soft target update rate tau (paper)
+    target_update_every: int = 10        # steps between soft target updates (paper)
+    hidden: tuple[int, ...] = (400, 300)  # actor / perturbation / critic MLP widths (paper)
+    actor_lr: float = 1e-4               # perturbation-network (actor) Adam lr (paper)
+    critic_lr: float = 2e-4              # critic Adam lr (paper)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"common.tau must be in (0, 1], got {self.tau!r}")
+        check_positive("common", target_update_every=self.target_update_every,
+                       actor_lr=self.actor_lr, critic_lr=self.critic_lr)
+        _hidden("common", "hidden", self.hidden)
+
+
+@dataclass(frozen=True)
 class BCQConfig:
-    """BCQ (Fujimoto et al. 2019) as used by BatchRL-MTF; paper-spec section 5.
+    """BCQ (Fujimoto et al. 2019) as used by BatchRL-MTF; docs/method.md section 5.
 
     Losses (per batch of transitions (s, a, r, s', done)):
       VAE:    mean ||a - D(s, z)||^2 + kl_weight * KL(N(mu, sigma^2) || N(0, I)),
@@ -39,16 +59,9 @@ class BCQConfig:
               with actor_penalty > 0: -mean [mean_j Q_j - actor_penalty * std_j Q_j]
               over n_critics critics (min/max in y are then over all n_critics)
       targets: theta' <- tau theta + (1 - tau) theta' every target_update_every steps.
+    gamma, tau, the target schedule, widths and actor / critic lr: ``mdp`` and ``train.common``.
     """
 
-    # shared by all algorithms
-    gamma: float = 0.95                  # discount gamma (paper)
-    tau: float = 0.05                    # soft target update rate tau (paper)
-    target_update_every: int = 10        # steps between soft target updates (paper)
-    hidden: tuple[int, ...] = (400, 300)  # actor / perturbation / critic MLP widths (paper)
-    actor_lr: float = 1e-4               # perturbation-network (actor) Adam lr (paper)
-    critic_lr: float = 2e-4              # critic Adam lr (paper)
-    # BCQ only
     rho: float = 0.15                    # perturbation bound rho, normalised action units (paper)
     lam: float = 1.0                     # clipped double-Q mix lambda (TD3: 1.0; BCQ paper 0.75)
     n_candidates: int = 10               # n actions sampled from the VAE per state, train + serve
@@ -59,29 +72,22 @@ class BCQConfig:
     log_std_min: float = -4.0            # clamp of the encoder's log sigma, for stability (BCQ)
     log_std_max: float = 15.0
     latent_clip: float = 0.5             # prior samples z ~ N(0, I) clipped to +-latent_clip (BCQ)
-    # Beyond the paper (UnifiedRL, paper-spec section 9): an ensemble of critics whose spread
+    # Beyond the paper (UnifiedRL, docs/method.md section 9): an ensemble of critics whose spread
     # penalises the actor. n_critics 2 + actor_penalty 0 is the paper's BCQ exactly.
     n_critics: int = 2                   # critics in the ensemble (2 = BCQ's twin critics)
     actor_penalty: float = 0.0           # actor/choice maximise mean Q - penalty * std Q; 0 = Q1
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"bcq.gamma must be in (0, 1], got {self.gamma!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"bcq.tau must be in (0, 1], got {self.tau!r}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"bcq.lam must be in [0, 1], got {self.lam!r}")
         if not 0.0 <= self.rho <= 2.0:
             raise ValueError(f"bcq.rho must be in [0, 2] (action units), got {self.rho!r}")
-        check_positive("bcq", target_update_every=self.target_update_every,
-                       actor_lr=self.actor_lr, critic_lr=self.critic_lr, vae_lr=self.vae_lr,
-                       n_candidates=self.n_candidates, kl_weight=self.kl_weight,
+        check_positive("bcq", vae_lr=self.vae_lr, n_candidates=self.n_candidates, kl_weight=self.kl_weight,
                        latent_clip=self.latent_clip)
         check_non_negative("bcq", latent_dim=self.latent_dim, actor_penalty=self.actor_penalty)
         if self.n_critics < 2:
             raise ValueError(f"bcq.n_critics must be >= 2 (BCQ's twin critics), got "
                              f"{self.n_critics!r}")
-        _hidden("bcq", "hidden", self.hidden)
         _hidden("bcq", "vae_hidden", self.vae_hidden)
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"bcq.log_std_min must be < bcq.log_std_max, got "
@@ -93,7 +99,7 @@ class BCQConfig:
 
 @dataclass(frozen=True)
 class TD3Config:
-    """TD3 (Fujimoto et al. 2018), the unconstrained baseline; shared fields come from ``bcq``.
+    """TD3 (Fujimoto et al. 2018), the unconstrained baseline; shared fields: ``train.common``.
 
     critic target y = r + gamma (1 - done) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c), -1, 1)),
     eps ~ N(0, policy_noise^2); actor loss -mean Q_1(s, pi(s)) every policy_delay steps.
@@ -137,9 +143,6 @@ class BCConfig:
         check_positive("bc", lr=self.lr)
 
 
-EXPLORE_GROUPS = ("exploit", "noise", "random")
-
-
 @dataclass(frozen=True)
 class IQLConfig:
     """IQL (Kostrikov et al. 2022) with an advantage-weighted actor; beyond the paper.
@@ -152,14 +155,14 @@ class IQLConfig:
             no actor, the policy is mean_j clip(g_j / p_j, -1, 1)
     policy_ema: the exported policy uses an exponential moving average of the networks it is
             made of (the actor, or the quadratic critics), decay min(policy_ema, (1+t)/(10+t))
-    Shared fields (gamma, tau, target schedule, widths) come from ``bcq``.
+    Shared fields (tau, target schedule, widths) come from ``train.common``, gamma from ``mdp``.
     """
 
     expectile: float = 0.8               # tau of the value expectile (> 0.5: optimistic in-sample)
     beta: float = 30.0                   # inverse temperature of the advantage weights
     max_weight: float = 100.0            # cap of exp(beta * A)
     actor_lr: float = 1e-3               # actor Adam lr
-    critic_lr: float = 2e-4              # critics' and value net's Adam lr (bcq's paper value)
+    critic_lr: float = 2e-4              # critics' and value net's Adam lr (the paper's critic lr)
     actor_groups: tuple[str, ...] = ("random",)  # exploration groups the actor regresses on
     quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
     min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
@@ -185,7 +188,7 @@ class IQLConfig:
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """petastorm reader over the pinned Delta files (design section 6)."""
+    """petastorm reader over the pinned Delta files (docs/stack.md)."""
 
     workers_count: int = 2               # reader threads per rank
     reader_pool: str = "thread"          # petastorm reader_pool_type: thread | process | dummy
@@ -227,6 +230,7 @@ class TrainConfig:
     normalizer_rows: int = 100_000       # training rows sampled for the state mean / std
     tensorboard: bool = True             # also log to TensorBoard when it is installed
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    common: LearnerConfig = field(default_factory=LearnerConfig)
     bcq: BCQConfig = field(default_factory=BCQConfig)
     td3: TD3Config = field(default_factory=TD3Config)
     cql: CQLConfig = field(default_factory=CQLConfig)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mtf.rl.batch import TransitionBatch
-from mtf.rl.config import BCQConfig, CQLConfig, TD3Config
+from mtf.rl.config import CQLConfig, LearnerConfig, TD3Config
 from mtf.rl.td3 import TD3Agent
 from mtf.rl.updates import ensemble_critic_loss
 
@@ -32,9 +32,10 @@ class CQLAgent(TD3Agent):
 
     algo = "cql"
 
-    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, td3: TD3Config,
-                 cql: CQLConfig, device: torch.device, generator: torch.Generator) -> None:
-        super().__init__(state_dim, action_dim, cfg, td3, device, generator)
+    def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, td3: TD3Config,
+                 cql: CQLConfig, device: torch.device, generator: torch.Generator, *,
+                 gamma: float) -> None:
+        super().__init__(state_dim, action_dim, common, td3, device, generator, gamma=gamma)
         self.cql = cql
 
     def critic_loss(self, batch: TransitionBatch, target: torch.Tensor

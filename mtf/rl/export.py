@@ -10,7 +10,7 @@ Python). It maps a batch of **raw** state vectors ``(B, S)`` float32, features i
 * ``to_weights(action) -> (B, k)``: the same affine map for a given action.
 
 State normalisation is folded in. BCQ's candidate latents are a fixed buffer, so the exported
-policy is deterministic: one state, one action (style.md 16).
+policy is deterministic: one state, one action.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def build_policy(ckpt: Checkpoint) -> ExportedPolicy:
     """The deterministic raw-state policy of a checkpoint, on CPU, in eval mode (not scripted)."""
     cfg = from_dict(TrainConfig, ckpt.train_config, prefix="train")
     cpu = torch.device("cpu")
-    agent = make_agent(cfg, ckpt.state_dim, ckpt.action_dim, cpu, make_generator(ckpt.seed, cpu))
+    agent = make_agent(cfg, ckpt.state_dim, ckpt.action_dim, cpu, make_generator(ckpt.seed, cpu),
+                       gamma=ckpt.gamma)
     load_agent_state(agent, ckpt.agent, nets_only=True)
     if isinstance(agent, BCQAgent):
         latents = prior_latents(cfg.bcq.n_candidates, cfg.bcq.latent_size(ckpt.action_dim),

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtf.rl.batch import GROUP_CODES, TransitionBatch
-from mtf.rl.config import BCQConfig, IQLConfig
+from mtf.rl.config import IQLConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor, EnsembleQ, mlp
 from mtf.rl.updates import (bellman_target, ensemble_critic_loss, optimizer_step, soft_update,
@@ -140,20 +140,20 @@ class IQLAgent:
 
     algo = "iql"
 
-    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, iql: IQLConfig,
-                 device: torch.device, generator: torch.Generator) -> None:
-        self.cfg = cfg
+    def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, iql: IQLConfig,
+                 device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
+        self.common, self.gamma = common, gamma
         self.iql = iql
         self.device = device
         self.generator = generator
         self.critic: nn.Module = (
-            QuadraticQ(state_dim, action_dim, cfg.hidden, iql.min_curvature, iql.n_heads)
-            if iql.quadratic_critic else EnsembleQ(state_dim, action_dim, cfg.hidden, 2)
+            QuadraticQ(state_dim, action_dim, common.hidden, iql.min_curvature, iql.n_heads)
+            if iql.quadratic_critic else EnsembleQ(state_dim, action_dim, common.hidden, 2)
         ).to(device)
         self.critic_target = target_copy(self.critic)
-        self.value = mlp(state_dim, cfg.hidden, 1).to(device)
+        self.value = mlp(state_dim, common.hidden, 1).to(device)
         self.actor = (None if iql.quadratic_critic
-                      else DeterministicActor(state_dim, action_dim, cfg.hidden).to(device))
+                      else DeterministicActor(state_dim, action_dim, common.hidden).to(device))
         # The policy's networks, averaged (None: the policy uses the trained ones directly).
         self.policy_average: nn.Module | None = (
             target_copy(self._policy_nets()) if iql.policy_ema > 0 else None)
@@ -194,12 +194,12 @@ class IQLAgent:
         # Q: one-step Bellman backup onto V(s'), no action is maximised over.
         with torch.no_grad():
             target = bellman_target(batch.reward, batch.is_terminal,
-                                    self.value(batch.next_state), self.cfg.gamma)
+                                    self.value(batch.next_state), self.gamma)
         q = self.critic_train(batch.state, batch.action)                            # (2, B, 1)
         critic_loss = ensemble_critic_loss(q, target)
         optimizer_step(self.optimizers["critic"], critic_loss)
-        if (step + 1) % self.cfg.target_update_every == 0:
-            soft_update(self.critic_target, self.critic, self.cfg.tau)
+        if (step + 1) % self.common.target_update_every == 0:
+            soft_update(self.critic_target, self.critic, self.common.tau)
         metrics = {"loss/value": value_loss.detach(), "loss/critic": critic_loss.detach(),
                    "q/data": q[0].detach().mean(), "q/target": target.mean()}
         if self.actor_train is None:         # quadratic critic: the policy is its maximiser

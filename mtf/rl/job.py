@@ -63,7 +63,7 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
         source = PetastormSource(table, batch_size=tcfg.batch_size, split=tcfg.split,
                                  seed=cfg.seed, info=info, cfg=tcfg.loader,
                                  groups=tcfg.explore_groups)
-        result = train(tcfg, source, layout=table.layout,
+        result = train(tcfg, source, gamma=cfg.mdp.gamma, layout=table.layout,
                        action_space=ActionSpace.from_fusion(cfg.fusion), run_dir=run_dir,
                        seed=cfg.seed, normalizer=normalizer, info=info, device=device,
                        resume_from=resume_from, n_train_rows=n_train_rows)

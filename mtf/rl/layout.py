@@ -2,7 +2,7 @@
 
 :class:`TableLayout` is the state feature layout and action task order of one pinned version of
 the transitions table (Delta table properties ``mtf.feature_names``, ``mtf.feature_version``,
-``mtf.action_tasks``; design section 3). :class:`ActionSpace` maps normalised actions to fusion
+``mtf.action_tasks``; docs/contract.md section 2). :class:`ActionSpace` maps normalised actions to fusion
 weights (``mtf.fusion``). A resumed run or an export refuses a layout that disagrees, naming
 the field.
 """
@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from mtf.fusion import FusionConfig
 
-FEATURE_NAMES_KEY = "mtf.feature_names"
-FEATURE_VERSION_KEY = "mtf.feature_version"
-ACTION_TASKS_KEY = "mtf.action_tasks"
+from mtf.contract import PROP_ACTION_TASKS as ACTION_TASKS_KEY
+from mtf.contract import PROP_FEATURE_NAMES as FEATURE_NAMES_KEY
+from mtf.contract import PROP_FEATURE_VERSION as FEATURE_VERSION_KEY
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class TableLayout:
             raise ValueError(
                 f"transitions table {path!r} (version {version}) lacks table properties "
                 f"{missing}; the transitions job must record the feature layout there "
-                f"(design section 3). Found properties: {sorted(props)}")
+                f"(docs/contract.md section 2). Found properties: {sorted(props)}")
         return TableLayout(
             table_path=path, table_version=int(version),
             feature_names=_json_names(props[FEATURE_NAMES_KEY], FEATURE_NAMES_KEY, path),

@@ -2,9 +2,9 @@
 
 Both yield an endless stream of :class:`~mtf.rl.batch.TransitionBatch` from
 ``batches(start_step)``, so every DDP rank runs exactly ``max_steps`` steps whatever the size of
-its shard (design section 6: uneven petastorm shards otherwise hang DDP at the end of an epoch).
+its shard (docs/stack.md: uneven petastorm shards otherwise hang DDP at the end of an epoch).
 
-petastorm rules followed here (design section 6): readers get the snapshot's active ``file://``
+petastorm rules followed here (docs/stack.md): readers get the snapshot's active ``file://``
 URIs, never the table directory; only the numeric columns (plus ``split``, filtered before
 batching) are read; ``BatchedDataLoader`` batches; shards are whole row groups, so a table needs
 at least ``world_size`` of them; row counts are checked because a reader once returned no rows
@@ -144,7 +144,7 @@ def _require_columns(names: Sequence[str], path: str, version: int, uri: str) ->
     missing = [c for c in (*NUMERIC_COLUMNS, SPLIT) if c not in names]
     if missing:
         raise ValueError(f"transitions table {path!r} (version {version}) lacks columns "
-                         f"{missing} (file {uri}); design section 3 lists the contract")
+                         f"{missing} (file {uri}); docs/contract.md section 2 lists the contract")
 
 
 # ---- Arrow -> numpy ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Networks of BCQ and the baselines. Forward computation only: no losses, no optimisers.
 
-All MLPs use ReLU (paper-spec section 5). Inputs are normalised states (see
+All MLPs use ReLU (docs/method.md section 5). Inputs are normalised states (see
 :class:`mtf.rl.batch.Normalizer`) and actions in [-1, 1]^k. Randomness (VAE noise, prior
 latents) is passed in as tensors so every module is deterministic given its inputs; that keeps
 the update rules testable and the exported policy scriptable.
@@ -90,7 +90,7 @@ class EnsembleLinear(nn.Module):
 class EnsembleQ(nn.Module):
     """``n`` independent critics Q_1..Q_n of (s, a) evaluated together; returns ``(n, B, 1)``.
 
-    The twin critics of BCQ, TD3 and CQL are ``n = 2``. Larger ensembles (UnifiedRL, paper-spec
+    The twin critics of BCQ, TD3 and CQL are ``n = 2``. Larger ensembles (UnifiedRL, docs/method.md
     section 9) give the actor a pessimistic objective ``mean_j Q_j - penalty * std_j Q_j``
     (:meth:`score`): action directions the critics disagree on, i.e. noise the data cannot pin
     down, stop paying off.

@@ -1,9 +1,9 @@
 """TD3 (Fujimoto et al. 2018): the unconstrained actor-critic baseline of the paper.
 
 Nothing keeps its actor near the logged actions, so on narrow logged data its critic
-extrapolates and the actor runs to out-of-distribution actions (paper-spec section 8: "TD3's Q
-diverged and produced out-of-distribution extreme actions"). Shared hyper-parameters (gamma,
-tau, target schedule, widths, learning rates) come from ``BCQConfig``.
+extrapolates and the actor runs to out-of-distribution actions (docs/method.md section 8: TD3's Q
+diverged and produced out-of-distribution extreme actions). Shared hyper-parameters (tau,
+target schedule, widths, learning rates) come from ``train.common``, gamma from ``mdp``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mtf.rl.batch import TransitionBatch
-from mtf.rl.config import BCQConfig, TD3Config
+from mtf.rl.config import LearnerConfig, TD3Config
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor, EnsembleQ
 from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, mix_ensemble_q,
@@ -46,21 +46,21 @@ class TD3Agent:
 
     algo = "td3"
 
-    def __init__(self, state_dim: int, action_dim: int, cfg: BCQConfig, td3: TD3Config,
-                 device: torch.device, generator: torch.Generator) -> None:
-        self.cfg = cfg
+    def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, td3: TD3Config,
+                 device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
+        self.common, self.gamma = common, gamma
         self.td3 = td3
         self.device = device
         self.generator = generator
-        self.actor = DeterministicActor(state_dim, action_dim, cfg.hidden).to(device)
-        self.critic = EnsembleQ(state_dim, action_dim, cfg.hidden, 2).to(device)  # twin critics
+        self.actor = DeterministicActor(state_dim, action_dim, common.hidden).to(device)
+        self.critic = EnsembleQ(state_dim, action_dim, common.hidden, 2).to(device)  # twin critics
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
         self.actor_train: nn.Module = self.actor
         self.critic_train: nn.Module = self.critic
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=common.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=common.critic_lr),
         }
 
     @property
@@ -78,7 +78,7 @@ class TD3Agent:
         # Delayed actor step: every policy_delay critic steps (the same steps on every rank).
         if (step + 1) % self.td3.policy_delay == 0:
             metrics.update(self.actor_step(batch))
-        if (step + 1) % self.cfg.target_update_every == 0:
+        if (step + 1) % self.common.target_update_every == 0:
             self.update_targets()
         return metrics
 
@@ -89,7 +89,7 @@ class TD3Agent:
         return ensemble_critic_loss(q, target), q[0], {}
 
     def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
-        target = td3_critic_target(batch, self.actor_target, self.critic_target, self.cfg.gamma,
+        target = td3_critic_target(batch, self.actor_target, self.critic_target, self.gamma,
                                    self.td3.policy_noise, self.td3.noise_clip, self.generator)
         loss, q1, extra = self.critic_loss(batch, target)
         optimizer_step(self.optimizers["critic"], loss)
@@ -104,8 +104,8 @@ class TD3Agent:
         return {"loss/actor": loss.detach(), "q/policy": -loss.detach()}
 
     def update_targets(self) -> None:
-        soft_update(self.critic_target, self.critic, self.cfg.tau)
-        soft_update(self.actor_target, self.actor, self.cfg.tau)
+        soft_update(self.critic_target, self.critic, self.common.tau)
+        soft_update(self.actor_target, self.actor, self.common.tau)
 
     def policy(self) -> nn.Module:
         return self.actor

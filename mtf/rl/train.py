@@ -45,7 +45,7 @@ class TrainResult:
     agent: Agent | None = field(default=None, repr=False, compare=False)  # the trained agent
 
 
-def train(cfg: TrainConfig, source: BatchSource, *, layout: TableLayout,
+def train(cfg: TrainConfig, source: BatchSource, *, gamma: float, layout: TableLayout,
           action_space: ActionSpace, run_dir: str, seed: int,
           normalizer: Normalizer | None = None, info: DistInfo = DistInfo(),
           device: torch.device = torch.device("cpu"), resume_from: str = "",
@@ -53,6 +53,7 @@ def train(cfg: TrainConfig, source: BatchSource, *, layout: TableLayout,
     """Train ``cfg.algo`` for ``cfg.max_steps`` steps on batches from ``source``.
 
     Args:
+        gamma: the discount (``mdp.gamma``; recorded in checkpoints).
         layout: feature layout + table version of the data (recorded in checkpoints).
         action_space: task order and fusion weight intervals (recorded for export).
         run_dir: where rank 0 writes ``run.json``, ``metrics.jsonl`` and ``checkpoints/``.
@@ -79,7 +80,7 @@ def train(cfg: TrainConfig, source: BatchSource, *, layout: TableLayout,
 
     torch.manual_seed(seed)  # identical initial networks on every rank
     generator = make_generator(seed * 1_000 + info.rank, device)
-    agent = make_agent(cfg, layout.state_dim, layout.action_dim, device, generator)
+    agent = make_agent(cfg, layout.state_dim, layout.action_dim, device, generator, gamma=gamma)
     if ckpt is not None:
         load_agent_state(agent, ckpt.agent)
         if info.rank > 0:  # the checkpoint holds rank 0's sampling state; keep ranks distinct
@@ -94,7 +95,8 @@ def train(cfg: TrainConfig, source: BatchSource, *, layout: TableLayout,
 
     def snapshot(step: int) -> Checkpoint:
         return Checkpoint(step=step, algo=cfg.algo, state_dim=layout.state_dim,
-                          action_dim=layout.action_dim, seed=seed, train_config=to_dict(cfg),
+                          action_dim=layout.action_dim, seed=seed, gamma=gamma,
+                          train_config=to_dict(cfg),
                           layout=layout, action_space=action_space,
                           normalizer=normalizer.to("cpu"), agent=agent_state(agent))
 

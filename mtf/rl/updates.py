@@ -20,7 +20,7 @@ def bellman_target(reward: torch.Tensor, is_terminal: torch.Tensor, next_value: 
     """``y = r + gamma * (1 - done) * V(s')``, all ``(B, 1)``.
 
     ``done`` is ``is_terminal`` only: a step cut by the end of the data window (``is_truncated``)
-    still bootstraps (design section 3).
+    still bootstraps (docs/contract.md section 2).
     """
     return reward + gamma * (1.0 - is_terminal) * next_value
 

@@ -2,7 +2,8 @@
 
 Every field carries its unit and meaning. Latent item/user traits live on a logit-like scale
 (standard-normal draws), so the response-model coefficients below are logit slopes. The YAML
-section ``sim:`` mirrors this tree (``sim.catalog.n_items``, ``sim.exploration.noise_sigma`` ...).
+section ``sim:`` mirrors this tree (``sim.catalog.n_items``, ``sim.session.page_size`` ...); the logging policy it serves is the
+``serving`` section (:class:`mtf.serving.exploration.ServingConfig`).
 See docs/simulator.md for the model these knobs drive.
 """
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 
 from mtf.configtools import check_non_negative, check_positive, check_probability
-from mtf.exploration import ExplorationConfig  # noqa: F401  (section sim.exploration)
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,6 @@ class SimConfig:
     response: ResponseConfig = field(default_factory=ResponseConfig)
     satisfaction: SatisfactionConfig = field(default_factory=SatisfactionConfig)
     mtl: MtlConfig = field(default_factory=MtlConfig)
-    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -1,11 +1,11 @@
 """Ground truth: the true expected discounted session return of any fusion policy.
 
-An episode is one session (paper-spec 3) of a fresh simulated user who already has history:
+An episode is one session (docs/method.md section 3) of a fresh simulated user who already has history:
 each evaluation user first runs ``sim.eval.warmup_sessions`` sessions under the logging
 baseline (exploit group, no exploration), then one evaluated session under the policy. The
 return is ``sum_t gamma^t r_t`` with ``r_t`` the pipeline's reward
 (:func:`mtf.reward.impression_reward`, stickiness + activeness, summed over the page) and
-``gamma = train.bcq.gamma``.
+``gamma = mdp.gamma``.
 
 Common random numbers: users, their warm-up histories and session-start states depend only on
 ``seed``; inside the evaluated session, step t of session i draws the same candidates, MTL noise

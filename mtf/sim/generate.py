@@ -12,7 +12,7 @@ previous one ended (also across days). A session never starts after its day ends
 past midnight; rows at or after the end of the simulated window are cut (those sessions are
 truncated, as in real logs).
 
-The Arrow tables follow :mod:`mtf.sim.schema`. With ``include_truth=True`` three extra columns
+The Arrow tables follow :mod:`mtf.contract`. With ``include_truth=True`` three extra columns
 carry, per row, the true session (``true_session_id``), the 0-based ``true_step`` of the request
 and ``true_state``, the state vector the logging policy acted on (``mtf.features`` layout), for
 tests of the ETL's sessionizer and feature parity; they are not part of the contract.
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtf.fusion import action_to_weights
-from mtf.sim import schema as S
+from mtf import contract as S
 from mtf.sim.logging_policy import LoggingPolicy, assign_groups
 from mtf.sim.policies import FixedPolicy, Policy
 from mtf.sim.rollout import Outcome, StepRandom, run_sessions
@@ -98,9 +98,9 @@ def simulate_shard(world: World, shard: int, base_policy: Policy | None = None, 
     sim = world.sim
     users = shard_users(world, shard)
     tracker = StateTracker(world.features, users.profile_columns(world.features.profile_columns))
-    groups = assign_groups(users.ids, sim.exploration)
+    groups = assign_groups(users.ids, world.serving)
     logging_policy = LoggingPolicy(base_policy or FixedPolicy(world.baseline_action),
-                                   sim.exploration, world.k)
+                                   world.serving, world.k)
 
     def act(states: np.ndarray, rows: np.ndarray,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

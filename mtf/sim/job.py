@@ -7,7 +7,7 @@ the logs are identical whatever ``sim.spark_partitions`` (or the cluster) is.
 
 Writes (through :func:`mtf.delta.write_delta`, one atomic commit per table):
 
-* ``lake.raw_logs``: the impression logs (:mod:`mtf.sim.schema`), partitioned by ``ds``, written
+* ``lake.raw_logs``: the impression logs (:mod:`mtf.contract`), partitioned by ``ds``, written
   with ``replaceWhere`` on the simulated window ``start_date <= ds < start_date + n_days``:
   a re-run replaces exactly those days (idempotent) and keeps other days; a failed run commits
   nothing, so readers keep the previous version. Rows at or after the window's end (sessions
@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from mtf.configtools import to_dict
-from mtf.sim import schema as S
+from mtf import contract as S
 from mtf.sim.generate import profiles_table, simulate_shard
 from mtf.sim.world import World
 

@@ -1,4 +1,4 @@
-"""The logging (behaviour) policy: a base policy plus per-user exploration (paper-spec 6).
+"""The logging (behaviour) policy: a base policy plus per-user exploration (docs/method.md section 6).
 
 Users are hashed (blake2b of ``salt:user_id``) into three groups with configured shares:
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtf.exploration import (  # noqa: F401  (groups and densities are re-exported from here)
-    EXPLOIT, NOISE, RANDOM, ExplorationConfig, assign_groups, box_uniform_bounds, norm_cdf,
+from mtf.serving.exploration import (  # noqa: F401  (groups and densities are re-exported from here)
+    EXPLOIT, NOISE, RANDOM, ServingConfig, assign_groups, box_uniform_bounds, norm_cdf,
     truncated_normal_logpdf, truncated_normal_sample)
 from mtf.sim.policies import Policy, check_actions
 
@@ -39,7 +39,7 @@ class LoggingPolicy:
     """
 
     base: Policy
-    cfg: ExplorationConfig
+    cfg: ServingConfig
     k: int
 
     def act(self, states: np.ndarray, groups: np.ndarray,

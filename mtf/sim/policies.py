@@ -5,7 +5,7 @@ array laid out as :func:`mtf.features.feature_names` and ``actions`` a ``(B, k)`
 ``[-1, 1]`` (task order of ``cfg.fusion``), mapped to fusion weights by
 :func:`mtf.fusion.action_to_weights`. Helpers here: constant actions (:class:`FixedPolicy`), a
 hand-written state-dependent rule (:class:`ThresholdPolicy`), named reference actions
-(:func:`reference_actions`) and a wrapper for a torch module (:func:`torch_policy`).
+(:func:`reference_actions`).
 """
 from __future__ import annotations
 
@@ -122,18 +122,6 @@ def hand_written_policy(features: FeatureConfig, fusion: FusionConfig,
     ref = reference_actions(fusion)
     return ThresholdPolicy(features, "profile_activity", threshold, action_low=ref["careful"],
                            action_high=ref["engaging"])
-
-
-def torch_policy(module: Any, device: str = "cpu") -> Policy:
-    """Wrap a torch module ``(B, S) -> (B, k)`` (e.g. an exported TorchScript policy)."""
-    import torch
-
-    def policy(states: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = module(torch.as_tensor(states, dtype=torch.float32, device=device))
-        return np.clip(out.detach().cpu().numpy().astype(np.float64), -1.0, 1.0)
-
-    return policy
 
 
 def check_actions(actions: Any, n: int, k: int, where: str = "policy") -> np.ndarray:

@@ -6,9 +6,9 @@ from typing import Sequence
 
 import numpy as np
 
-from mtf.exploration import hash_unit  # noqa: F401  (re-exported; used by generate)
+from mtf.serving.exploration import hash_unit  # noqa: F401  (re-exported; used by generate)
 from mtf.sim.config import PopulationConfig
-from mtf.sim.schema import PROFILE_COLUMNS
+from mtf.contract import PROFILE_COLUMNS
 
 USER_ID_WIDTH = 8
 
@@ -22,7 +22,7 @@ def user_ids(index: np.ndarray) -> list[str]:
 class Users:
     """A block of users (arrays indexed by row ``0 .. n - 1``).
 
-    ``profile`` columns follow :data:`mtf.sim.schema.PROFILE_COLUMNS` (age, activity, tenure,
+    ``profile`` columns follow :data:`mtf.contract.PROFILE_COLUMNS` (age, activity, tenure,
     gender), all in [0, 1]; ``gender`` is 0/1.
     """
 

@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mtf.contract import PROFILE_COLUMNS
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
+from mtf.mdp import MdpConfig
 from mtf.reward import RewardConfig
+from mtf.serving.exploration import ServingConfig
 from mtf.sim.catalog import Catalog, make_catalog
 from mtf.sim.config import SimConfig
-from mtf.sim.schema import PROFILE_COLUMNS
 
 if TYPE_CHECKING:
     from mtf.config import MtfConfig
@@ -77,6 +79,7 @@ class World:
     """
 
     sim: SimConfig
+    serving: ServingConfig        # the logging policy the simulated platform serves
     fusion: FusionConfig
     features: FeatureConfig
     reward: RewardConfig
@@ -89,21 +92,24 @@ class World:
 
     @classmethod
     def from_config(cls, cfg: "MtfConfig") -> "World":
-        return cls.build(sim=cfg.sim, fusion=cfg.fusion, features=cfg.features,
-                         reward=cfg.reward, gamma=cfg.train.bcq.gamma, seed=cfg.seed)
+        return cls.build(sim=cfg.sim, serving=cfg.serving, fusion=cfg.fusion,
+                         features=cfg.features, reward=cfg.reward, gamma=cfg.mdp.gamma,
+                         seed=cfg.seed)
 
     @classmethod
-    def build(cls, *, sim: SimConfig | None = None, fusion: FusionConfig | None = None,
-              features: FeatureConfig | None = None, reward: RewardConfig | None = None,
-              gamma: float = 0.95, seed: int = 7) -> "World":
+    def build(cls, *, sim: SimConfig | None = None, serving: ServingConfig | None = None,
+              fusion: FusionConfig | None = None, features: FeatureConfig | None = None,
+              reward: RewardConfig | None = None, gamma: float = MdpConfig.gamma,
+              seed: int = 7) -> "World":
         sim = sim or SimConfig()
+        serving = serving or ServingConfig()
         fusion = fusion or FusionConfig()
         features = features or FeatureConfig()
         reward = reward or RewardConfig()
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"train.bcq.gamma must be in (0, 1], got {gamma!r}")
+            raise ValueError(f"mdp.gamma must be in (0, 1], got {gamma!r}")
         unknown = [t for t in fusion.names if t not in KNOWN_TASKS]
         if unknown:
             raise ValueError(f"fusion.tasks {unknown} have no simulated ground truth; the "
@@ -112,9 +118,9 @@ class World:
         if unknown:
             raise ValueError(f"features.profile_columns {unknown} are not simulated; the "
                              f"simulator writes {list(PROFILE_COLUMNS)}")
-        base = sim.exploration.baseline_action
+        base = serving.baseline_action
         if base and len(base) != fusion.k:
-            raise ValueError(f"sim.exploration.baseline_action has {len(base)} values but "
+            raise ValueError(f"serving.baseline_action has {len(base)} values but "
                              f"fusion.tasks has {fusion.k} ({list(fusion.names)})")
         resp = sim.response
         if resp.min_watch_s < features.skip_s or resp.skip_play_max_s >= features.skip_s:
@@ -127,7 +133,7 @@ class World:
         task_bias = sim.mtl.task_bias_sd * mtl_rng.standard_normal(fusion.k)
         item_error = (sim.mtl.item_error_sd
                       * mtl_rng.standard_normal((catalog.n_items, fusion.k))).astype(np.float32)
-        return cls(sim=sim, fusion=fusion, features=features, reward=reward, gamma=float(gamma),
+        return cls(sim=sim, serving=serving, fusion=fusion, features=features, reward=reward, gamma=float(gamma),
                    seed=seed, catalog=catalog, task_bias=task_bias, item_error=item_error,
                    task_index={t: j for j, t in enumerate(fusion.names)})
 
@@ -138,7 +144,7 @@ class World:
     @property
     def baseline_action(self) -> np.ndarray:
         """The logging policy's baseline action, ``(k,)`` in [-1, 1] (zeros when unset)."""
-        base = self.sim.exploration.baseline_action
+        base = self.serving.baseline_action
         return np.asarray(base, dtype=np.float64) if base else np.zeros(self.k)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Sequence
 
-from mtf.etl import schema as S
+from mtf import contract as S
 
 TASKS = ("click", "like", "share", "finish", "watch_time", "exit")
 UTC = dt.timezone.utc

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 import mtf.etl.pipeline as pipeline
 from mtf.config import load_config
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.pipeline import run_build_transitions
 from tests.etl.logs import DAY1, at, write_logs, write_profiles
 from tests.etl.test_job import D2, PROFILES, bad_rows, good_rows, session_id

@@ -23,7 +23,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from mtf.config import load_config
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.pipeline import run_build_transitions
 from mtf.features import FEATURE_VERSION
 from tests.etl.logs import DAY1, at, imp, write_logs, write_profiles

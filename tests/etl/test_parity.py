@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from mtf.config import load_config
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.pipeline import RunWindow, build_requests, finish_transitions
 from mtf.features import compute_states
 from tests.etl.logs import logs_df

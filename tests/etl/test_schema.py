@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from tests.etl.logs import DAY1, TASKS, at, imp, logs_df
 
 
@@ -49,7 +49,7 @@ def test_accepted_types_are_cast_and_column_map_renames(spark) -> None:
 
 
 def test_simulator_schema_satisfies_the_contract() -> None:
-    sim_schema = pytest.importorskip("mtf.sim.schema")
+    sim_schema = pytest.importorskip("mtf.contract")
     from mtf.fusion import DEFAULT_TASKS
     tasks = tuple(t.name for t in DEFAULT_TASKS)
     assert S.schema_problems(sim_schema.impression_log_schema(tasks),

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.sessionize import session_id
 from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE
 from mtf.etl.user_pass import (APP_SID_HASH, DWELL_S, IS_SENTINEL, N_ITEMS, RAW_PLAY_TIME_NORM,
@@ -56,7 +56,7 @@ def _table(pages: list[tuple], liked: list[int] | None = None) -> pa.Table:
         S.PLAY_TIME_S: pa.array([r[3] for r in rows], pa.float64()),
         S.DURATION_S: pa.array([10.0] * n),
         S.LIKED: pa.array(liked, pa.int32()),
-        **{c: pa.array([0] * n, pa.int32()) for c in S.INTERACTIONS if c != S.LIKED},
+        **{c: pa.array([0] * n, pa.int32()) for c in S.INTERACTION_COLUMNS if c != S.LIKED},
         RAW_PLAY_TIME_NORM: pa.array([min(r[3] / 60.0, 1.0) for r in rows]),
     })
 

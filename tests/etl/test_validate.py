@@ -6,7 +6,7 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from mtf.etl import schema as S
+from mtf import contract as S
 from mtf.etl.validate import (DUP_KEY_HASH, REASONS, RowRules, add_reject_reason,
                               add_row_reason, candidate_duplicate_keys, mark_duplicates,
                               ranked_candidate_rows, rows_without_candidates)

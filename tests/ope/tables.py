@@ -48,7 +48,7 @@ def write_delta_table(spark: Any, path: str, frame: pd.DataFrame, feature_names:
     from mtf.delta import write_delta
     from tests.rl.tables import transitions_schema
 
-    schema = transitions_schema()   # the contract of design section 3
+    schema = transitions_schema()   # the contract of docs/contract.md section 2
     pdf = frame.copy()
     pdf["action_logp"] = pdf["action_logp"].astype(object).where(pdf["action_logp"].notna(), None)
     df = (spark.createDataFrame(pdf[[f.name for f in schema]], schema=schema)

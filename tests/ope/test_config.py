@@ -11,8 +11,6 @@ def test_defaults_are_the_papers() -> None:
     cfg = OpeConfig()
     assert (cfg.alpha, cfg.lr, cfg.batch_size, cfg.n_iterations, cfg.n_initial_states) == \
         (0.5e-3, 1e-4, 512, 5000, 5000)
-    assert cfg.gamma is None and cfg.resolved_gamma(0.95) == 0.95
-    assert OpeConfig(gamma=0.9).resolved_gamma(0.95) == 0.9
     assert ESTIMATORS[0] == "conservative_fqe"
 
 
@@ -20,13 +18,11 @@ def test_defaults_are_the_papers() -> None:
     ("alpha", -1.0, "ope.alpha must be >= 0"),
     ("lr", 0.0, "ope.lr must be > 0"),
     ("n_iterations", 0, "ope.n_iterations must be > 0"),
-    ("gamma", 1.5, r"ope.gamma must be in \(0, 1\]"),
     ("ci_level", 1.0, r"ope.ci_level must be in \(0, 1\)"),
     ("max_weight", 1.0, "ope.max_weight must be > 1"),
     ("n_bootstrap", 10, "ope.n_bootstrap must be >= 20"),
     ("hidden", (), "ope.hidden must list"),
     ("split", "", "ope.split must name a split"),
-    ("baseline_action", (0.0, 2.0), r"ope.baseline_action must lie in \[-1, 1\]"),
     ("fixed_policies", {"logging": (0.0,)}, "must not redefine 'logging'"),
     ("fixed_policies", {"x": (1.5,)}, "ope.fixed_policies.x must be"),
     ("run_id", "a/b", "ope.run_id must be a plain directory name"),
@@ -37,7 +33,7 @@ def test_invalid_values_name_the_key(field: str, value: object, message: str) ->
 
 
 def test_loads_from_yaml_like_dict_and_rejects_unknown_keys() -> None:
-    cfg = from_dict(OpeConfig, {"alpha": 0.001, "hidden": [64, 64], "gamma": None,
+    cfg = from_dict(OpeConfig, {"alpha": 0.001, "hidden": [64, 64],
                                 "fixed_policies": {"quality": [0.5, -0.5]}}, prefix="ope")
     assert cfg.hidden == (64, 64) and cfg.fixed_policies == {"quality": (0.5, -0.5)}
     with pytest.raises(ConfigError, match="unknown config key ope.alhpa"):

@@ -13,7 +13,7 @@ from mtf.ope.estimators import (RAW_COLUMNS, R, cumulative_log_weights, derived_
                                 session_statistics)
 from mtf.ope.evaluate import evaluate_arrays
 from mtf.ope.policies import fixed_policy, module_policy
-from mtf.ope.validate import ThresholdModule
+from mtf.ope.policies import ThresholdModule
 from tests.ope.tables import (bandit, bandit_smoothed_value, bandit_value, chain,
                               chain_smoothed_value, chain_value)
 

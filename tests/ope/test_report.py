@@ -11,7 +11,7 @@ from mtf.ope.config import ESTIMATORS, OpeConfig
 from mtf.ope.evaluate import evaluate_arrays
 from mtf.ope.policies import fixed_policy
 from mtf.ope.report import write_report
-from mtf.ope.validate import compare_with_truth
+from mtf.ope.truth import compare_with_truth
 from tests.ope.tables import sessions
 
 

@@ -19,7 +19,7 @@ from mtf.config import LakeConfig, MtfConfig
 from mtf.fusion import FusionConfig, TaskSpec
 from mtf.ope.config import ESTIMATORS, OpeConfig
 from mtf.ope.evaluate import evaluate_arrays, fit_policies, scoring_bundle
-from mtf.ope.policies import fixed_policy, resolve_policies
+from mtf.ope.policies import baseline_action, fixed_policy, resolve_policies
 from mtf.ope.score import load_bundle, score_arrow_batch, score_rows
 from tests.ope.tables import arrays_to_frame, sessions, write_delta_table, write_export
 
@@ -85,7 +85,9 @@ def test_job_evaluates_logging_fixed_and_exported_policies(job) -> None:
 def test_spark_and_single_process_paths_agree(job) -> None:
     """Same data, same seed: the single-process path refits identical Q networks and must
     reproduce every estimate, interval and diagnostic of the Spark job's report."""
-    policies = resolve_policies(job.cfg, job.ope, FEATURES, ["click", "like"])
+    policies = resolve_policies(job.ope, job.cfg.lake.path("models"),
+                                baseline_action(job.cfg.fusion, job.cfg.serving), FEATURES,
+                                ["click", "like"])
     local = evaluate_arrays(job.data, policies, job.ope, gamma=0.95, seed=job.cfg.seed)
     spark_results = {r["policy"]: r for r in job.report["results"]}
     assert [r.policy for r in local.results] == list(spark_results)
@@ -143,7 +145,7 @@ def test_the_mapinarrow_body_equals_score_rows_without_spark() -> None:
 
 
 def test_closed_loop_entry_point_names_the_reference_and_filters_days(spark, job) -> None:
-    from mtf.ope.pipeline_api import evaluate_policies
+    from mtf.ope.gate import evaluate_policies
 
     cfg = with_ope(job.cfg, job.ope)
     export = os.path.join(job.root, "models", "bc-run1", "export")

@@ -33,7 +33,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
             # the unsynced control trains the same shards without DDP's gradient averaging
             no_ddp = mock.patch("mtf.rl.bcq.ddp_wrap", side_effect=lambda m, d: m)
             with contextlib.nullcontext() if sync else no_ddp:
-                result = train(cfg, source, layout=LAYOUT, action_space=SPACE,
+                result = train(cfg, source, gamma=0.95, layout=LAYOUT, action_space=SPACE,
                                run_dir=os.path.join(out_dir, f"run_{name}"), seed=5,
                                normalizer=normalizer, info=info, device=cpu)
             assert result.agent is not None

@@ -5,16 +5,19 @@ import torch
 from torch import nn
 
 from mtf.rl.batch import TransitionBatch
-from mtf.rl.config import BCQConfig, TrainConfig
+from mtf.rl.config import BCQConfig, LearnerConfig, TrainConfig
 from mtf.rl.networks import EnsembleQ
 
-TINY_BCQ = BCQConfig(hidden=(16, 16), vae_hidden=(16, 16), n_candidates=4)
+GAMMA = 0.95                                   # mdp.gamma's default
+TINY_NETS = LearnerConfig(hidden=(16, 16))
+TINY_BCQ = BCQConfig(vae_hidden=(16, 16), n_candidates=4)
 
 
 def tiny_config(algo: str = "bcq", **train: object) -> TrainConfig:
     """A TrainConfig with tiny networks; keyword arguments override TrainConfig fields."""
     fields: dict[str, object] = {"algo": algo, "batch_size": 16, "max_steps": 20,
-                                 "log_every": 5, "checkpoint_every": 10, "bcq": TINY_BCQ,
+                                 "log_every": 5, "checkpoint_every": 10, "common": TINY_NETS,
+                                 "bcq": TINY_BCQ,
                                  "tensorboard": False}
     fields.update(train)
     return TrainConfig(**fields)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Synthetic transition tables in the contract of design.md section 3, for the trainer's tests.
+"""Synthetic transition tables in the contract of docs/contract.md section 2, for the trainer's tests.
 
 Rows come from a seeded numpy generator; Spark writes them through mtf.delta.write_delta with
 the layout table properties, repartitioned into several files (petastorm shards whole row
@@ -94,7 +94,7 @@ def write_transitions(spark: Any, path: str, *, n_sessions: int = 300, state_dim
 
 
 def transitions_schema() -> Any:
-    """The transitions table's Spark schema (design section 3), without the ds partition."""
+    """The transitions table's Spark schema (docs/contract.md section 2), without the ds partition."""
     from pyspark.sql import types as T
 
     floats = T.ArrayType(T.FloatType(), False)

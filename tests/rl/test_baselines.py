@@ -13,7 +13,7 @@ from mtf.rl.config import BCConfig, CQLConfig, TD3Config
 from mtf.rl.cql import CQLAgent, cql_penalty
 from mtf.rl.networks import DeterministicActor, EnsembleQ
 from mtf.rl.td3 import TD3Agent, deterministic_actor_loss, td3_critic_target
-from tests.rl.helpers import (TINY_BCQ, changed, params, random_batch, set_constant,
+from tests.rl.helpers import (GAMMA, TINY_NETS, changed, params, random_batch, set_constant,
                               set_member_constant, set_member_first_action_coordinate)
 
 CPU = torch.device("cpu")
@@ -68,8 +68,8 @@ def test_cql_penalty_matches_hand_computed_logsumexp() -> None:
 
 def test_cql_critic_loss_is_td_plus_alpha_times_penalty_of_both_critics() -> None:
     torch.manual_seed(0)
-    agent = CQLAgent(3, 2, TINY_BCQ, TD3Config(), CQLConfig(alpha=2.0, n_action_samples=3), CPU,
-                     make_generator(0, CPU))
+    agent = CQLAgent(3, 2, TINY_NETS, TD3Config(), CQLConfig(alpha=2.0, n_action_samples=3),
+                     CPU, make_generator(0, CPU), gamma=GAMMA)
     critic = agent.nets["critic"]
     set_member_constant(critic, 0, 1.0)
     set_member_constant(critic, 1, 2.0)
@@ -92,8 +92,9 @@ def test_bc_loss_is_mean_squared_error() -> None:
 def _td3(cls: type = TD3Agent) -> TD3Agent:
     torch.manual_seed(0)
     if cls is CQLAgent:
-        return CQLAgent(3, 2, TINY_BCQ, TD3Config(), CQLConfig(), CPU, make_generator(0, CPU))
-    return TD3Agent(3, 2, TINY_BCQ, TD3Config(), CPU, make_generator(0, CPU))
+        return CQLAgent(3, 2, TINY_NETS, TD3Config(), CQLConfig(), CPU, make_generator(0, CPU),
+                        gamma=GAMMA)
+    return TD3Agent(3, 2, TINY_NETS, TD3Config(), CPU, make_generator(0, CPU), gamma=GAMMA)
 
 
 @pytest.mark.parametrize("cls", [TD3Agent, CQLAgent])
@@ -117,7 +118,7 @@ def test_td3_updates_the_actor_every_policy_delay_steps() -> None:
 
 def test_bc_step_changes_the_actor_and_returns_its_loss() -> None:
     torch.manual_seed(0)
-    agent = BCAgent(3, 2, TINY_BCQ, BCConfig(), CPU, make_generator(0, CPU))
+    agent = BCAgent(3, 2, TINY_NETS, BCConfig(), CPU, make_generator(0, CPU))
     before = params(agent.nets["actor"])
     metrics = agent.update(random_batch(b=16, s=3, k=2), 0)
     assert set(metrics) == {"loss/bc"}

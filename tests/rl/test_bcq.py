@@ -10,8 +10,8 @@ import torch
 from mtf.rl.agent import make_generator
 from mtf.rl.bcq import BCQAgent, BCQPolicy, bcq_actor_loss, bcq_critic_target, vae_loss
 from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
-from tests.rl.helpers import (TINY_BCQ, changed, params, random_batch, set_member_constant,
-                              set_member_first_action_coordinate)
+from tests.rl.helpers import (GAMMA, TINY_BCQ, TINY_NETS, changed, params, random_batch,
+                              set_member_constant, set_member_first_action_coordinate)
 
 CPU = torch.device("cpu")
 
@@ -37,7 +37,7 @@ def test_vae_loss_is_zero_for_perfect_reconstruction_and_standard_posterior() ->
 @pytest.mark.parametrize("lam", [1.0, 0.75, 0.0])
 def test_critic_target_is_exact_with_constant_target_critics(lam: float) -> None:
     s, k = 3, 2
-    cfg = replace(TINY_BCQ, lam=lam, gamma=0.9)
+    cfg = replace(TINY_BCQ, lam=lam)
     vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
     actor_target = Perturbation(s, k, (8,), rho=0.15)
     critic_target = EnsembleQ(s, k, (8, 8), 2)
@@ -45,7 +45,7 @@ def test_critic_target_is_exact_with_constant_target_critics(lam: float) -> None
     set_member_constant(critic_target, 1, 3.0)
     batch = random_batch(b=6, s=s, k=k)
 
-    y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg)
+    y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg, 0.9)
 
     # max over candidates of lam * min(1, 3) + (1 - lam) * max(1, 3), whatever the candidates
     value = lam * 1.0 + (1.0 - lam) * 3.0
@@ -63,14 +63,14 @@ def test_critic_target_terminal_rows_do_not_bootstrap_truncated_rows_do() -> Non
     batch = replace(batch, reward=torch.ones(4, 1),
                     is_terminal=torch.tensor([[1.0], [0.0], [1.0], [0.0]]))
     y = bcq_critic_target(batch, ActionVAE(s, k, 2, (4,), -4, 15), Perturbation(s, k, (4,), 0.15),
-                          critic_target, TINY_BCQ)
+                          critic_target, TINY_BCQ, 0.95)
     torch.testing.assert_close(y, torch.tensor([[1.0], [1.0 + 0.95 * 10], [1.0],
                                                 [1.0 + 0.95 * 10]]))
 
 
 def test_critic_target_takes_the_max_over_each_states_own_candidates() -> None:
     s, k, n = 3, 2, 5
-    cfg = replace(TINY_BCQ, n_candidates=n, gamma=0.5)
+    cfg = replace(TINY_BCQ, n_candidates=n)
     vae = ActionVAE(s, k, 4, (8,), -4.0, 15.0)
     actor_target = Perturbation(s, k, (8,), rho=0.15)
     critic_target = EnsembleQ(s, k, (8,), 2)
@@ -78,7 +78,7 @@ def test_critic_target_takes_the_max_over_each_states_own_candidates() -> None:
     set_member_first_action_coordinate(critic_target, 1, s)
     batch = random_batch(b=4, s=s, k=k, terminal_every=100)   # nothing terminal
 
-    y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg,
+    y = bcq_critic_target(batch, vae, actor_target, critic_target, cfg, 0.5,
                           generator=torch.Generator().manual_seed(3))
 
     # Replay the same latents state by state: candidates of state i are rows i*n .. i*n+n-1.
@@ -142,7 +142,7 @@ def test_policy_returns_the_candidate_with_the_highest_q1() -> None:
 
 
 def test_policy_is_deterministic_with_fixed_latents() -> None:
-    agent = BCQAgent(3, 2, TINY_BCQ, CPU, make_generator(0, CPU))
+    agent = BCQAgent(3, 2, TINY_NETS, TINY_BCQ, CPU, make_generator(0, CPU), gamma=GAMMA)
     latents = prior_latents(4, agent.nets["vae"].latent_dim, 0.5,
                             generator=torch.Generator().manual_seed(0), device=CPU)
     policy = agent.policy(latents)
@@ -152,7 +152,7 @@ def test_policy_is_deterministic_with_fixed_latents() -> None:
 
 def _agent() -> BCQAgent:
     torch.manual_seed(0)
-    return BCQAgent(3, 2, TINY_BCQ, CPU, make_generator(0, CPU))
+    return BCQAgent(3, 2, TINY_NETS, TINY_BCQ, CPU, make_generator(0, CPU), gamma=GAMMA)
 
 
 @pytest.mark.parametrize("step_name, owner", [("vae_step", "vae"), ("critic_step", "critic"),
@@ -179,7 +179,7 @@ def test_actor_step_leaves_no_gradient_on_the_critic() -> None:
 
 def test_targets_move_by_tau_every_target_update_every_steps() -> None:
     agent = _agent()
-    tau, every = TINY_BCQ.tau, TINY_BCQ.target_update_every
+    tau, every = TINY_NETS.tau, TINY_NETS.target_update_every
     target0 = params(agent.critic_target)
     batch = random_batch(b=16, s=3, k=2)
     for step in range(every - 1):
@@ -219,13 +219,13 @@ def test_ensemble_of_two_matches_twin_critic_rules() -> None:
 
 def test_ensemble_target_takes_min_over_all_members() -> None:
     s, k = 3, 2
-    cfg = replace(TINY_BCQ, lam=1.0, gamma=0.5, n_critics=4)
+    cfg = replace(TINY_BCQ, lam=1.0, n_critics=4)
     critic_target = EnsembleQ(s, k, (8,), 4)
     for j, v in enumerate((4.0, -2.0, 7.0, 1.0)):
         set_member_constant(critic_target, j, v)
     batch = random_batch(b=5, s=s, k=k, terminal_every=100)
     y = bcq_critic_target(batch, ActionVAE(s, k, 4, (8,), -4.0, 15.0),
-                          Perturbation(s, k, (8,), 0.15), critic_target, cfg)
+                          Perturbation(s, k, (8,), 0.15), critic_target, cfg, 0.5)
     torch.testing.assert_close(y, batch.reward + 0.5 * -2.0)
 
 

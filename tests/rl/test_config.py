@@ -4,27 +4,32 @@ from __future__ import annotations
 import pytest
 
 from mtf.configtools import ConfigError, from_dict
-from mtf.rl.config import BCQConfig, CQLConfig, IQLConfig, LoaderConfig, TD3Config, TrainConfig
+from mtf.mdp import MdpConfig
+from mtf.rl.config import (BCQConfig, CQLConfig, IQLConfig, LearnerConfig, LoaderConfig,
+                           TD3Config, TrainConfig)
 
 
 def test_defaults_are_the_papers_hyper_parameters() -> None:
     cfg = TrainConfig()
     b = cfg.bcq
     assert (cfg.algo, cfg.split, cfg.batch_size, cfg.max_steps) == ("bcq", "train", 256, 300_000)
-    assert (b.vae_lr, b.actor_lr, b.critic_lr) == (1e-3, 1e-4, 2e-4)
-    assert (b.tau, b.target_update_every, b.gamma) == (0.05, 10, 0.95)
+    assert b.vae_lr == 1e-3
+    c = LearnerConfig()
+    assert (c.tau, c.target_update_every, c.hidden) == (0.05, 10, (400, 300))
+    assert (c.actor_lr, c.critic_lr) == (1e-4, 2e-4)
+    assert MdpConfig().gamma == 0.95
     assert (b.rho, b.n_candidates, b.lam, b.kl_weight) == (0.15, 10, 1.0, 0.5)
-    assert (b.hidden, b.vae_hidden) == ((400, 300), (750, 750))
+    assert b.vae_hidden == (750, 750)
     assert b.latent_size(action_dim=6) == 12   # latent = 2k
     assert (b.log_std_min, b.log_std_max, b.latent_clip) == (-4.0, 15.0, 0.5)
 
 
 @pytest.mark.parametrize("cls, kwargs, message", [
-    (BCQConfig, {"gamma": 0.0}, r"bcq.gamma must be in \(0, 1\], got 0.0"),
+    (MdpConfig, {"gamma": 0.0}, r"mdp.gamma must be in \(0, 1\], got 0.0"),
     (BCQConfig, {"lam": 1.5}, r"bcq.lam must be in \[0, 1\], got 1.5"),
-    (BCQConfig, {"tau": 0.0}, r"bcq.tau must be in \(0, 1\]"),
+    (LearnerConfig, {"tau": 0.0}, r"common.tau must be in \(0, 1\]"),
     (BCQConfig, {"n_candidates": 0}, r"bcq.n_candidates must be > 0, got 0"),
-    (BCQConfig, {"hidden": ()}, r"bcq.hidden must list one or more positive layer widths"),
+    (LearnerConfig, {"hidden": ()}, r"common.hidden must list one or more positive layer"),
     (BCQConfig, {"log_std_min": 20.0}, r"bcq.log_std_min must be < bcq.log_std_max"),
     (TD3Config, {"policy_delay": 0}, r"td3.policy_delay must be > 0"),
     (CQLConfig, {"alpha": -1.0}, r"cql.alpha must be >= 0"),
@@ -45,9 +50,10 @@ def test_invalid_values_raise_naming_the_key(cls: type, kwargs: dict, message: s
 
 
 def test_yaml_mapping_is_strict_and_typed() -> None:
-    cfg = from_dict(TrainConfig, {"algo": "td3", "bcq": {"hidden": [64, 32], "rho": 0.1},
+    cfg = from_dict(TrainConfig, {"algo": "td3", "common": {"hidden": [64, 32]},
+                                  "bcq": {"rho": 0.1},
                                   "td3": {"policy_delay": 3}, "table_version": 4})
-    assert cfg.bcq.hidden == (64, 32) and cfg.bcq.rho == 0.1 and cfg.td3.policy_delay == 3
+    assert cfg.common.hidden == (64, 32) and cfg.bcq.rho == 0.1 and cfg.td3.policy_delay == 3
     assert cfg.table_version == 4
     with pytest.raises(ConfigError, match="unknown config key train.bcq.phi"):
         from_dict(TrainConfig, {"bcq": {"phi": 0.1}}, prefix="train")

@@ -38,7 +38,8 @@ def _trained(tmp_path: Any, algo: str) -> str:
     cfg = tiny_config(algo.split("-")[0], max_steps=10, checkpoint_every=10)
     if algo == "bcq-ensemble":   # 3 critics and the std-penalised choice survive TorchScript
         cfg = replace(cfg, bcq=replace(cfg.bcq, n_critics=3, actor_penalty=0.5))
-    result = train(cfg, InMemorySource(data, batch_size=16, seed=0), layout=LAYOUT,
+    result = train(cfg, InMemorySource(data, batch_size=16, seed=0), gamma=0.95,
+                   layout=LAYOUT,
                    action_space=SPACE, run_dir=str(tmp_path / algo), seed=1,
                    normalizer=Normalizer.fit(data.state.numpy()))
     return result.checkpoint

@@ -24,7 +24,7 @@ def test_cuda_training_exports_and_resumes_on_cpu(tmp_path: Any, algo: str) -> N
     data = random_batch(b=256, s=3, k=2, seed=1)
     normalizer = Normalizer.fit(data.state.numpy())
     result = train(tiny_config(algo, max_steps=10, checkpoint_every=10),
-                   InMemorySource(data.to(cuda), batch_size=16, seed=0), layout=LAYOUT,
+                   InMemorySource(data.to(cuda), batch_size=16, seed=0), gamma=0.95, layout=LAYOUT,
                    action_space=SPACE, run_dir=str(tmp_path / "run"), seed=1,
                    normalizer=normalizer, device=cuda)
     assert result.metrics["loss/critic"] == result.metrics["loss/critic"]   # finite, not NaN
@@ -34,7 +34,7 @@ def test_cuda_training_exports_and_resumes_on_cpu(tmp_path: Any, algo: str) -> N
     assert torch.equal(policy(states), build_policy(load_checkpoint(result.checkpoint))(states))
     # resume on CPU from the CUDA checkpoint (generator state cannot cross devices: warned)
     resumed = train(tiny_config(algo, max_steps=12, checkpoint_every=12),
-                    InMemorySource(data, batch_size=16, seed=0), layout=LAYOUT,
+                    InMemorySource(data, batch_size=16, seed=0), gamma=0.95, layout=LAYOUT,
                     action_space=SPACE, run_dir=str(tmp_path / "run"), seed=1,
                     resume_from=result.checkpoint)
     assert resumed.step == 12

@@ -9,11 +9,11 @@ import torch
 
 from mtf.rl.agent import make_agent, make_generator
 from mtf.rl.batch import GROUP_CODES, TransitionBatch
-from mtf.rl.config import BCQConfig, IQLConfig, TrainConfig
+from mtf.rl.config import IQLConfig, LearnerConfig, TrainConfig
 from mtf.rl.iql import (IQLAgent, QuadraticQ, awr_weights, ema_decay, expectile_loss,
                         weighted_regression_loss)
 from mtf.rl.loader import InMemorySource
-from tests.rl.helpers import random_batch
+from tests.rl.helpers import GAMMA, random_batch
 
 CPU = torch.device("cpu")
 
@@ -42,8 +42,9 @@ def test_weighted_regression_ignores_masked_rows() -> None:
 
 def _agent(**iql: object) -> IQLAgent:
     torch.manual_seed(0)
-    cfg = BCQConfig(hidden=(16, 16))
-    return IQLAgent(3, 2, cfg, IQLConfig(**iql), CPU, make_generator(0, CPU))  # type: ignore
+    common = LearnerConfig(hidden=(16, 16))
+    return IQLAgent(3, 2, common, IQLConfig(**iql), CPU, make_generator(0, CPU),  # type: ignore
+                    gamma=GAMMA)
 
 
 def test_critic_target_is_reward_plus_discounted_value_of_next_state() -> None:
@@ -95,9 +96,9 @@ def _personalised_bandit(n: int = 6000) -> TransitionBatch:
 def _fit_iql(actor_groups: tuple[str, ...], steps: int = 600) -> torch.Tensor:
     torch.manual_seed(0)
     cfg = TrainConfig(algo="iql", batch_size=128,
-                      bcq=BCQConfig(hidden=(32, 32)),
+                      common=LearnerConfig(hidden=(32, 32)),
                       iql=IQLConfig(beta=10.0, actor_groups=actor_groups, critic_lr=1e-3))
-    agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU))
+    agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU), gamma=GAMMA)
     batches = InMemorySource(_personalised_bandit(), batch_size=128, seed=0).batches(0)
     for step in range(steps):
         agent.update(next(batches), step)
@@ -139,10 +140,10 @@ def test_quadratic_critic_value_and_maximiser_by_hand() -> None:
 def _fit_quadratic(steps: int = 600) -> IQLAgent:
     torch.manual_seed(0)
     cfg = TrainConfig(algo="iql", batch_size=128,
-                      bcq=BCQConfig(hidden=(32, 32)),
+                      common=LearnerConfig(hidden=(32, 32)),
                       iql=IQLConfig(quadratic_critic=True, min_curvature=0.1,
                                     critic_lr=1e-3))
-    agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU))
+    agent = make_agent(cfg, 1, 1, CPU, make_generator(0, CPU), gamma=GAMMA)
     batches = InMemorySource(_personalised_bandit(), batch_size=128, seed=0).batches(0)
     for step in range(steps):
         agent.update(next(batches), step)
@@ -171,7 +172,7 @@ def test_quadratic_policy_exports_to_torchscript(tmp_path: Any) -> None:
     data = random_batch(b=64, s=3, k=2, seed=1)
     result = train(tiny_config("iql", max_steps=6, checkpoint_every=6,
                                iql=IQLConfig(quadratic_critic=True)),
-                   InMemorySource(data, batch_size=16, seed=0), layout=LAYOUT,
+                   InMemorySource(data, batch_size=16, seed=0), gamma=0.95, layout=LAYOUT,
                    action_space=SPACE, run_dir=str(tmp_path / "run"), seed=1,
                    normalizer=Normalizer.fit(data.state.numpy()), device=CPU)
     exported = export_policy(result.checkpoint, str(tmp_path / "export"))

@@ -15,7 +15,7 @@ from mtf.rl.job import run_export, train_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10",
-        "train.bcq.hidden=[16,16]", "train.bcq.vae_hidden=[16,16]", "train.bcq.n_candidates=4",
+        "train.common.hidden=[16,16]", "train.bcq.vae_hidden=[16,16]", "train.bcq.n_candidates=4",
         "train.loader.workers_count=1", "train.loader.shuffle_buffer_rows=256"]
 
 

@@ -1,4 +1,4 @@
-"""The paper's qualitative finding on a toy contextual problem (paper-spec sections 5 and 8).
+"""The paper's qualitative finding on a toy contextual problem (docs/method.md sections 5 and 8).
 
 State s ~ U[-1, 1]; the logging policy plays a narrow a ~ N(c(s), 0.05^2), c(s) = 0.3 s. The
 true reward rises with a - c(s) up to a cliff: r = a - c(s) for a - c(s) <= 0.3, else -1.
@@ -15,13 +15,13 @@ import torch
 
 from mtf.rl.agent import Agent, make_agent, make_generator
 from mtf.rl.batch import TransitionBatch
-from mtf.rl.config import BCQConfig, TrainConfig
+from mtf.rl.config import BCQConfig, LearnerConfig, TrainConfig
 from mtf.rl.loader import InMemorySource
 
 CPU = torch.device("cpu")
 STEPS = 300
-NETS = BCQConfig(hidden=(32, 32), vae_hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3,
-                 vae_lr=1e-3)
+NETS = LearnerConfig(hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3)
+VAE = BCQConfig(vae_hidden=(32, 32), vae_lr=1e-3)
 EVAL_STATES = torch.linspace(-1, 1, 101).reshape(-1, 1)
 
 
@@ -45,8 +45,8 @@ def logged_data(n: int = 4000) -> TransitionBatch:
 
 def fit(algo: str, data: TransitionBatch, seed: int = 0) -> Agent:
     torch.manual_seed(seed)
-    agent = make_agent(TrainConfig(algo=algo, batch_size=128, bcq=NETS), 1, 1, CPU,
-                       make_generator(seed, CPU))
+    agent = make_agent(TrainConfig(algo=algo, batch_size=128, common=NETS, bcq=VAE), 1, 1, CPU,
+                       make_generator(seed, CPU), gamma=0.95)
     batches = InMemorySource(data, batch_size=128, seed=seed).batches(0)
     for step in range(STEPS):
         agent.update(next(batches), step)

@@ -41,7 +41,7 @@ class CountingSource:
 def _train(tmp_path: Any, cfg: Any, source: Any = None, **kwargs: Any) -> Any:
     data = _data()
     return train(cfg, source or InMemorySource(data, batch_size=cfg.batch_size, seed=0),
-                 layout=kwargs.pop("layout", LAYOUT), action_space=SPACE,
+                 gamma=0.95, layout=kwargs.pop("layout", LAYOUT), action_space=SPACE,
                  run_dir=str(tmp_path / "run"), seed=5,
                  normalizer=kwargs.pop("normalizer", Normalizer.fit(data.state.numpy())),
                  **kwargs)

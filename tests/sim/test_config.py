@@ -10,8 +10,9 @@ from mtf.config import load_config
 from mtf.configtools import ConfigError
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig, TaskSpec
-from mtf.sim.config import (CatalogConfig, ExplorationConfig, PopulationConfig, ResponseConfig,
-                            SessionConfig, SimConfig)
+from mtf.serving.exploration import ServingConfig
+from mtf.sim.config import (CatalogConfig, PopulationConfig, ResponseConfig, SessionConfig,
+                            SimConfig)
 from mtf.sim.world import World
 
 
@@ -27,10 +28,10 @@ def test_defaults_are_valid_and_shards_cover_users() -> None:
     (lambda: SimConfig(users_per_shard=0), r"sim.users_per_shard must be > 0"),
     (lambda: CatalogConfig(n_items=10), r"sim.catalog.n_items must be >= 100, got 10"),
     (lambda: CatalogConfig(quality_bait_corr=1.0), r"sim.catalog.quality_bait_corr"),
-    (lambda: ExplorationConfig(noise_share=0.7, random_share=0.4),
+    (lambda: ServingConfig(noise_share=0.7, random_share=0.4),
      r"noise_share \+ random_share must be <= 1"),
-    (lambda: ExplorationConfig(baseline_action=(0.0, 2.0)), r"baseline_action must lie in"),
-    (lambda: ExplorationConfig(noise_sigma=0.0), r"sim.exploration.noise_sigma must be > 0"),
+    (lambda: ServingConfig(baseline_action=(0.0, 2.0)), r"baseline_action must lie in"),
+    (lambda: ServingConfig(noise_sigma=0.0), r"serving.noise_sigma must be > 0"),
     (lambda: SessionConfig(page_size=6, n_candidates=5), r"n_candidates must be >= page_size"),
     (lambda: ResponseConfig(partial_ratio_max=0.95), r"partial_ratio_max < 0.9"),
     (lambda: ResponseConfig(skip_play_max_s=3.5), r"skip_play_max_s < min_watch_s"),
@@ -42,11 +43,11 @@ def test_invalid_values_name_the_key(make: Callable[[], object], match: str) -> 
 
 
 def test_yaml_overrides_reach_nested_sections() -> None:
-    cfg = load_config(None, ["sim.exploration.noise_sigma=0.2", "sim.session.page_size=4",
-                             "sim.exploration.baseline_action=[0, 0, 0, 0.5, 0.5, 0]"])
-    assert cfg.sim.exploration.noise_sigma == 0.2
+    cfg = load_config(None, ["serving.noise_sigma=0.2", "sim.session.page_size=4",
+                             "serving.baseline_action=[0, 0, 0, 0.5, 0.5, 0]"])
+    assert cfg.serving.noise_sigma == 0.2
     assert cfg.sim.session.page_size == 4
-    assert cfg.sim.exploration.baseline_action == (0.0, 0.0, 0.0, 0.5, 0.5, 0.0)
+    assert cfg.serving.baseline_action == (0.0, 0.0, 0.0, 0.5, 0.5, 0.0)
 
 
 def test_unknown_sim_key_is_a_config_error() -> None:
@@ -55,8 +56,8 @@ def test_unknown_sim_key_is_a_config_error() -> None:
 
 
 def test_noise_dist_must_be_a_known_kind() -> None:
-    with pytest.raises(ConfigError, match=r"sim.exploration.noise_dist: must be one of"):
-        load_config(None, ["sim.exploration.noise_dist=laplace"])
+    with pytest.raises(ConfigError, match=r"serving.noise_dist: must be one of"):
+        load_config(None, ["serving.noise_dist=laplace"])
 
 
 def test_world_rejects_a_task_without_ground_truth() -> None:
@@ -66,9 +67,8 @@ def test_world_rejects_a_task_without_ground_truth() -> None:
 
 
 def test_world_rejects_a_baseline_of_the_wrong_length() -> None:
-    sim = SimConfig(exploration=ExplorationConfig(baseline_action=(0.0, 0.0)))
     with pytest.raises(ValueError, match=r"baseline_action has 2 values but fusion.tasks has 6"):
-        World.build(sim=sim)
+        World.build(serving=ServingConfig(baseline_action=(0.0, 0.0)))
 
 
 def test_world_rejects_skip_thresholds_that_disagree_with_the_features() -> None:
@@ -82,7 +82,7 @@ def test_world_rejects_profile_columns_it_does_not_simulate() -> None:
 
 
 def test_world_from_mtf_config_uses_the_pipeline_sections() -> None:
-    cfg = load_config(None, ["seed=3", "train.bcq.gamma=0.9", "reward.w_like=0.7"])
+    cfg = load_config(None, ["seed=3", "mdp.gamma=0.9", "reward.w_like=0.7"])
     world = World.from_config(cfg)
     assert (world.seed, world.gamma, world.reward.w_like) == (3, 0.9, 0.7)
     assert world.fusion == cfg.fusion

@@ -104,7 +104,7 @@ def test_hand_written_personalised_policy_beats_every_fixed_weight_vector(
 
 def test_torch_policy_wraps_a_module(world: World) -> None:
     torch = pytest.importorskip("torch")
-    from mtf.sim.policies import torch_policy
+    from mtf.serving.export import torch_policy
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(world.features.state_dim, world.k),

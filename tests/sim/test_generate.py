@@ -11,7 +11,7 @@ import pytest
 
 from mtf.fusion import weights_to_action
 from mtf.reward import impression_reward
-from mtf.sim import schema as S
+from mtf import contract as S
 from mtf.sim.generate import (TRUE_SESSION_ID, TRUE_STATE, TRUE_STEP, SimLogs, simulate_logs,
                               simulate_shard)
 from mtf.sim.logging_policy import truncated_normal_logpdf
@@ -123,7 +123,7 @@ def test_app_session_id_for_most_but_not_all_users(requests: pd.DataFrame) -> No
 
 
 def test_group_shares_and_logged_densities(world: World, requests: pd.DataFrame) -> None:
-    expl = world.sim.exploration
+    expl = world.serving
     shares = requests.groupby("user_id")["group"].first().value_counts(normalize=True)
     tol = 3 * math.sqrt(0.25 / world.sim.n_users)
     assert shares["noise"] == pytest.approx(expl.noise_share, abs=tol)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-MODULES = ("config", "schema", "catalog", "users", "world", "state", "policies",
+MODULES = ("config", "truth", "catalog", "users", "world", "state", "policies",
            "logging_policy", "rollout", "generate", "evaluate", "job")
 
 CHECK = f"""

@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 
 from mtf.config import MtfConfig, load_config
 from mtf.delta import read_delta, table_properties, table_version
-from mtf.sim import schema as S
+from mtf import contract as S
 from mtf.sim.generate import SimLogs, simulate_logs
 from mtf.sim.job import SimulateResult, run, simulate_to_delta, window_predicate
 from mtf.sim.world import World
@@ -130,7 +130,7 @@ def test_a_rerun_replaces_exactly_its_days(spark: SparkSession, runs: Runs) -> N
 
 
 def test_a_bad_config_fails_before_spark_starts(tmp_path: Path) -> None:
-    cfg = _cfg(str(tmp_path), "sim.exploration.baseline_action=[0.1, 0.2]")
+    cfg = _cfg(str(tmp_path), "serving.baseline_action=[0.1, 0.2]")
     with pytest.raises(ValueError, match=r"baseline_action has 2 values"):
         run(cfg)
     assert not np.any([p.exists() for p in tmp_path.iterdir()])

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mtf.sim.config import ExplorationConfig
+from mtf.serving.exploration import ServingConfig
 from mtf.sim.logging_policy import (EXPLOIT, NOISE, RANDOM, LoggingPolicy, assign_groups,
                                     box_uniform_bounds, truncated_normal_logpdf,
                                     truncated_normal_sample)
@@ -26,13 +26,13 @@ def _independent_logpdf(a: float, mu: float, sigma: float) -> float:
 
 def test_groups_follow_the_configured_shares_and_are_stable() -> None:
     ids = [f"u{i:08d}" for i in range(40_000)]
-    cfg = ExplorationConfig(noise_share=0.25, random_share=0.15)
+    cfg = ServingConfig(noise_share=0.25, random_share=0.15)
     groups = assign_groups(ids, cfg)
     shares = np.bincount(groups, minlength=3) / len(ids)
     np.testing.assert_allclose(shares[[EXPLOIT, NOISE, RANDOM]], [0.60, 0.25, 0.15], atol=0.01)
     reordered = assign_groups(ids[::-1], cfg)[::-1]
     np.testing.assert_array_equal(groups, reordered)
-    resalted = assign_groups(ids, ExplorationConfig(noise_share=0.25, random_share=0.15,
+    resalted = assign_groups(ids, ServingConfig(noise_share=0.25, random_share=0.15,
                                                     salt="other"))
     assert 0.3 < np.mean(resalted != groups) < 0.7
 
@@ -65,7 +65,7 @@ def test_truncated_normal_samples_follow_the_density(mu: float, sigma: float) ->
 
 def _policy(**cfg: object) -> LoggingPolicy:
     base = np.array([0.2, -0.5, 0.0, 0.97, -1.0, 0.5])
-    return LoggingPolicy(FixedPolicy(base), ExplorationConfig(**cfg), K)  # type: ignore[arg-type]
+    return LoggingPolicy(FixedPolicy(base), ServingConfig(**cfg), K)  # type: ignore[arg-type]
 
 
 def test_exploit_group_acts_deterministically_without_density() -> None:
@@ -119,6 +119,6 @@ def test_noise_is_centred_on_the_base_action() -> None:
 
 
 def test_base_policy_output_is_checked() -> None:
-    pol = LoggingPolicy(lambda s: np.full((len(s), K), 1.5), ExplorationConfig(), K)
+    pol = LoggingPolicy(lambda s: np.full((len(s), K), 1.5), ServingConfig(), K)
     with pytest.raises(ValueError, match=r"logging base policy returned actions outside"):
         pol.act(np.zeros((2, 25), np.float32), np.zeros(2, np.int8), np.random.default_rng(0))

@@ -1,13 +1,13 @@
-"""The impression-log / user-profile contract (design section 2) as schemas."""
+"""The impression-log / user-profile contract (docs/contract.md section 1) as schemas."""
 from __future__ import annotations
 
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (ArrayType, DateType, DoubleType, IntegerType, StringType,
                                TimestampType)
 
-from mtf.sim import schema as S
+from mtf import contract as S
 
-# design.md section 2, in order, for the default fusion tasks.
+# docs/contract.md section 1, in order, for the default fusion tasks.
 CONTRACT = [
     ("event_id", StringType()), ("user_id", StringType()), ("request_id", StringType()),
     ("ts", TimestampType()), ("ds", DateType()), ("item_id", StringType()),

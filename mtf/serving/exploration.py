@@ -1,11 +1,12 @@
-"""Exploration groups and action densities shared by the simulator's logging policy and serving.
+"""The serving (logging) policy: its config, exploration groups and action densities.
 
-Paper-spec section 6: users are hashed (blake2b of ``salt:user_id``) into an ``exploit``, an
-action-``noise`` and a ``random`` group with configured shares. The noise and random groups
+docs/method.md section 6: users are hashed (blake2b of ``salt:user_id``) into an ``exploit``,
+an action-``noise`` and a ``random`` group with configured shares. The noise and random groups
 sample from truncated normals (or bounded uniforms) on the action box [-1, 1]^k, and every
 logged action carries its exact log-density. Numpy only, so that the simulator
-(:mod:`mtf.sim.logging_policy`) and the serving wrapper (:mod:`mtf.explore`, TorchScript) use one
-definition of the groups, the config and the densities.
+(:mod:`mtf.sim.logging_policy`), the OPE, the closed loop and the serving wrapper
+(:mod:`mtf.serving.export`, TorchScript) use one definition of the groups, the config and the
+densities.
 """
 from __future__ import annotations
 
@@ -17,22 +18,24 @@ from typing import Literal, Sequence
 import numpy as np
 
 from mtf.configtools import check_positive, check_probability
+from mtf.contract import EXPLOIT, NOISE, RANDOM
 
-EXPLORE_GROUPS = ("exploit", "noise", "random")
-EXPLOIT, NOISE, RANDOM = range(len(EXPLORE_GROUPS))
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _MAX_REJECTION_ROUNDS = 10_000
 
 
 @dataclass(frozen=True)
-class ExplorationConfig:
-    """The logging policy: a baseline action plus per-user exploration groups (paper-spec 6).
+class ServingConfig:
+    """Section ``serving``: the logging policy that serves users and writes the logs.
+
+    A baseline action plus per-user exploration groups (docs/method.md section 6); read by the
+    simulator (what it logs), the OPE (the logging baseline) and the closed loop (deployment).
 
     Users are assigned by a stable hash of ``salt:user_id`` (blake2b): the first ``noise_share``
     of the hash range explores with action noise, the next ``random_share`` with random actions,
     the rest exploit. Actions live in the normalised space [-1, 1]^k. Densities are exact for
     what is sampled: Gaussians are *truncated* to the box (not clipped), uniform noise is
-    restricted to the box (see mtf/sim/logging_policy.py).
+    restricted to the box (see mtf/sim/logging_policy.py and mtf/serving/export.py).
     """
 
     baseline_action: tuple[float, ...] = ()  # normalised baseline action, task order; () = 0s
@@ -46,16 +49,16 @@ class ExplorationConfig:
     salt: str = "mtf-explore"            # hash salt; change it to re-draw the groups
 
     def __post_init__(self) -> None:
-        check_probability("sim.exploration", noise_share=self.noise_share,
+        check_probability("serving", noise_share=self.noise_share,
                           random_share=self.random_share)
         if self.noise_share + self.random_share > 1.0:
-            raise ValueError("sim.exploration.noise_share + random_share must be <= 1, got "
+            raise ValueError("serving.noise_share + random_share must be <= 1, got "
                              f"{self.noise_share!r} + {self.random_share!r}")
-        check_positive("sim.exploration", noise_sigma=self.noise_sigma,
+        check_positive("serving", noise_sigma=self.noise_sigma,
                        noise_halfwidth=self.noise_halfwidth, random_sigma=self.random_sigma)
         bad = [a for a in self.baseline_action if not -1.0 <= a <= 1.0]
         if bad:
-            raise ValueError("sim.exploration.baseline_action must lie in [-1, 1], got "
+            raise ValueError("serving.baseline_action must lie in [-1, 1], got "
                              f"{list(self.baseline_action)!r}")
 
 
@@ -72,7 +75,7 @@ def hash_unit(keys: Sequence[str], salt: str) -> np.ndarray:
     return out
 
 
-def assign_groups(user_ids: Sequence[str], cfg: ExplorationConfig) -> np.ndarray:
+def assign_groups(user_ids: Sequence[str], cfg: ServingConfig) -> np.ndarray:
     """Group code per user (index into :data:`EXPLORE_GROUPS`), by a stable hash."""
     u = hash_unit(user_ids, cfg.salt)
     return np.where(u < cfg.noise_share, NOISE,

@@ -13,8 +13,9 @@ from mtf.config import load_config
 from mtf.ope.config import ESTIMATORS, OpeConfig
 from mtf.ope.evaluate import local_sums
 from mtf.ope.results import Estimate, PolicyEstimates, summarise
-from mtf.ope.validate import (compare_with_truth, ground_truth, rankdata, simulated_transitions,
-                              spearman, to_arrays, validation_policies)
+from mtf.loop.ope_validation import (ground_truth, simulated_transitions, to_arrays,
+                                     validation_policies)
+from mtf.ope.truth import compare_with_truth, rankdata, spearman
 from mtf.sim.evaluate import evaluate_many
 from mtf.sim.logging_policy import truncated_normal_sample
 from mtf.sim.world import World
@@ -53,7 +54,8 @@ def test_compare_with_truth_reports_errors_coverage_and_discordant_pairs() -> No
 @pytest.fixture(scope="module")
 def tiny_world() -> World:
     cfg = load_config()
-    return World.build(sim=replace(cfg.sim, n_users=60, n_days=2), fusion=cfg.fusion,
+    return World.build(sim=replace(cfg.sim, n_users=60, n_days=2), serving=cfg.serving,
+                       fusion=cfg.fusion,
                        features=cfg.features, reward=cfg.reward, gamma=0.95, seed=3)
 
 
@@ -98,9 +100,9 @@ def test_wpdis_intervals_cover_the_simulator_truth_at_about_the_nominal_rate() -
                   extra_sessions_mean=0.0)
     sim = replace(cfg.sim, n_users=shards * users, users_per_shard=users, n_days=1,
                   population=pop, eval=replace(cfg.sim.eval, warmup_sessions=0))
-    world = World.build(sim=sim, fusion=cfg.fusion, features=cfg.features, reward=cfg.reward,
+    world = World.build(sim=sim, serving=cfg.serving, fusion=cfg.fusion, features=cfg.features, reward=cfg.reward,
                         gamma=0.95, seed=7)
-    sigma = sim.exploration.noise_sigma
+    sigma = cfg.serving.noise_sigma
     rng = np.random.default_rng(0)
 
     def smoothed_baseline(states: np.ndarray) -> np.ndarray:

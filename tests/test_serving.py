@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtf.explore import (EXPLORE_FILE, ConstantPolicy, ExplorationPolicy, assign_groups,
+from mtf.serving.export import (EXPLORE_FILE, ConstantPolicy, ExplorationPolicy, assign_groups,
                          export_exploration)
-from mtf.sim.config import ExplorationConfig
+from mtf.serving.exploration import ServingConfig
 from mtf.sim.logging_policy import LoggingPolicy
 from mtf.sim.policies import FixedPolicy
 
@@ -44,7 +44,7 @@ def numpy_policy(module: torch.nn.Module):
 @pytest.mark.parametrize("noise_dist, random_dist", [("gaussian", "gaussian"),
                                                      ("uniform", "uniform")])
 def test_logp_equals_the_simulators_logging_policy(noise_dist: str, random_dist: str) -> None:
-    cfg = ExplorationConfig(noise_dist=noise_dist, random_dist=random_dist, noise_sigma=0.1,
+    cfg = ServingConfig(noise_dist=noise_dist, random_dist=random_dist, noise_sigma=0.1,
                             random_sigma=0.5)
     net = TanhLinear()
     module = ExplorationPolicy(net, cfg, torch.as_tensor(LO), torch.as_tensor(HI))
@@ -63,7 +63,7 @@ def test_logp_equals_the_simulators_logging_policy(noise_dist: str, random_dist:
 
 def test_truncated_noise_has_the_right_distribution() -> None:
     """Empirical CDF of the noise group's actions matches the truncated normal's CDF."""
-    cfg = ExplorationConfig(noise_sigma=0.3)
+    cfg = ServingConfig(noise_sigma=0.3)
     mu = 0.8   # close to the upper bound: truncation matters
     module = ExplorationPolicy(ConstantPolicy(torch.full((K,), mu)), cfg,
                                torch.as_tensor(LO), torch.as_tensor(HI))
@@ -80,7 +80,7 @@ def test_truncated_noise_has_the_right_distribution() -> None:
 
 
 def test_groups_are_stable_and_have_the_configured_shares() -> None:
-    cfg = ExplorationConfig(noise_share=0.3, random_share=0.1)
+    cfg = ServingConfig(noise_share=0.3, random_share=0.1)
     users = [f"u{i:08d}" for i in range(20000)]
     g = assign_groups(users, cfg)
     assert np.array_equal(g, assign_groups(users, cfg))
@@ -89,7 +89,7 @@ def test_groups_are_stable_and_have_the_configured_shares() -> None:
 
 
 def test_exported_module_runs_without_mtf(tmp_path) -> None:
-    cfg = ExplorationConfig()
+    cfg = ServingConfig()
     out = export_exploration(TanhLinear(), cfg, LO, HI, str(tmp_path / "exp"),
                              meta={"source": "test"})
     states = torch.randn(50, 4, generator=torch.Generator().manual_seed(3))
@@ -115,7 +115,7 @@ LO_T, HI_T = torch.as_tensor(LO).float(), torch.as_tensor(HI).float()
 
 def test_fixed_baseline_matches_fixed_policy() -> None:
     action = np.array([0.2, -0.4, 0.9])
-    module = ExplorationPolicy(ConstantPolicy(torch.as_tensor(action)), ExplorationConfig(),
+    module = ExplorationPolicy(ConstantPolicy(torch.as_tensor(action)), ServingConfig(),
                                torch.as_tensor(LO), torch.as_tensor(HI))
     states = np.zeros((5, 4), dtype=np.float32)
     a, _ = module(torch.as_tensor(states), torch.zeros(5, dtype=torch.int64))

@@ -1,4 +1,4 @@
-"""Online exploration for serving (paper-spec section 6): one TorchScript module per deployment.
+"""Online exploration for serving (docs/method.md section 6): one TorchScript module per deployment.
 
 :class:`ExplorationPolicy` wraps an exported policy (or the fixed baseline action) and, per
 request, returns the action to use **and its log-density**, so that the next day's logs carry
@@ -11,8 +11,8 @@ request, returns the action to use **and its log-density**, so that the next day
 * ``random`` (group 2): ``a ~ N(0, random_sigma^2)`` truncated to [-1, 1] per task, or U(-1, 1).
 
 These are exactly the distributions of the simulator's logging policy
-(:mod:`mtf.sim.logging_policy`; both take ``ExplorationConfig`` and the group hash from
-:mod:`mtf.exploration`), and the tests hold the two equal.
+(:mod:`mtf.sim.logging_policy`; both take ``ServingConfig`` and the group hash from
+:mod:`mtf.serving.exploration`), and the tests hold the two equal.
 Truncated normals are sampled by the inverse CDF, which TorchScript can run and which never
 piles mass on the bounds. Users are assigned to groups by :func:`assign_groups` (a stable
 blake2b hash of ``salt:user_id``), which the serving side calls before the module.
@@ -22,33 +22,45 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from mtf.exploration import EXPLORE_GROUPS, ExplorationConfig
-from mtf.exploration import assign_groups as _assign_groups
+from mtf.contract import EXPLORE_GROUPS
+from mtf.serving.exploration import ServingConfig
+from mtf.serving.exploration import assign_groups as _assign_groups
 
 EXPLORE_FILE = "explore.pt"
 EXPLORE_SIDECAR = "explore.json"
 
 
-def assign_groups(user_ids: Sequence[str], cfg: ExplorationConfig) -> np.ndarray:
+def assign_groups(user_ids: Sequence[str], cfg: ServingConfig) -> np.ndarray:
     """Group code per user: 0 exploit, 1 noise, 2 random (order of EXPLORE_GROUPS)."""
     return _assign_groups(user_ids, cfg).astype(np.int64)
 
 
 class ConstantPolicy(nn.Module):
-    """The baseline: the same normalised action for every state."""
+    """``pi(s) = action`` for every state: fixed fusion weights, e.g. the logging baseline."""
 
     def __init__(self, action: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("action", action.float())
+        self.register_buffer("action", action.float().clamp(-1.0, 1.0))  # (k,)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.action.unsqueeze(0).expand(state.shape[0], -1).clone()
+
+
+def torch_policy(module: Any, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """A torch module ``(B, S) -> (B, k)`` (e.g. an exported TorchScript policy) as a numpy
+    policy ``states -> actions in [-1, 1]``: what the simulator serves."""
+    def policy(states: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = module(torch.as_tensor(states, dtype=torch.float32, device=device))
+        return np.clip(out.detach().cpu().numpy().astype(np.float64), -1.0, 1.0)
+
+    return policy
 
 
 def _truncnorm_logpdf(a: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -70,7 +82,7 @@ def _truncnorm_sample(mu: torch.Tensor, sigma: float) -> torch.Tensor:
 class ExplorationPolicy(nn.Module):
     """``(state, group) -> (action, logp)`` for serving; see the module docstring."""
 
-    def __init__(self, policy: nn.Module, cfg: ExplorationConfig, lo: torch.Tensor,
+    def __init__(self, policy: nn.Module, cfg: ServingConfig, lo: torch.Tensor,
                  hi: torch.Tensor) -> None:
         super().__init__()
         self.policy = policy
@@ -122,7 +134,7 @@ class ExplorationPolicy(nn.Module):
         return self.lo + (action.clamp(-1.0, 1.0) + 1.0) * 0.5 * (self.hi - self.lo)
 
 
-def export_exploration(policy: nn.Module, cfg: ExplorationConfig, lo: np.ndarray,
+def export_exploration(policy: nn.Module, cfg: ServingConfig, lo: np.ndarray,
                        hi: np.ndarray, out_dir: str, meta: dict[str, object] | None = None
                        ) -> str:
     """Script and save the exploration policy plus an ``explore.json`` sidecar; returns the dir.

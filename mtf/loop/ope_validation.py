@@ -1,20 +1,19 @@
-"""Validation of the estimators against the simulator's ground truth (issue 6, item 6).
+"""The OPE estimators against the simulator's ground truth, in one process.
 
-Pieces:
+``python -m mtf.loop.ope_validation`` simulates logs, builds transitions, runs every estimator
+and compares them with the true values (report included). Pieces:
 
 * :func:`simulated_transitions`: simulator logs -> transition rows, in process. It follows the
-  transition-table contract with the **reference** feature implementation
-  (:func:`mtf.features.compute_states`) and reward (:func:`mtf.reward.impression_reward`), and
-  takes sessions and steps from the simulator's truth columns. It is a stand-in for the Spark
-  ETL (``mtf build-transitions``) so validation does not depend on it; truncation is inferred
-  from the end of the simulated window (see the function).
+  transition-table contract (docs/contract.md section 2) with the **reference** feature
+  implementation (:func:`mtf.features.compute_states`) and reward
+  (:func:`mtf.reward.impression_reward`), and takes sessions and steps from the simulator's
+  truth columns. It stands in for the Spark ETL (``mtf build-transitions``) so validation does
+  not depend on it; truncation is inferred from the end of the simulated window.
 * :func:`validation_policies`: the logging baseline, fixed reference actions and a
   hand-written state-dependent rule, all as TorchScript target policies.
-* :func:`ground_truth`: the true value of each policy from :func:`mtf.sim.evaluate.evaluate_many`
-  (common random numbers, same reward and gamma).
-* :func:`compare_with_truth`: error, RMSE, Spearman rank correlation, interval coverage and the
-  pairs the conservative estimator orders differently from the truth.
-* ``python -m mtf.ope.validate``: the whole experiment, report included.
+* :func:`ground_truth`: the true value of each policy (:class:`mtf.sim.truth.SimulatorTruth`).
+* :func:`mtf.ope.truth.compare_with_truth`: errors, Spearman, interval coverage, discordant
+  pairs and decisions against the truth.
 
 Start distributions: the truth is the value of one session of an evaluation user (drawn from
 the population, user-weighted) after ``sim.eval.warmup_sessions`` baseline sessions; OPE averages
@@ -32,45 +31,35 @@ import math
 import os
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from mtf.ope.config import ESTIMATORS, LOGGING_POLICY
+from mtf.config import load_config
+from mtf.configtools import from_dict
+from mtf.features import compute_states
+from mtf.fusion import weights_to_action
+from mtf.log import setup_logging
+from mtf.ope.config import LOGGING_POLICY, OpeConfig
+from mtf.ope.data import TransitionArrays
+from mtf.ope.evaluate import evaluate_arrays, fit_policies
+from mtf.ope.policies import ThresholdModule, fixed_policy, module_policy
+from mtf.ope.report import write_report
+from mtf.ope.truth import compare_with_truth
+from mtf.reward import impression_reward
+from mtf.sim.generate import TRUE_SESSION_ID, TRUE_STEP, day_start_us, simulate_logs
+from mtf.sim.policies import reference_actions
+from mtf.sim.truth import SimulatorTruth
+from mtf.sim.world import World
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mtf.config import MtfConfig
     from mtf.ope.policies import TargetPolicy
-    from mtf.ope.results import Decision, PolicyEstimates
-    from mtf.sim.world import World
 
 logger = logging.getLogger(__name__)
-
-TRUTH_NOTE = ("Ground truth: mtf.sim.evaluate (one session per evaluation user after warm-up "
-              "sessions under the baseline, same reward and gamma). With the matched simulator "
-              "settings (default) the test split holds each user's session of the last day, "
-              "the same kind of start; otherwise errors include a start-distribution mismatch "
-              "(logged sessions are visit-weighted).")
-
-
-class ThresholdModule(nn.Module):
-    """``high`` where ``state[:, index] >= threshold``, else ``low``: a personalised rule."""
-
-    def __init__(self, index: int, threshold: float, low: torch.Tensor,
-                 high: torch.Tensor) -> None:
-        super().__init__()
-        self.index = index
-        self.threshold = threshold
-        self.register_buffer("low", low.float())    # (k,)
-        self.register_buffer("high", high.float())  # (k,)
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        mask = (state[:, self.index] >= self.threshold).unsqueeze(1)   # (B, 1)
-        return torch.where(mask, self.high.unsqueeze(0), self.low.unsqueeze(0))
 
 
 # ---- simulated transitions --------------------------------------------------------------------
@@ -78,7 +67,7 @@ class ThresholdModule(nn.Module):
 def simulated_transitions(world: "World", *, test_share: float = 1.0,
                           shards: Sequence[int] | None = None,
                           base_policy: Any = None) -> "pd.DataFrame":
-    """Transition rows (design section 3 columns) from in-process simulator logs.
+    """Transition rows (docs/contract.md section 2) from in-process simulator logs.
 
     Sessions and steps come from the simulator's truth columns. The last step of a session is
     ``is_truncated`` when its page could still have been running at the end of the simulated
@@ -87,11 +76,6 @@ def simulated_transitions(world: "World", *, test_share: float = 1.0,
     next state of a truncated step is unknown; its own state stands in (FQE and DR bootstrap
     through it). ``split`` = "test" for the last ``test_share`` of sessions by start time.
     """
-    from mtf.features import compute_states
-    from mtf.fusion import weights_to_action
-    from mtf.reward import impression_reward
-    from mtf.sim.generate import TRUE_SESSION_ID, TRUE_STEP, day_start_us, simulate_logs
-
     if not 0.0 < test_share <= 1.0:
         raise ValueError(f"test_share must be in (0, 1], got {test_share!r}")
     logs = simulate_logs(world, base_policy, shards=shards, include_truth=True)
@@ -147,8 +131,6 @@ def simulated_transitions(world: "World", *, test_share: float = 1.0,
 
 def to_arrays(df: "pd.DataFrame", split: str | None = None) -> Any:
     """Transition rows (as from :func:`simulated_transitions`) -> TransitionArrays."""
-    from mtf.ope.data import TransitionArrays
-
     if split is not None:
         df = df[df["split"] == split]
     logp = df["action_logp"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -166,9 +148,6 @@ def validation_policies(world: "World") -> list["TargetPolicy"]:
     """Logging baseline; reference actions (mtf.sim.policies) at full, half and a fifth of the
     way from the baseline (the fifth stays inside the logged noise's reach); a state-dependent
     rule (click-leaning for engaged users, quality-leaning for casual ones)."""
-    from mtf.ope.policies import fixed_policy, module_policy
-    from mtf.sim.policies import reference_actions
-
     base = world.baseline_action
     ref = reference_actions(world.fusion)
     out = [fixed_policy(LOGGING_POLICY, base, "logging baseline")]
@@ -193,104 +172,11 @@ def validation_policies(world: "World") -> list["TargetPolicy"]:
     return out
 
 
-def ground_truth(world_or_cfg: "World | MtfConfig", policies: Sequence["TargetPolicy"],
-                 n_sessions: int, seed: int) -> dict[str, dict[str, Any]]:
+def ground_truth(world: "World", policies: Sequence["TargetPolicy"], n_sessions: int,
+                 seed: int) -> dict[str, dict[str, Any]]:
     """True value of every policy (mean, CI, std err) from the simulator, paired."""
-    from mtf.sim.evaluate import evaluate_many
-
-    res = evaluate_many(world_or_cfg, {p.name: p.numpy_policy() for p in policies},
-                        n_sessions=n_sessions, seed=seed)
-    return {name: {"mean": r.mean_return, "ci_low": r.ci[0], "ci_high": r.ci[1],
-                   "std_err": r.std_err, "n_sessions": r.n_sessions,
-                   "mean_session_length": r.mean_session_length, "ci_level": r.ci_level}
-            for name, r in res.items()}
-
-
-# ---- comparison ---------------------------------------------------------------------------------
-
-def rankdata(x: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n, ties get their average rank."""
-    a = np.asarray(x, dtype=np.float64)
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(a.size, dtype=np.float64)
-    ranks[order] = np.arange(1, a.size + 1)
-    for v in np.unique(a):
-        tie = a == v
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    return ranks
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson correlation of the ranks); NaN if undefined."""
-    if len(x) != len(y):
-        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
-    if len(x) < 2:
-        return float("nan")
-    rx, ry = rankdata(x), rankdata(y)
-    sx, sy = rx.std(), ry.std()
-    if sx == 0 or sy == 0:
-        return float("nan")
-    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
-
-
-def compare_with_truth(results: Sequence["PolicyEstimates"],
-                       truth: Mapping[str, Mapping[str, Any]],
-                       decisions: Sequence["Decision"] = ()) -> dict[str, Any]:
-    """Per estimator: errors (of values and of differences to the logging policy), Spearman,
-    interval coverage; the pairs the conservative estimator orders differently from the truth;
-    each decision against the true difference."""
-    rows = [r for r in results if r.policy in truth]
-    true = np.array([truth[r.policy]["mean"] for r in rows])
-    out: dict[str, Any] = {"policies": [r.policy for r in rows], "truth": true.tolist(),
-                           "estimators": {}, "note": TRUTH_NOTE}
-    ref = truth.get(LOGGING_POLICY)
-    for est in ESTIMATORS:
-        ok = [i for i, r in enumerate(rows) if r.estimates[est].available]
-        if len(ok) < 1:
-            continue
-        est_v = np.array([rows[i].estimates[est].value for i in ok])
-        err = est_v - true[ok]
-        covered = [rows[i].estimates[est].ci_low <= true[i] <= rows[i].estimates[est].ci_high
-                   for i in ok]
-        rho = spearman(est_v, true[ok])
-        out["estimators"][est] = {
-            "policies": [rows[i].policy for i in ok],
-            "estimate": est_v.tolist(), "error": err.tolist(),
-            "mean_abs_error": float(np.abs(err).mean()),
-            "rmse": float(np.sqrt((err ** 2).mean())),
-            "spearman": rho, "coverage": float(np.mean(covered)),
-            "same_order": bool(np.array_equal(np.argsort(est_v, kind="mergesort"),
-                                              np.argsort(true[ok], kind="mergesort"))),
-        }
-        diffs = [(rows[i].diff_vs_logging[est].value, true[i] - ref["mean"]) for i in ok
-                 if ref is not None and est in rows[i].diff_vs_logging
-                 and rows[i].diff_vs_logging[est].available]
-        if diffs:
-            d_err = np.array([a - b for a, b in diffs])
-            out["estimators"][est]["diff_mean_abs_error"] = float(np.abs(d_err).mean())
-    pairs = []
-    cons = {r.policy: r for r in rows}
-    for i, a in enumerate(rows):
-        for b in rows[i + 1:]:
-            td = truth[a.policy]["mean"] - truth[b.policy]["mean"]
-            ed = (a.estimates["conservative_fqe"].value - b.estimates["conservative_fqe"].value)
-            if np.sign(td) != np.sign(ed):
-                se = math.hypot(truth[a.policy]["std_err"], truth[b.policy]["std_err"])
-                pairs.append({"a": a.policy, "b": b.policy, "true_diff": td,
-                              "estimated_diff": ed, "truth_tied": abs(td) < 2 * se,
-                              "penalty_a": cons[a.policy].diagnostics["conservative_penalty"],
-                              "penalty_b": cons[b.policy].diagnostics["conservative_penalty"]})
-    out["discordant_pairs"] = pairs
-    if ref is not None:
-        out["decisions"] = []
-        for d in decisions:
-            if d.policy in truth:
-                true_diff = truth[d.policy]["mean"] - ref["mean"]
-                true_go = true_diff > -d.margin
-                out["decisions"].append({"policy": d.policy, "go": d.go, "true_diff": true_diff,
-                                         "true_go": bool(true_go), "agree": d.go == true_go})
-    return out
+    return SimulatorTruth(world).values({p.name: p.numpy_policy() for p in policies},
+                                        n_sessions=n_sessions, seed=seed)
 
 
 # ---- the experiment ---------------------------------------------------------------------------
@@ -322,17 +208,12 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
     ``policy_names``: evaluate only these of :func:`validation_policies` (+ extra_policies).
     Returns (OpeResult, ReportPaths or None).
     """
-    from mtf.ope.config import OpeConfig
-    from mtf.ope.evaluate import evaluate_arrays
-    from mtf.ope.report import write_report
-    from mtf.sim.world import World
-
-    ope = ope or getattr(cfg, "ope", None) or OpeConfig()
+    ope = ope or cfg.ope
     sim = replace(cfg.sim, n_users=n_users, n_days=n_days)
     sim = matched_sim(sim, n_days) if matched else sim
     test_share = 1.0 / n_days if matched else 1.0
-    world = World.build(sim=sim, fusion=cfg.fusion, features=cfg.features, reward=cfg.reward,
-                        gamma=ope.resolved_gamma(cfg.train.bcq.gamma), seed=cfg.seed)
+    world = World.build(sim=sim, serving=cfg.serving, fusion=cfg.fusion, features=cfg.features,
+                        reward=cfg.reward, gamma=cfg.mdp.gamma, seed=cfg.seed)
     df = simulated_transitions(world, test_share=test_share)
     data = to_arrays(df, ope.split)
     logger.info("validation data: %d rows, %d sessions in split %r", len(data),
@@ -345,17 +226,15 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
         "table_version": None, "split": ope.split, "n_sessions": int(data.session_starts().size),
         "fit_rows": len(data), "action_tasks": list(cfg.fusion.names)})
     truth = ground_truth(world, policies, n_sessions=truth_sessions, seed=cfg.seed + 1)
-    validation = compare_with_truth(result.results, truth, result.decisions)
+    validation = compare_with_truth(result.results, truth, result.decisions, SimulatorTruth.note)
     sweep = []
     for alpha in alpha_sweep:
-        from mtf.ope.evaluate import fit_policies
-
         ope_a = replace(ope, alpha=float(alpha))
         fits = fit_policies(data, policies, ope_a, gamma=world.gamma, seed=cfg.seed,
                             plain=result.fits)
         res_a = evaluate_arrays(data, policies, ope_a, gamma=world.gamma, seed=cfg.seed,
                                 fits=fits)
-        v = compare_with_truth(res_a.results, truth, res_a.decisions)
+        v = compare_with_truth(res_a.results, truth, res_a.decisions, SimulatorTruth.note)
         cons = v["estimators"]["conservative_fqe"]
         sweep.append({"alpha": float(alpha),
                       "values": dict(zip(cons["policies"], cons["estimate"])),
@@ -374,13 +253,8 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mtf.ope.validate [--conf-file F] [--users N] ... [key=value ...]``."""
-    from mtf.config import load_config
-    from mtf.configtools import from_dict
-    from mtf.log import setup_logging
-    from mtf.ope.config import OpeConfig
-
-    parser = argparse.ArgumentParser(prog="python -m mtf.ope.validate",
+    """``python -m mtf.loop.ope_validation [--conf-file F] [--users N] ... [--ope K=V ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m mtf.loop.ope_validation",
                                      description="OPE estimators vs simulator ground truth")
     parser.add_argument("--conf-file", type=str, default=None)
     parser.add_argument("--users", type=int, default=4000, help="simulated users (default 4000)")

@@ -1,4 +1,4 @@
-"""Black-box baselines that search with simulator access (paper-spec section 8).
+"""Black-box baselines that search with simulator access (docs/method.md section 8).
 
 The paper's online references tune fusion weights by trial and error on live traffic: Bayesian
 optimisation of one global weight vector and evolution strategies (ES) over a small network from
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mtf.loop.config import SearchConfig
 from mtf.sim.evaluate import evaluate_many
 from mtf.sim.policies import FixedPolicy
 
@@ -28,33 +29,6 @@ if TYPE_CHECKING:
     from mtf.sim.world import World
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Budgets of the black-box searches (sessions are simulated sessions)."""
-
-    cem_generations: int = 6          # CEM iterations
-    cem_population: int = 16          # candidates per generation
-    cem_elite_frac: float = 0.25      # share of candidates that update the distribution
-    cem_init_sd: float = 0.6          # initial per-task sd of the action distribution
-    es_generations: int = 8           # ES iterations
-    es_pairs: int = 8                 # antithetic pairs per generation (population = 2x)
-    es_sigma: float = 0.1             # parameter perturbation scale
-    es_lr: float = 0.1                # step size on the rank-normalised gradient
-    sessions_per_eval: int = 400      # simulated sessions per candidate per generation
-
-    def __post_init__(self) -> None:
-        for name in ("cem_generations", "cem_population", "es_generations", "es_pairs",
-                     "sessions_per_eval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 < self.cem_elite_frac <= 1.0:
-            raise ValueError(f"cem_elite_frac must be in (0, 1], got {self.cem_elite_frac}")
-        if self.sessions_per_eval < 2:
-            raise ValueError("sessions_per_eval must be >= 2")
-        if self.es_sigma <= 0 or self.es_lr <= 0 or self.cem_init_sd <= 0:
-            raise ValueError("es_sigma, es_lr and cem_init_sd must be > 0")
 
 
 @dataclass

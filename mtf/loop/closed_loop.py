@@ -9,18 +9,24 @@
    real daily partitions do);
 2. **transitions**: ``build-transitions`` for ``ds = D`` (incremental, continuing yesterday's
    sessions);
-3. **train**: ``train.algo`` (default BatchRL-MTF, BCQ) on the last ``train_window_days`` days
-   (paper: 3);
+3. **train**: ``train.algo`` (the embedded default: IQL with a quadratic critic; ``bcq`` for
+   the paper's BatchRL-MTF) on the last ``train_window_days`` days (paper: 3);
 4. **evaluate**: the conservative off-policy estimate of the new policy against the logging
    baseline on the held-out split, and the go / no-go decision;
 5. **deploy**: on "go", the new policy (wrapped in the exploration policy) serves day D + 1.
+
+The simulator is this module's only source of truth and data: production code (``mtf.etl``,
+``mtf.rl``, ``mtf.ope``, ``mtf.serving``) never imports it; ground truth reaches the OPE
+through :class:`mtf.ope.truth.GroundTruth`, which :class:`mtf.sim.truth.SimulatorTruth`
+implements.
 
 Each day prints the deployed policy's true value (simulator ground truth), the OPE estimate and
 the logging baseline. After the last day, the baselines the paper compares against are trained
 or searched on the same data and evaluated on ground truth in one table, with paired
 confidence intervals (common random numbers): logging baseline weights, the best fixed weights
 found by CEM with simulator access, ES over a small state -> weights network, TD3, CQL, BCQ
-(BatchRL-MTF), BCQ trained on random-exploration data only, and IQL (beyond the paper).
+(BatchRL-MTF), BCQ trained on random-exploration data only, and IQL with a weighted actor and
+with a quadratic critic (beyond the paper).
 """
 from __future__ import annotations
 
@@ -34,9 +40,27 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
 
-from mtf.blackbox import SearchConfig, cem_fixed_action, es_linear_policy
+from mtf import contract as S
 from mtf.configtools import to_dict
+from mtf.delta import write_delta
+from mtf.etl.pipeline import run_build_transitions
+from mtf.loop.blackbox import cem_fixed_action, es_linear_policy
+from mtf.loop.config import LEARNERS, PipelineConfig
+from mtf.ope.gate import evaluate_policies
+from mtf.rl.export import POLICY_FILE
+from mtf.rl.job import EXPORT_DIR, train_job
+from mtf.rl.loader import open_transitions, read_split
+from mtf.serving.export import export_exploration, torch_policy
+from mtf.sim.evaluate import evaluate_many, paired_difference
+from mtf.sim.generate import simulate_shard
+from mtf.sim.job import write_profiles
+from mtf.sim.policies import FixedPolicy
+from mtf.sim.world import World
+from mtf.spark import get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -47,48 +71,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Policy = Callable[[np.ndarray], np.ndarray]
-
-
-# The final comparison: black-box searches with simulator access, and learners trained on the
-# final window. A learner is its table label and how it changes the configured TrainConfig.
-SEARCHES = ("cem", "es")
-LEARNERS: dict[str, tuple[str, Callable[["TrainConfig"], "TrainConfig"]]] = {
-    "td3": ("TD3", lambda t: dataclasses.replace(t, algo="td3")),
-    "cql": ("CQL", lambda t: dataclasses.replace(t, algo="cql")),
-    "bc": ("BC", lambda t: dataclasses.replace(t, algo="bc")),
-    "bcq": ("BatchRL-MTF (BCQ)", lambda t: dataclasses.replace(t, algo="bcq")),
-    "bcq_random": ("BCQ, random exploration only",
-                   lambda t: dataclasses.replace(t, algo="bcq", explore_groups=("random",))),
-    "iql": ("IQL (in-sample critic, weighted actor)", lambda t: dataclasses.replace(
-        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=False))),
-    "iql_quadratic": ("IQL, quadratic critic", lambda t: dataclasses.replace(
-        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=True))),
-}
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Section ``pipeline``: the closed loop and the final comparison."""
-
-    days: int = 4                   # simulated days in the closed loop
-    train_window_days: int = 3      # retrain daily on the last N days (paper: 3)
-    first_train_day: int = 1        # 0-based day of the first retrain (day 0 = baseline only)
-    truth_sessions: int = 4000      # simulated sessions per ground-truth evaluation
-    truth_seed: int = 1234          # common random numbers of every ground-truth evaluation
-    compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random", "iql",
-                                "iql_quadratic")  # the final table
-    go_requires_ope: bool = True    # deploy only on the OPE's "go"; False = always deploy
-    search: SearchConfig = field(default_factory=SearchConfig)
-
-    def __post_init__(self) -> None:
-        if self.days <= 0 or self.train_window_days <= 0 or self.truth_sessions < 2:
-            raise ValueError("days and train_window_days must be > 0, truth_sessions >= 2")
-        if not 0 <= self.first_train_day < self.days:
-            raise ValueError(f"first_train_day must be in [0, days), got {self.first_train_day}")
-        known = {*SEARCHES, *LEARNERS}
-        bad = [c for c in self.compare if c not in known]
-        if bad:
-            raise ValueError(f"compare has unknown entries {bad}; known: {sorted(known)}")
 
 
 class SwitchablePolicy:
@@ -128,19 +110,12 @@ class DailyLogs:
     """
 
     def __init__(self, world: Any, serving: SwitchablePolicy) -> None:
-        from mtf.sim.generate import simulate_shard
-
         self.world, self.serving = world, serving
         self._gens = [simulate_shard(world, s, serving) for s in range(world.sim.n_shards)]
         self._carry: Any = None
 
     def next_day(self) -> tuple[dt.date, Any]:
         """(day, Arrow table of impressions with ds == day)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from mtf.sim import schema as S
-
         parts = [next(g) for g in self._gens]
         day = parts[0][0]
         table = pa.concat_tables([t for _, t in parts] + ([self._carry] if self._carry else []))
@@ -151,7 +126,6 @@ class DailyLogs:
 
 
 def _truth(world: Any, policies: dict[str, Policy], cfg: PipelineConfig) -> dict[str, Any]:
-    from mtf.sim.evaluate import evaluate_many
     return evaluate_many(world, policies, cfg.truth_sessions, seed=cfg.truth_seed)
 
 
@@ -159,9 +133,6 @@ def _truth(world: Any, policies: dict[str, Policy], cfg: PipelineConfig) -> dict
 
 def _write_logs(spark: "SparkSession", cfg: "MtfConfig", day: dt.date, table: Any,
                 first: bool) -> int:
-    from mtf.delta import write_delta
-    from mtf.sim import schema as S
-
     schema = S.impression_log_schema(cfg.fusion.names)
     df = spark.createDataFrame(table.to_pandas(), schema=schema)
     write_delta(df, cfg.lake.path("raw_logs"), mode="overwrite", partition_by=[S.DS],
@@ -170,8 +141,6 @@ def _write_logs(spark: "SparkSession", cfg: "MtfConfig", day: dt.date, table: An
 
 
 def _build_day(spark: "SparkSession", cfg: "MtfConfig", day: dt.date) -> int:
-    from mtf.etl.pipeline import run_build_transitions
-
     day_cfg = dataclasses.replace(cfg, etl=dataclasses.replace(
         cfg.etl, start_ds=day.isoformat(), end_ds=day.isoformat()))
     summary = run_build_transitions(spark, day_cfg)
@@ -182,8 +151,6 @@ def _train(cfg: "MtfConfig", first: dt.date, last: dt.date, run_id: str,
            learner: Callable[["TrainConfig"], "TrainConfig"] = lambda t: t) -> str:
     """Train on ds in [first, last] with ``learner`` applied to ``train`` (every exploration
     group unless it selects some); returns the exported policy directory."""
-    from mtf.rl.job import EXPORT_DIR, train_job
-
     tcfg = dataclasses.replace(learner(dataclasses.replace(cfg.train, explore_groups=())),
                                start_ds=first.isoformat(), end_ds=last.isoformat(),
                                run_id=run_id, resume_from="")
@@ -192,11 +159,6 @@ def _train(cfg: "MtfConfig", first: dt.date, last: dt.date, run_id: str,
 
 
 def _load_policy(export_dir: str) -> Policy:
-    import torch
-
-    from mtf.rl.export import POLICY_FILE
-    from mtf.sim.policies import torch_policy
-
     return torch_policy(torch.jit.load(os.path.join(export_dir, POLICY_FILE)))
 
 
@@ -205,10 +167,6 @@ def _load_policy(export_dir: str) -> Policy:
 def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
                  offline_eval: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the closed loop and the final comparison; returns the summary written to disk."""
-    from mtf.sim.job import write_profiles
-    from mtf.sim.policies import FixedPolicy
-    from mtf.sim.world import World
-
     pcfg: PipelineConfig = cfg.pipeline
     cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, n_days=pcfg.days))
     world = World.from_config(cfg)
@@ -262,13 +220,8 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
 
 def _export_serving(cfg: "MtfConfig", export_dir: str, out_dir: str, name: str) -> str:
     """The deployment artefact: the exploration policy wrapping the new policy."""
-    import torch
-
-    from mtf.explore import export_exploration
-    from mtf.rl.export import POLICY_FILE
-
     module = torch.jit.load(os.path.join(export_dir, POLICY_FILE))
-    return export_exploration(module, cfg.sim.exploration, cfg.fusion.lo, cfg.fusion.hi,
+    return export_exploration(module, cfg.serving, cfg.fusion.lo, cfg.fusion.hi,
                               os.path.join(out_dir, f"deploy-{name}"),
                               meta={"policy": export_dir})
 
@@ -277,17 +230,12 @@ def _offline_eval(spark: "SparkSession", cfg: "MtfConfig", policies: dict[str, s
                   *, day: dt.date, out_dir: str) -> dict[str, Any]:
     """Conservative OPE of ``policies`` (name -> export dir, None = the logging baseline) on the
     held-out split of the data available on ``day``: estimates and go / no-go decisions."""
-    from mtf.ope.pipeline_api import evaluate_policies
-
     return evaluate_policies(spark, cfg, policies, day=day, out_dir=out_dir)
 
 
 def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: str, stamp: str,
                       last_day: dt.date) -> list[dict[str, Any]]:
     """Train/search every configured baseline on the final window; paired ground truth."""
-    from mtf.rl.loader import open_transitions, read_split
-    from mtf.sim.evaluate import paired_difference
-
     pcfg: PipelineConfig = cfg.pipeline
     first = max(cfg.sim.start, last_day - dt.timedelta(days=pcfg.train_window_days - 1))
     policies: dict[str, Policy] = {"logging baseline": baseline}
@@ -366,8 +314,6 @@ def render_tables(summary: dict[str, Any]) -> str:
 
 def run(cfg: "MtfConfig") -> int:
     """Entry point of ``mtf pipeline``: prints the tables and the report directory."""
-    from mtf.spark import get_spark
-
     spark = get_spark("mtf-pipeline", cfg.spark)
     try:
         t0 = time.perf_counter()

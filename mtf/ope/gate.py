@@ -1,5 +1,6 @@
-"""The closed loop's entry to OPE (called by :mod:`mtf.pipeline`): named policies in, values
-and go / no-go decisions out.
+"""The offline gate: named policies in, conservative values and go / no-go decisions out.
+
+What the closed loop (:mod:`mtf.loop.closed_loop`) and a daily job call before deploying.
 
 Example:
     >>> out = evaluate_policies(spark, cfg, {"baseline": None, "bcq-2026-01-03": export_dir},
@@ -13,15 +14,20 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
+from mtf.ope.job import evaluate_table
+from mtf.ope.policies import baseline_action, fixed_policy, load_exported
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from mtf.config import MtfConfig
+    from mtf.ope.truth import GroundTruth
 
 
 def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",
                       policies: Mapping[str, str | None], *, day: dt.date | None = None,
-                      out_dir: str | None = None) -> dict[str, Any]:
+                      out_dir: str | None = None, truth: "GroundTruth | None" = None,
+                      truth_sessions: int = 0) -> dict[str, Any]:
     """Conservative OPE (+ reference estimators, report) of ``policies`` on the test split.
 
     Args:
@@ -29,28 +35,28 @@ def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",
             logging baseline (the decision's reference; exactly one is required).
         day: evaluate the rows with ``ds <= day`` (the data available on that day); None = all.
         out_dir: report directory (default under the lake's reports).
+        truth, truth_sessions: optional true values to compare with (see ``evaluate_table``).
     Returns:
         ``{"estimates": {name: V_cons}, "lower_bounds": {candidate: lower bound of V_cons -
         V_cons(baseline)}, "decisions": {candidate: go}, "reasons": {candidate: str},
         "warnings": {candidate: [str]}, "report_json": path, "report_html": path,
         "table_version": int}``.
     """
-    from mtf.ope.job import evaluate_table, ope_config
-    from mtf.ope.policies import baseline_action, fixed_policy, load_exported
 
     refs = [name for name, path in policies.items() if path is None]
     if len(refs) != 1:
         raise ValueError(f"evaluate_policies needs exactly one logging baseline (a name mapped "
                          f"to None) as the decision's reference, got {refs}")
-    ope = ope_config(cfg)
-    targets = [fixed_policy(name, baseline_action(cfg, ope), "logging baseline")
+    ope = cfg.ope
+    targets = [fixed_policy(name, baseline_action(cfg.fusion, cfg.serving), "logging baseline")
                if path is None else load_exported(path, name=name)
                for name, path in policies.items()]
     if out_dir is not None:
         ope = replace(ope, run_id=os.path.basename(os.path.normpath(out_dir)))
     where = f"ds <= DATE'{day.isoformat()}'" if day is not None else None
     result, paths = evaluate_table(spark, cfg, ope, policies=targets, out_dir=out_dir,
-                                   where=where, logging_name=refs[0])
+                                   where=where, logging_name=refs[0], truth=truth,
+                                   truth_sessions=truth_sessions)
     return {
         "estimates": {r.policy: r.estimates["conservative_fqe"].value for r in result.results},
         "lower_bounds": {d.policy: d.diff_low for d in result.decisions},
