@@ -198,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
     state_dim, k = 25, 6
     cores = os.cpu_count() or 1
-    spark = get_spark("mtf-bench-ope", SparkConfig(master=args.master, shuffle_partitions=4,
-                                                   driver_memory="4g",
-                                                   conf={"spark.ui.enabled": "false"}))
+    # Delta's default of 50 snapshot tasks costs seconds per commit on a few cores (set-up only)
+    spark = get_spark("mtf-bench-ope", SparkConfig(
+        master=args.master, shuffle_partitions=4, driver_memory="4g",
+        conf={"spark.ui.enabled": "false", "spark.databricks.delta.snapshotPartitions": "2"}))
     tmp = tempfile.mkdtemp(prefix="mtf-bench-ope-")
     try:
         path = os.path.join(tmp, "states")

@@ -150,8 +150,10 @@ def write_delta_with_spark(staging: str, path: str, files: int, props: dict[str,
     from mtf.delta import write_delta
     from mtf.spark import get_spark
 
-    spark = get_spark("mtf-bench-train", SparkConfig(master="local[2]", shuffle_partitions=files,
-                                                     conf={"spark.ui.enabled": "false"}))
+    # Delta's default of 50 snapshot tasks costs seconds per commit on a few cores (set-up only)
+    spark = get_spark("mtf-bench-train", SparkConfig(
+        master="local[2]", shuffle_partitions=files,
+        conf={"spark.ui.enabled": "false", "spark.databricks.delta.snapshotPartitions": "2"}))
     try:
         write_delta(spark.read.parquet(staging).repartition(files), path, mode="overwrite",
                     properties=props)

@@ -222,7 +222,6 @@ def run(ns: argparse.Namespace, common: list[str], smoke: bool = False,
 
 
 SMOKE_SIM = ["sim.n_users=150", "sim.users_per_shard=150", "sim.n_days=2"]
-SMOKE_NETS = "train.bcq.hidden=[8,8] train.bcq.vae_hidden=[8,8] train.batch_size=16"
 
 
 def smoke(ns: argparse.Namespace, common: list[str]) -> int:
@@ -251,7 +250,7 @@ def smoke(ns: argparse.Namespace, common: list[str]) -> int:
         runs = argparse.Namespace(
             data=data, steps=15, sessions=60, parallel=2, threads=1, device="cpu",
             out_dir=os.path.join(workdir, "runs"), json=ns.json,
-            run=[f"a: {SMOKE_NETS}", f"b: TSEED=3 {SMOKE_NETS} train.explore_groups=[random]"])
+            run=["a: train.batch_size=64", "b: TSEED=3 train.explore_groups=[random]"])
         return run(runs, overrides, smoke=True,
                    details={"train_steps": summary.train_steps, "exported_rows": counts,
                             "signal": coefficients})

@@ -150,7 +150,7 @@ def test_policy_sweep_smoke_export_signal_and_run(tmp_path: Any) -> None:
     proc = _bench("policy_sweep.py", "run", "--data", str(work / "transitions.npz"),
                   "--steps", "15", "--sessions", "60", "--device", "cpu", "--json", str(broken),
                   "--run", "broken: train.bcq.rho=9",
-                  "--run", "c: train.bcq.hidden=[8,8] train.batch_size=16",
+                  "--run", "c: TSEED=5",
                   "--", *record["sizes"]["overrides"])
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = json.loads(broken.read_text())
