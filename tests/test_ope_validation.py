@@ -100,8 +100,8 @@ def test_wpdis_intervals_cover_the_simulator_truth_at_about_the_nominal_rate() -
                   extra_sessions_mean=0.0)
     sim = replace(cfg.sim, n_users=shards * users, users_per_shard=users, n_days=1,
                   population=pop, eval=replace(cfg.sim.eval, warmup_sessions=0))
-    world = World.build(sim=sim, serving=cfg.serving, fusion=cfg.fusion, features=cfg.features, reward=cfg.reward,
-                        gamma=0.95, seed=7)
+    world = World.build(sim=sim, serving=cfg.serving, fusion=cfg.fusion, features=cfg.features,
+                        reward=cfg.reward, gamma=0.95, seed=7)
     sigma = cfg.serving.noise_sigma
     rng = np.random.default_rng(0)
 

@@ -98,7 +98,7 @@ def add_split(df: "DataFrame", *, train_until: dt.datetime | None,
 
 
 def select_transitions(df: "DataFrame") -> "DataFrame":
-    """Exactly the transition-table columns (docs/contract.md section 2), in order, with their types."""
+    """Exactly the transition-table columns (docs/contract.md section 2), in order, typed."""
     from pyspark.sql import functions as F
 
     types = {S.STEP: "int", S.STATE: "array<float>", S.NEXT_STATE: "array<float>",

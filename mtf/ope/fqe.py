@@ -10,7 +10,8 @@ For a deterministic target policy pi, Q is fitted on the evaluation split by K g
 
 ``Q_k`` is a frozen copy of Q, replaced by a hard copy every ``target_update_every`` steps
 (so K / target_update_every Bellman backups; d3rlpy's FQE does the same). ``done`` is
-``is_terminal`` only: truncated steps bootstrap (docs/contract.md section 2). alpha = 0 gives plain FQE
+``is_terminal`` only: truncated steps bootstrap (docs/contract.md section 2). alpha = 0 gives
+plain FQE
 (the direct method); alpha > 0 pushes Q down on the evaluated policy's actions and up on the
 logged ones, so the value of a policy that leaves the data's support is under-, not
 over-estimated: the Conservative-OPEstimator. The value estimate is

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 def run(cfg: "MtfConfig") -> int:
     """Entry point of ``mtf evaluate``; returns 0 when the report was written."""
     import torch

@@ -1,8 +1,9 @@
 """The one batch type of the trainer and the state normaliser applied to it.
 
-A :class:`TransitionBatch` holds the numeric columns of the transitions table (docs/contract.md section 2)
-that the update rules need, as float32 tensors of shape ``(B, ·)``. Every loader yields it and
-every algorithm consumes it; conversion from numpy happens in :meth:`TransitionBatch.from_numpy`.
+A :class:`TransitionBatch` holds the numeric columns of the transitions table
+(docs/contract.md section 2) that the update rules need, as float32 tensors of shape ``(B, ·)``.
+Every loader yields it and every algorithm consumes it; conversion from numpy happens in
+:meth:`TransitionBatch.from_numpy`.
 """
 from __future__ import annotations
 

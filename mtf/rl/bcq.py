@@ -15,8 +15,9 @@ from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCQConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
-from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, max_over_candidates,
-                            mix_ensemble_q, optimizer_step, soft_update, target_copy)
+from mtf.rl.updates import (GreedyCriticAgent, bellman_target, ensemble_critic_loss, frozen,
+                            max_over_candidates, mix_ensemble_q, optimizer_step, soft_update,
+                            target_copy)
 
 
 def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -90,7 +91,7 @@ class BCQPolicy(nn.Module):
         return cand.view(b, n, -1)[torch.arange(b, device=state.device), best]  # (B, k)
 
 
-class BCQAgent:
+class BCQAgent(GreedyCriticAgent):
     """Networks, optimisers and the update step of BCQ.
 
     ``vae``, ``actor`` and ``critic`` are the networks; ``*_train`` are the same networks as the
@@ -181,15 +182,6 @@ class BCQAgent:
         if latents is None:
             latents = self._latents(self.cfg.n_candidates)
         return BCQPolicy(self.vae, self.actor, self.critic, latents, self.cfg.actor_penalty)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Greedy actions for normalised states with fresh candidate latents."""
-        return self.policy()(state)
-
-    @torch.no_grad()
-    def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.critic.q1_value(state, action)
 
     def _latents(self, n: int) -> torch.Tensor:
         return prior_latents(n, self.vae.latent_dim, self.cfg.latent_clip,

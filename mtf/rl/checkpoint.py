@@ -45,7 +45,8 @@ class Checkpoint:
     def to_payload(self) -> dict[str, Any]:
         meta = {"format": FORMAT_VERSION, "step": self.step, "algo": self.algo,
                 "state_dim": self.state_dim, "action_dim": self.action_dim, "seed": self.seed,
-                "gamma": self.gamma, "train_config": self.train_config, "layout": self.layout.to_dict(),
+                "gamma": self.gamma, "train_config": self.train_config,
+                "layout": self.layout.to_dict(),
                 "action_space": self.action_space.to_dict()}
         return {"meta_json": json.dumps(meta, sort_keys=True),
                 "normalizer": self.normalizer.state_dict(), "agent": self.agent}

@@ -82,8 +82,8 @@ class BCQConfig:
             raise ValueError(f"bcq.lam must be in [0, 1], got {self.lam!r}")
         if not 0.0 <= self.rho <= 2.0:
             raise ValueError(f"bcq.rho must be in [0, 2] (action units), got {self.rho!r}")
-        check_positive("bcq", vae_lr=self.vae_lr, n_candidates=self.n_candidates, kl_weight=self.kl_weight,
-                       latent_clip=self.latent_clip)
+        check_positive("bcq", vae_lr=self.vae_lr, n_candidates=self.n_candidates,
+                       kl_weight=self.kl_weight, latent_clip=self.latent_clip)
         check_non_negative("bcq", latent_dim=self.latent_dim, actor_penalty=self.actor_penalty)
         if self.n_critics < 2:
             raise ValueError(f"bcq.n_critics must be >= 2 (BCQ's twin critics), got "

@@ -40,8 +40,8 @@ from mtf.rl.batch import GROUP_CODES, TransitionBatch
 from mtf.rl.config import IQLConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor, EnsembleQ, mlp
-from mtf.rl.updates import (bellman_target, ensemble_critic_loss, optimizer_step, soft_update,
-                            target_copy)
+from mtf.rl.updates import (GreedyCriticAgent, bellman_target, ensemble_critic_loss,
+                            optimizer_step, soft_update, target_copy)
 
 
 def ema_decay(policy_ema: float, step: int) -> float:
@@ -134,7 +134,7 @@ class CriticMaximiser(nn.Module):
         return self.critic.maximiser(state)
 
 
-class IQLAgent:
+class IQLAgent(GreedyCriticAgent):
     """Twin critics + target copies, a state-value network and a deterministic actor (or, with
     ``quadratic_critic``, the critics' explicit maximiser and no actor)."""
 
@@ -230,11 +230,3 @@ class IQLAgent:
     def policy(self) -> nn.Module:
         nets = self._policy_nets() if self.policy_average is None else self.policy_average
         return nets if self.actor is not None else CriticMaximiser(nets)  # type: ignore[arg-type]
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        return self.policy()(state)
-
-    @torch.no_grad()
-    def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.critic.q1_value(state, action)

@@ -2,9 +2,9 @@
 
 :class:`TableLayout` is the state feature layout and action task order of one pinned version of
 the transitions table (Delta table properties ``mtf.feature_names``, ``mtf.feature_version``,
-``mtf.action_tasks``; docs/contract.md section 2). :class:`ActionSpace` maps normalised actions to fusion
-weights (``mtf.fusion``). A resumed run or an export refuses a layout that disagrees, naming
-the field.
+``mtf.action_tasks``; docs/contract.md section 2). :class:`ActionSpace` maps normalised actions
+to fusion weights (``mtf.fusion``). A resumed run or an export refuses a layout that disagrees,
+naming the field.
 """
 from __future__ import annotations
 

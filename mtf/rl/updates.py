@@ -80,3 +80,22 @@ def target_copy(module: M) -> M:
     target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target
+
+
+class GreedyCriticAgent:
+    """``act`` and ``q_value`` of an agent whose ``policy()`` is its greedy policy and whose
+    ``critic`` is an ensemble with a ``q1_value`` (BCQ, IQL)."""
+
+    critic: nn.Module
+
+    def policy(self) -> nn.Module:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Greedy actions ``(B, k)`` for normalised states ``(B, S)``."""
+        return self.policy()(state)
+
+    @torch.no_grad()
+    def q_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.critic.q1_value(state, action)  # type: ignore[operator]

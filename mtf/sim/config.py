@@ -2,8 +2,9 @@
 
 Every field carries its unit and meaning. Latent item/user traits live on a logit-like scale
 (standard-normal draws), so the response-model coefficients below are logit slopes. The YAML
-section ``sim:`` mirrors this tree (``sim.catalog.n_items``, ``sim.session.page_size`` ...); the logging policy it serves is the
-``serving`` section (:class:`mtf.serving.exploration.ServingConfig`).
+section ``sim:`` mirrors this tree (``sim.catalog.n_items``, ``sim.session.page_size`` ...);
+the logging policy it serves is the ``serving`` section
+(:class:`mtf.serving.exploration.ServingConfig`).
 See docs/simulator.md for the model these knobs drive.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Ground truth: the true expected discounted session return of any fusion policy.
 
-An episode is one session (docs/method.md section 3) of a fresh simulated user who already has history:
+An episode is one session (docs/method.md section 3) of a fresh simulated user who already has
+history:
 each evaluation user first runs ``sim.eval.warmup_sessions`` sessions under the logging
 baseline (exploit group, no exploration), then one evaluated session under the policy. The
 return is ``sum_t gamma^t r_t`` with ``r_t`` the pipeline's reward

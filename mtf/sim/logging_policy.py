@@ -1,4 +1,4 @@
-"""The logging (behaviour) policy: a base policy plus per-user exploration (docs/method.md section 6).
+"""The logging (behaviour) policy: a base policy plus per-user exploration (docs/method.md 6).
 
 Users are hashed (blake2b of ``salt:user_id``) into three groups with configured shares:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtf.serving.exploration import (  # noqa: F401  (groups and densities are re-exported from here)
+from mtf.serving.exploration import (  # noqa: F401  (groups and densities re-exported here)
     EXPLOIT, NOISE, RANDOM, ServingConfig, assign_groups, box_uniform_bounds, norm_cdf,
     truncated_normal_logpdf, truncated_normal_sample)
 from mtf.sim.policies import Policy, check_actions

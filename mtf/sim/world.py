@@ -133,7 +133,8 @@ class World:
         task_bias = sim.mtl.task_bias_sd * mtl_rng.standard_normal(fusion.k)
         item_error = (sim.mtl.item_error_sd
                       * mtl_rng.standard_normal((catalog.n_items, fusion.k))).astype(np.float32)
-        return cls(sim=sim, serving=serving, fusion=fusion, features=features, reward=reward, gamma=float(gamma),
+        return cls(sim=sim, serving=serving, fusion=fusion, features=features, reward=reward,
+                   gamma=float(gamma),
                    seed=seed, catalog=catalog, task_bias=task_bias, item_error=item_error,
                    task_index={t: j for j, t in enumerate(fusion.names)})
 

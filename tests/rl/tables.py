@@ -1,4 +1,5 @@
-"""Synthetic transition tables in the contract of docs/contract.md section 2, for the trainer's tests.
+"""Synthetic transition tables (the contract of docs/contract.md section 2) for the trainer's
+tests.
 
 Rows come from a seeded numpy generator; Spark writes them through mtf.delta.write_delta with
 the layout table properties, repartitioned into several files (petastorm shards whole row
@@ -94,7 +95,7 @@ def write_transitions(spark: Any, path: str, *, n_sessions: int = 300, state_dim
 
 
 def transitions_schema() -> Any:
-    """The transitions table's Spark schema (docs/contract.md section 2), without the ds partition."""
+    """The transitions table's Spark schema (docs/contract.md section 2), without ds."""
     from pyspark.sql import types as T
 
     floats = T.ArrayType(T.FloatType(), False)
