@@ -34,6 +34,8 @@ import urllib.request
 from types import TracebackType
 from typing import Sequence
 
+from mtf.spark import delta_jars
+
 logger = logging.getLogger(__name__)
 
 
@@ -171,8 +173,6 @@ class StandaloneCluster:
     # -- submitting ------------------------------------------------------------------------
     def submit_command(self, app: str, app_args: Sequence[str] = (),
                        conf: dict[str, str] | None = None) -> list[str]:
-        from mtf.spark import delta_jars
-
         cmd = [os.path.join(spark_home(), "bin", "spark-submit"), "--master", self.master_url,
                "--jars", ",".join(delta_jars()),
                "--conf", f"spark.pyspark.python={sys.executable}",
@@ -184,7 +184,8 @@ class StandaloneCluster:
         return [*cmd, app, *app_args]
 
     def submit(self, app: str, app_args: Sequence[str] = (), conf: dict[str, str] | None = None,
-               timeout_s: float = 600.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+               timeout_s: float = 600.0,
+               cwd: str | None = None) -> subprocess.CompletedProcess[str]:
         """spark-submit ``app`` to this cluster and wait; raises with the output on failure."""
         cmd = self.submit_command(app, app_args, conf)
         proc = subprocess.run(cmd, env=self._env(), capture_output=True, text=True,

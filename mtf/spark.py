@@ -22,10 +22,10 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+from mtf.config import SparkConfig
+
 if TYPE_CHECKING:  # pyspark is imported lazily so `mtf --help` stays fast
     from pyspark.sql import SparkSession
-
-    from mtf.config import SparkConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ def under_spark_submit() -> bool:
 def get_spark(app_name: str, cfg: "SparkConfig | None" = None) -> "SparkSession":
     """Build (or return the running) SparkSession for ``app_name``; see the module docstring."""
     from pyspark.sql import SparkSession
-
-    from mtf.config import SparkConfig
 
     cfg = cfg or SparkConfig()
     builder = SparkSession.builder.appName(app_name)

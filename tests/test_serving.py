@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtf.serving.export import (EXPLORE_FILE, ConstantPolicy, ExplorationPolicy, assign_groups,
-                         export_exploration)
 from mtf.serving.exploration import ServingConfig
+from mtf.serving.export import (EXPLORE_FILE, ConstantPolicy, ExplorationPolicy, assign_groups,
+                                export_exploration)
 from mtf.sim.logging_policy import LoggingPolicy
 from mtf.sim.policies import FixedPolicy
 

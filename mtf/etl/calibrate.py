@@ -20,8 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mtf import contract as S
-from mtf.etl.user_pass import DWELL_S, FEEDBACK, fb_col
+from mtf.delta import read_delta
+from mtf.etl.pipeline import (BUILD_SESSION_CONF, RunWindow, Validator, build_requests, day_range,
+                              session_conf, validation_context)
 from mtf.etl.steps import REWARD_WEIGHT_NAMES, reward_weights
+from mtf.etl.user_pass import DWELL_S, FEEDBACK, fb_col
+from mtf.etl.validate import RowRules
+from mtf.spark import get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -106,7 +111,6 @@ def fit_reward_weights(rows: "DataFrame", *, reward: "RewardConfig") -> Calibrat
 
 def run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     """Read and validate the logs of the configured days, build steps, fit (no writes)."""
-    from mtf.etl.pipeline import BUILD_SESSION_CONF, session_conf
 
     with session_conf(spark, BUILD_SESSION_CONF):   # the build's settings (validation speed)
         return _run_calibration(spark, cfg)
@@ -115,18 +119,14 @@ def run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
 def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     from pyspark.sql import functions as F
 
-    from mtf.delta import read_delta
-    from mtf.etl.pipeline import RunWindow, _context, _day_range, _Validator, build_requests
-    from mtf.etl.validate import RowRules
-
     raw_path = cfg.lake.path("raw_logs")
     raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
                     where=f"raw_logs {raw_path!r}", column_map=cfg.etl.column_map)
-    first_ds, last_ds = (_day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
+    first_ds, last_ds = (day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
                          if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)
-    context = _context(raw, window)
-    validator = _Validator(context, RowRules.from_config(cfg))   # as the build validates
+    context = validation_context(raw, window)
+    validator = Validator(context, RowRules.from_config(cfg))   # as the build validates
     try:
         valid = (validator.flag(context).where(F.col(S.REJECT_REASON).isNull())
                  .drop(S.REJECT_REASON))
@@ -142,7 +142,6 @@ def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
 
 def run(cfg: "MtfConfig") -> int:
     """CLI entry point: fit and log the proposed weights; 0 on success."""
-    from mtf.spark import get_spark
 
     run_calibration(get_spark("mtf-calibrate-rewards", cfg.spark), cfg)
     return 0

@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from mtf.etl.pipeline import run_build_transitions
+from mtf.spark import get_spark
+
 if TYPE_CHECKING:
     from mtf.config import MtfConfig
 
@@ -24,9 +27,6 @@ def run(cfg: "MtfConfig") -> int:
     The SparkSession is not stopped: under spark-submit the process ends anyway, and an
     in-process caller (tests, notebooks) keeps its session.
     """
-    from mtf.etl.pipeline import run_build_transitions
-    from mtf.spark import get_spark
-
     spark = get_spark("mtf-build-transitions", cfg.spark)
     run_build_transitions(spark, cfg)
     return 0

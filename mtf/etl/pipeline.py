@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from mtf.configtools import to_dict
 from mtf import contract as S
+from mtf.configtools import to_dict
+from mtf.delta import is_delta_table, json_property, read_delta, table_properties, write_delta
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE, add_profile_state
 from mtf.etl.steps import (EXPLORE_IDX, action_array, action_col, add_impression_feedback,
@@ -207,7 +208,6 @@ class JobSummary:
 
 def table_properties_for(cfg: "MtfConfig") -> dict[str, str]:
     """The Delta table properties of the transitions table (read by the trainer)."""
-    from mtf.delta import json_property
 
     etl = {k: v for k, v in to_dict(cfg.etl).items() if k not in RUN_FIELDS}
     config = {"etl": etl, "features": to_dict(cfg.features),
@@ -237,7 +237,7 @@ def check_compatible(existing: dict[str, str], wanted: dict[str, str], path: str
                          f"to another lake.transitions path.")
 
 
-def _day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.date | None]:
+def day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.date | None]:
     """First and last ds in the logs: from the snapshot's partition paths when the table is
     partitioned by ds (no scan), else by an aggregation."""
     import re
@@ -259,8 +259,6 @@ def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None"
     columns are configured; a missing table is an error)."""
     from pyspark.sql import functions as F
 
-    from mtf.delta import is_delta_table, read_delta
-
     cols = list(cfg.features.profile_columns)
     path = cfg.lake.path("user_profiles")
     if not cols:
@@ -279,7 +277,7 @@ def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None"
     return prof.groupBy(S.USER_ID).agg(*(F.max(c).alias(c) for c in cols))
 
 
-def _context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
+def validation_context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
     """The rows a run reads: the output days and the look-back days before them."""
     from pyspark.sql import functions as F
 
@@ -291,7 +289,7 @@ def _context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
     return context
 
 
-class _Validator:
+class Validator:
     """Row rules + duplicates, with the candidate duplicate keys of the context computed once.
 
     Duplicates are rare, so the candidate key hashes are found first with a narrow aggregation
@@ -336,8 +334,6 @@ def _write_quarantine(flagged: "DataFrame", path: str, window: RunWindow
     """Write the rejected rows of the output days; (version, rows_in, count per reason)."""
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
-
-    from mtf.delta import write_delta
 
     obs = Observation("mtf_quarantine")
     observed = flagged.observe(
@@ -404,14 +400,12 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from mtf.delta import is_delta_table, read_delta, table_properties, write_delta
-
     raw_path = cfg.lake.path("raw_logs")
     trans_path = cfg.lake.path("transitions")
     raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
                     where=f"raw_logs {raw_path!r}", column_map=cfg.etl.column_map)
     profiles = read_profiles(spark, cfg)
-    first_ds, last_ds = (_day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
+    first_ds, last_ds = (day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
                          if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)
     props = table_properties_for(cfg)
@@ -423,8 +417,8 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
                 "full rebuild" if window.full_rebuild else
                 f"context from {window.context_start or 'the first day'}", raw_path)
     days = F.col(S.DS).between(F.lit(window.start), F.lit(window.end))
-    context = _context(raw, window)
-    validator = _Validator(context, RowRules.from_config(cfg))
+    context = validation_context(raw, window)
+    validator = Validator(context, RowRules.from_config(cfg))
     current = None
     try:
         # 1. Quarantine: every row of the output days is checked; the bad ones are written.

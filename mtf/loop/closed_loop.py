@@ -48,12 +48,14 @@ from mtf import contract as S
 from mtf.configtools import to_dict
 from mtf.delta import write_delta
 from mtf.etl.pipeline import run_build_transitions
+from mtf.fusion import FusionConfig
 from mtf.loop.blackbox import cem_fixed_action, es_linear_policy
 from mtf.loop.config import LEARNERS, PipelineConfig
 from mtf.ope.gate import evaluate_policies
 from mtf.rl.export import POLICY_FILE
 from mtf.rl.job import EXPORT_DIR, train_job
 from mtf.rl.loader import open_transitions, read_split
+from mtf.serving.exploration import ServingConfig
 from mtf.serving.export import export_exploration, torch_policy
 from mtf.sim.evaluate import evaluate_many, paired_difference
 from mtf.sim.generate import simulate_shard
@@ -131,11 +133,11 @@ def _truth(world: Any, policies: dict[str, Policy], cfg: PipelineConfig) -> dict
 
 # ---- the data / training / evaluation side ------------------------------------------------------
 
-def _write_logs(spark: "SparkSession", cfg: "MtfConfig", day: dt.date, table: Any,
+def _write_logs(spark: "SparkSession", fusion: FusionConfig, path: str, day: dt.date, table: Any,
                 first: bool) -> int:
-    schema = S.impression_log_schema(cfg.fusion.names)
+    schema = S.impression_log_schema(fusion.names)
     df = spark.createDataFrame(table.to_pandas(), schema=schema)
-    write_delta(df, cfg.lake.path("raw_logs"), mode="overwrite", partition_by=[S.DS],
+    write_delta(df, path, mode="overwrite", partition_by=[S.DS],
                 replace_where=None if first else f"{S.DS} = '{day.isoformat()}'")
     return table.num_rows
 
@@ -182,7 +184,7 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
     for d in range(pcfg.days):
         t0 = time.perf_counter()
         day, table = logs.next_day()
-        n_imp = _write_logs(spark, cfg, day, table, first=d == 0)
+        n_imp = _write_logs(spark, cfg.fusion, cfg.lake.path("raw_logs"), day, table, first=d == 0)
         n_tr = _build_day(spark, cfg, day)
         truth = _truth(world, {"deployed": serving.policy, "baseline": baseline}, pcfg)
         row = DayRow(day=day.isoformat(), impressions=n_imp, transitions=n_tr,
@@ -203,7 +205,7 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
             row.decision = "go" if go else "no-go"
             if go and d < pcfg.days - 1:
                 serving.policy, serving.name = candidate, name
-                _export_serving(cfg, export, out_dir, name)
+                _export_serving(cfg.serving, cfg.fusion, export, out_dir, name)
         row.seconds = time.perf_counter() - t0
         days.append(row)
         logger.info("day %s: %s", day, _fmt_day(row))
@@ -218,10 +220,11 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
     return summary
 
 
-def _export_serving(cfg: "MtfConfig", export_dir: str, out_dir: str, name: str) -> str:
+def _export_serving(serving: ServingConfig, fusion: FusionConfig, export_dir: str, out_dir: str,
+                    name: str) -> str:
     """The deployment artefact: the exploration policy wrapping the new policy."""
     module = torch.jit.load(os.path.join(export_dir, POLICY_FILE))
-    return export_exploration(module, cfg.serving, cfg.fusion.lo, cfg.fusion.hi,
+    return export_exploration(module, serving, fusion.lo, fusion.hi,
                               os.path.join(out_dir, f"deploy-{name}"),
                               meta={"policy": export_dir})
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mtf.ope.bootstrap import initial_state_mask, session_hashes, weighted_sums
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
@@ -138,8 +139,6 @@ def initial_share(ope: OpeConfig, n_sessions: int) -> float:
 def local_sums(data: TransitionArrays, bundle: ScoringBundle, ope: OpeConfig, *, gamma: float,
                seed: int) -> dict[str, np.ndarray]:
     """Single-process twin of the Spark scoring + aggregation: ``{policy: (1 + B, m)}``."""
-    from mtf.ope.bootstrap import initial_state_mask, session_hashes, weighted_sums
-
     models = load_bundle(bundle)
     parts: list[dict[str, dict[str, np.ndarray]]] = []
     for lo in range(0, len(data), _SCORE_BATCH_ROWS):

@@ -30,9 +30,22 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
+from mtf import __version__
+from mtf.configtools import to_dict
 from mtf.contract import PROP_ACTION_TASKS, PROP_FEATURE_NAMES
+from mtf.delta import delta_snapshot, read_delta, table_properties, table_version
+from mtf.features import FeatureConfig
+from mtf.fusion import FusionConfig
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
+from mtf.ope.data import (EXPLORE_GROUP, REQUIRED_COLUMNS, SESSION_ID, SPLIT, TransitionArrays,
+                          require_columns)
+from mtf.ope.evaluate import assemble, fit_policies, initial_share, scoring_bundle
+from mtf.ope.policies import baseline_action, check_policy, resolve_policies
+from mtf.ope.report import write_report
+from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
+                           session_statistics_df)
 from mtf.ope.truth import compare_with_truth
+from mtf.spark import get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -50,8 +63,6 @@ def run(cfg: "MtfConfig") -> int:
     """Entry point of ``mtf evaluate``; returns 0 when the report was written."""
     import torch
 
-    from mtf.spark import get_spark
-
     ope = cfg.ope
     if ope.threads:
         torch.set_num_threads(ope.threads)
@@ -63,17 +74,13 @@ def run(cfg: "MtfConfig") -> int:
     return 0
 
 
-def _layout(spark: "SparkSession", path: str, version: int,
-            cfg: "MtfConfig") -> tuple[list[str], list[str]]:
+def _layout(spark: "SparkSession", path: str, version: int, features_cfg: FeatureConfig,
+            fusion: FusionConfig) -> tuple[list[str], list[str]]:
     """(feature names, action tasks) of the table version, falling back to the config."""
     props: dict[str, str] = {}
     try:
-        from mtf.delta import delta_snapshot
-
         props = delta_snapshot(path, version)[2]
     except Exception:  # deltalake cannot read every store; Spark shows the latest properties
-        from mtf.delta import table_properties
-
         props = table_properties(spark, path)
     try:
         features = json.loads(props[PROP_FEATURE_NAMES])
@@ -82,10 +89,10 @@ def _layout(spark: "SparkSession", path: str, version: int,
         logger.warning("transitions table %s (version %d) has no valid %s / %s properties; "
                        "assuming the configured features and fusion tasks", path, version,
                        PROP_FEATURE_NAMES, PROP_ACTION_TASKS)
-        features, tasks = list(cfg.features.feature_names), list(cfg.fusion.names)
-    if list(tasks) != list(cfg.fusion.names):
+        features, tasks = list(features_cfg.feature_names), list(fusion.names)
+    if list(tasks) != list(fusion.names):
         raise ValueError(f"transitions table {path!r} (version {version}) has actions for tasks "
-                         f"{tasks} but fusion.tasks is {list(cfg.fusion.names)}; fixed policies "
+                         f"{tasks} but fusion.tasks is {list(fusion.names)}; fixed policies "
                          f"(the logging baseline) would be misread")
     return list(features), list(tasks)
 
@@ -94,9 +101,6 @@ def split_frame(spark: "SparkSession", path: str, version: int | None,
                 split: str) -> tuple["DataFrame", int]:
     """The rows of ``split`` of the pinned table version, and that version."""
     from pyspark.sql import functions as F
-
-    from mtf.delta import read_delta, table_version
-    from mtf.ope.data import SPLIT, require_columns
 
     pinned = table_version(spark, path) if version is None else int(version)
     df = read_delta(spark, path, pinned)
@@ -110,8 +114,6 @@ def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: i
                      state_dim: int, action_dim: int) -> Any:
     """The split (or a session sample of ``ope.fqe_max_rows`` rows) as TransitionArrays."""
     from pyspark.sql import functions as F
-
-    from mtf.ope.data import EXPLORE_GROUP, REQUIRED_COLUMNS, SESSION_ID, TransitionArrays
 
     cols = [*REQUIRED_COLUMNS, *([EXPLORE_GROUP] if EXPLORE_GROUP in split_df.columns else [])]
     df = split_df.select(*cols)
@@ -146,13 +148,6 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     """
     from pyspark.sql import functions as F
 
-    from mtf.ope.data import SESSION_ID
-    from mtf.ope.evaluate import assemble, fit_policies, initial_share, scoring_bundle
-    from mtf.ope.policies import baseline_action, check_policy, resolve_policies
-    from mtf.ope.report import write_report
-    from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
-                               session_statistics_df)
-
     ope = ope or cfg.ope
     t0 = time.perf_counter()
     gamma = cfg.mdp.gamma
@@ -160,7 +155,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     split_df, version = split_frame(spark, path, ope.table_version, ope.split)
     if where:
         split_df = split_df.where(where)
-    features, tasks = _layout(spark, path, version, cfg)
+    features, tasks = _layout(spark, path, version, cfg.features, cfg.fusion)
     counts = split_df.agg(F.count(F.lit(1)).alias("n"),
                           F.countDistinct(SESSION_ID).alias("s")).first()
     n_rows, n_sessions = int(counts["n"]), int(counts["s"])
@@ -191,8 +186,6 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     missing = [p.name for p in policies if p.name not in sums]
     if missing:
         raise RuntimeError(f"Spark returned no sums for policies {missing}")
-    from mtf import __version__
-    from mtf.configtools import to_dict
 
     meta = {"path": "spark", "table_path": path, "table_version": version, "split": ope.split,
             "where": where,

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtf.ope.config import LOGGING_POLICY
 from mtf.serving.export import ConstantPolicy, torch_policy
 
 if TYPE_CHECKING:
@@ -255,8 +256,6 @@ def resolve_policies(ope: "OpeConfig", models: str, baseline: np.ndarray,
     or, when that is empty, from :func:`discover_exports`. Every policy is checked with
     :func:`check_policy`. Names must be unique.
     """
-    from mtf.ope.config import LOGGING_POLICY
-
     out: list[TargetPolicy] = []
     if ope.include_logging:
         out.append(fixed_policy(LOGGING_POLICY, baseline,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mtf.configtools import to_dict
 from mtf.ope.config import ESTIMATORS, OpeConfig
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ def _clean(v: Any) -> Any:
 
 def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, Any]:
     """Everything in the report, JSON-able."""
-    from mtf.configtools import to_dict
 
     fqe = {name: {kind: {"alpha": fit.settings.alpha, "seconds": fit.seconds,
                          "curve": fit.curve}

@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from mtf.rl.batch import TransitionBatch
+from mtf.rl.bc import BCAgent
+from mtf.rl.bcq import BCQAgent
 from mtf.rl.config import TrainConfig
+from mtf.rl.cql import CQLAgent
+from mtf.rl.iql import IQLAgent
+from mtf.rl.td3 import TD3Agent
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +51,6 @@ def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.
                generator: torch.Generator, *, gamma: float) -> Agent:
     """Build ``cfg.algo``'s agent for discount ``gamma`` (``mdp.gamma``). Networks are
     initialised from torch's global RNG."""
-    from mtf.rl.bc import BCAgent
-    from mtf.rl.bcq import BCQAgent
-    from mtf.rl.cql import CQLAgent
-    from mtf.rl.iql import IQLAgent
-    from mtf.rl.td3 import TD3Agent
-
     if state_dim <= 0 or action_dim <= 0:
         raise ValueError(f"state_dim and action_dim must be > 0, got {state_dim}, {action_dim}")
     if cfg.algo == "bcq":

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtf import __version__
 from mtf.configtools import from_dict
 from mtf.rl.agent import load_agent_state, make_agent, make_generator
 from mtf.rl.bcq import BCQAgent
@@ -122,8 +123,6 @@ def export_policy(checkpoint: str, out_dir: str) -> ExportResult:
 
 
 def _sidecar(ckpt: Checkpoint, checkpoint_path: str) -> dict[str, Any]:
-    from mtf import __version__
-
     layout, space = ckpt.layout, ckpt.action_space
     return {
         "format": EXPORT_FORMAT,

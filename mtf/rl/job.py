@@ -16,19 +16,20 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mtf.config import MtfConfig
+from mtf.configtools import from_dict, to_dict
+from mtf.log import setup_logging
 from mtf.rl.batch import STATE, Normalizer
 from mtf.rl.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, run_dir_of
 from mtf.rl.distributed import (DistInfo, barrier, broadcast_str, configure_threads,
                                 destroy_distributed, dist_info_from_env, init_distributed,
                                 pick_device)
+from mtf.rl.export import export_policy
 from mtf.rl.layout import ActionSpace
 from mtf.rl.loader import PetastormSource, TransitionTable, open_transitions, read_split
-
-if TYPE_CHECKING:
-    from mtf.config import MtfConfig
-    from mtf.rl.train import TrainResult
+from mtf.rl.train import TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def run(cfg: "MtfConfig") -> int:
 
 def train_job(cfg: "MtfConfig") -> "TrainResult":
     """Pin the transitions table, train with petastorm batches (DDP if launched so), export."""
-    from mtf.rl.export import export_policy
-    from mtf.rl.train import train
 
     info = dist_info_from_env()
     tcfg = cfg.train
@@ -79,7 +78,6 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
 
 def run_export(cfg: "MtfConfig") -> int:
     """Entry point of ``mtf export``: export ``train.export_checkpoint`` next to its run."""
-    from mtf.rl.export import export_policy
 
     where = cfg.train.export_checkpoint
     if not where:
@@ -146,8 +144,6 @@ def train_with_distributor(cfg: "MtfConfig", num_processes: int, *, local_mode: 
     """
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    from mtf.configtools import to_dict
-
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode,
                                    use_gpu=use_gpu)
     run_dir = distributor.run(_distributor_main, json.dumps(to_dict(cfg)))
@@ -156,9 +152,6 @@ def train_with_distributor(cfg: "MtfConfig", num_processes: int, *, local_mode: 
 
 def _distributor_main(cfg_json: str) -> str:
     """Body of every TorchDistributor rank: rebuild the config, log with the rank, train."""
-    from mtf.config import MtfConfig
-    from mtf.configtools import from_dict
-    from mtf.log import setup_logging
 
     info = dist_info_from_env()
     setup_logging("INFO", rank=info.rank)

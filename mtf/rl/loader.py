@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from mtf.delta import delta_snapshot
 from mtf.rl.batch import (ACTION, EXPLORE_GROUP, GROUP, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS,
                           REWARD, SPLIT, STATE, TransitionBatch, group_codes)
 
@@ -65,8 +66,6 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
         FileNotFoundError: no Delta table at ``path``.
         ValueError: unreadable version, missing layout properties, missing columns, no rows.
     """
-    from mtf.delta import delta_snapshot
-
     try:
         pinned, uris, props = delta_snapshot(path, version)
     except FileNotFoundError:

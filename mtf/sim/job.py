@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from mtf.configtools import to_dict
 from mtf import contract as S
+from mtf.configtools import to_dict
+from mtf.delta import is_delta_table, write_delta
+from mtf.sim.config import SimConfig
 from mtf.sim.generate import profiles_table, simulate_shard
 from mtf.sim.world import World
+from mtf.spark import get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -57,19 +60,19 @@ class SimulateResult:
     seconds: float
 
 
-def window_predicate(cfg: "MtfConfig") -> str:
+def window_predicate(sim: SimConfig) -> str:
     """``replaceWhere`` predicate of the simulated window (exactly the ds values written)."""
-    start = cfg.sim.start
-    end = start + dt.timedelta(days=cfg.sim.n_days)
+    start = sim.start
+    end = start + dt.timedelta(days=sim.n_days)
     return f"{S.DS} >= '{start.isoformat()}' AND {S.DS} < '{end.isoformat()}'"
 
 
-def n_partitions(spark: "SparkSession", cfg: "MtfConfig") -> int:
+def n_partitions(spark: "SparkSession", sim: SimConfig) -> int:
     """Partitions of the simulation job: ``sim.spark_partitions`` or one per shard, at most
     4 x the default parallelism."""
-    if cfg.sim.spark_partitions:
-        return cfg.sim.spark_partitions
-    return max(1, min(cfg.sim.n_shards, 4 * spark.sparkContext.defaultParallelism))
+    if sim.spark_partitions:
+        return sim.spark_partitions
+    return max(1, min(sim.n_shards, 4 * spark.sparkContext.defaultParallelism))
 
 
 def _impression_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch],
@@ -95,7 +98,8 @@ def _impression_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch],
 def impressions_frame(spark: "SparkSession", cfg: "MtfConfig", partitions: int | None = None,
                       day_counters: Sequence[Any] = ()) -> "DataFrame":
     """The simulated impression logs as a (lazy) DataFrame in the contract schema."""
-    shards = spark.range(0, cfg.sim.n_shards, numPartitions=partitions or n_partitions(spark, cfg))
+    parts = partitions or n_partitions(spark, cfg.sim)
+    shards = spark.range(0, cfg.sim.n_shards, numPartitions=parts)
     return shards.mapInArrow(lambda it: _impression_batches(cfg, it, day_counters),
                              S.impression_log_schema(cfg.fusion.names))
 
@@ -109,7 +113,6 @@ def profiles_frame(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame":
 
 def write_profiles(spark: "SparkSession", cfg: "MtfConfig") -> int:
     """Overwrite ``lake.user_profiles`` with the simulated users; returns the table version."""
-    from mtf.delta import write_delta
 
     return write_delta(profiles_frame(spark, cfg), cfg.lake.path("user_profiles"),
                        mode="overwrite")
@@ -129,17 +132,16 @@ def _properties(cfg: "MtfConfig") -> dict[str, str]:
 def simulate_to_delta(spark: "SparkSession", cfg: "MtfConfig",
                       partitions: int | None = None) -> SimulateResult:
     """Simulate ``cfg.sim`` and write both tables; see the module docstring."""
-    from mtf.delta import is_delta_table, write_delta
 
     World.from_config(cfg)  # validate the config on the driver before starting any task
     imp_path, prof_path = cfg.lake.path("raw_logs"), cfg.lake.path("user_profiles")
     days = tuple(cfg.sim.start + dt.timedelta(days=d) for d in range(cfg.sim.n_days))
-    parts = partitions or n_partitions(spark, cfg)
+    parts = partitions or n_partitions(spark, cfg.sim)
     logger.info("simulating %d users (%d shards, %d partitions) for %d days %s..%s, seed %d",
                 cfg.sim.n_users, cfg.sim.n_shards, parts, len(days), days[0], days[-1], cfg.seed)
     t0 = time.perf_counter()
     prof_version = write_profiles(spark, cfg)
-    predicate = window_predicate(cfg) if is_delta_table(imp_path) else None
+    predicate = window_predicate(cfg.sim) if is_delta_table(imp_path) else None
     counters = [spark.sparkContext.accumulator(0) for _ in days]
     imp_version = write_delta(impressions_frame(spark, cfg, parts, counters), imp_path,
                               mode="overwrite", partition_by=[S.DS], replace_where=predicate,
@@ -160,8 +162,6 @@ def simulate_to_delta(spark: "SparkSession", cfg: "MtfConfig",
 def run(cfg: "MtfConfig") -> int:
     """Entry point of ``mtf simulate`` (and jobs/simulate.py)."""
     from pyspark.sql import SparkSession
-
-    from mtf.spark import get_spark
 
     World.from_config(cfg)  # fail on a bad config before starting the JVM
     owned = SparkSession.getActiveSession() is None

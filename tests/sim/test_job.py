@@ -107,7 +107,7 @@ def test_three_partitions_write_the_in_process_logs(spark: SparkSession, runs: R
 def test_one_partition_writes_the_in_process_logs(spark: SparkSession, runs: Runs) -> None:
     path = runs.cfg.lake.path("raw_logs")
     got = read_delta(spark, path, version=runs.later.impressions_version)
-    got = got.where(window_predicate(runs.later_cfg)).toPandas()
+    got = got.where(window_predicate(runs.later_cfg.sim)).toPandas()
     want = _canonical(runs.later_local.impressions.to_pandas())
     assert runs.later.n_impressions == len(want)
     pd.testing.assert_frame_equal(_canonical(got), want, check_exact=True)
@@ -126,7 +126,7 @@ def test_a_rerun_replaces_exactly_its_days(spark: SparkSession, runs: Runs) -> N
                                   check_exact=True)
     new = runs.later_local.impressions.to_pandas()
     assert counts["2026-02-28"] == (_ds(new) == "2026-02-28").sum()
-    assert window_predicate(runs.later_cfg) == "ds >= '2026-02-28' AND ds < '2026-03-02'"
+    assert window_predicate(runs.later_cfg.sim) == "ds >= '2026-02-28' AND ds < '2026-03-02'"
 
 
 def test_a_bad_config_fails_before_spark_starts(tmp_path: Path) -> None:
