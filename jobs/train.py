@@ -1,4 +1,4 @@
-"""Train BatchRL-MTF (BCQ) or a baseline on the transitions table.
+"""Train the fusion policy (`train.algo`: iql, bcq, td3, cql, bc) on the transitions table.
 
 Run with:
   torchrun --nproc_per_node 2 jobs/train.py --conf-file conf/local.yaml train.batch_size=512
