@@ -13,9 +13,9 @@ Two steps, so the training step can run where Spark and Delta are not installed 
    baseline on ``--sessions`` simulated sessions with common random numbers (paired CI)::
 
        .venv/bin/python benchmarks/policy_sweep.py run --data big.npz --steps 15000 \\
-           --run "twin_rho05: train.bcq.rho=0.5 train.bcq.hidden=[256,256]" \\
+           --run "twin_rho05: train.bcq.rho=0.5 train.common.hidden=[256,256]" \\
            --run "random_only: train.bcq.rho=0.5 train.explore_groups=[random]" \\
-           -- sim.exploration.noise_share=0.3 sim.exploration.random_share=0.3
+           -- serving.noise_share=0.3 serving.random_share=0.3
 
 3. ``signal``: how much personalisation signal a table carries, without any learner: the
    discounted return-to-go of every step of one exploration group regressed (least squares) on
@@ -88,7 +88,7 @@ def signal(table_path: str, group: str, overrides: list[str]) -> dict[str, Any]:
     from mtf.delta import delta_snapshot
 
     cfg = load_config(None, overrides)
-    gamma = cfg.train.bcq.gamma
+    gamma = cfg.mdp.gamma
     _, uris, _ = delta_snapshot(table_path)
     cols = ["session_id", "step", "state", "action", "reward", "explore_group", "split"]
     df = pd.concat(pq.read_table(u, columns=cols).to_pandas() for u in uris)
@@ -136,7 +136,8 @@ def _variant(tag: str, data: str, overrides: list[str], steps: int, sessions: in
     from mtf.rl.loader import InMemorySource
     from mtf.rl.train import train
     from mtf.sim.evaluate import evaluate_many, paired_difference
-    from mtf.sim.policies import FixedPolicy, torch_policy
+    from mtf.serving.export import torch_policy
+    from mtf.sim.policies import FixedPolicy
     from mtf.sim.world import World
 
     setup_logging("WARNING")
@@ -157,7 +158,8 @@ def _variant(tag: str, data: str, overrides: list[str], steps: int, sessions: in
     batch = TransitionBatch.from_numpy(cols).to(dev)
     t0 = time.perf_counter()
     res = train(cfg.train, InMemorySource(batch, batch_size=cfg.train.batch_size, seed=seed),
-                layout=layout, action_space=ActionSpace.from_fusion(cfg.fusion),
+                gamma=cfg.mdp.gamma, layout=layout,
+                action_space=ActionSpace.from_fusion(cfg.fusion),
                 run_dir=os.path.join(out_dir, tag), seed=seed,
                 normalizer=Normalizer.fit(cols["state"]), device=dev)
     train_s = time.perf_counter() - t0
