@@ -3,7 +3,7 @@
 * no import cycle among ``mtf`` modules;
 * production code (``mtf.etl``, ``mtf.rl``, ``mtf.ope``, ``mtf.serving``) never imports the
   simulator: ground truth reaches it through ``mtf.ope.truth.GroundTruth``;
-* no module or doc under ``mtf/`` cites a document outside the repository.
+* no code, test, config or doc cites a document outside the repository.
 """
 from __future__ import annotations
 
@@ -118,11 +118,18 @@ def test_production_code_does_not_import_the_simulator(package: str) -> None:
     assert {m: t for m, t in offenders.items() if t} == {}
 
 
-def test_the_library_cites_only_the_repository() -> None:
-    pattern = re.compile(r"paper-spec|design section|design\.md|style\.md|issue #?[0-9]")
-    hits = []
-    for name, path in _modules().items():
-        for i, line in enumerate(open(path, encoding="utf-8"), 1):
-            if pattern.search(line):
-                hits.append(f"{name}:{i}: {line.strip()}")
+def test_the_repository_cites_only_itself() -> None:
+    """No code, test, config or doc cites a document outside the repository or an issue."""
+    pattern = re.compile(r"paper-spec|design section|design\.md|style\.md|[Ii]ssue #?[0-9]")
+    root = os.path.dirname(PACKAGE_DIR)
+    paths = [path for path in _modules().values()]
+    for folder in ("tests", "benchmarks", "jobs", "docs", "conf", "scripts", "deploy", "docker"):
+        for base, _, files in os.walk(os.path.join(root, folder)):
+            paths += [os.path.join(base, f) for f in files
+                      if f.endswith((".py", ".md", ".yaml", ".sh", ".cfg")) or "Dockerfile" in f]
+    paths.append(os.path.join(root, "README.md"))
+    me = os.path.abspath(__file__)
+    hits = [f"{os.path.relpath(p, root)}:{i}: {line.strip()}"
+            for p in paths if os.path.abspath(p) != me
+            for i, line in enumerate(open(p, encoding="utf-8"), 1) if pattern.search(line)]
     assert hits == []

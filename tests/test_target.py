@@ -1,4 +1,4 @@
-"""Issue #7's target, checked through the closed loop on the embedded default's data: the
+"""The +5% target, checked through the closed loop on the embedded default's data: the
 learned fusion (the default learner, IQL with a quadratic critic) beats the logging baseline
 by at least 5% of its true discounted session return and beats the best fixed weights found
 by CEM with simulator access, both with paired 95% intervals (common random numbers) that

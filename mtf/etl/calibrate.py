@@ -126,11 +126,12 @@ def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
                          if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)
     context = validation_context(raw, window)
-    validator = Validator(context, RowRules.from_config(cfg))   # as the build validates
+    validator = Validator(context, RowRules.from_config(cfg.etl, cfg.fusion))   # as the build validates
     try:
         valid = (validator.flag(context).where(F.col(S.REJECT_REASON).isNull())
                  .drop(S.REJECT_REASON))
-        requests = build_requests(valid, cfg=cfg, window=window)
+        requests = build_requests(valid, etl=cfg.etl, features=cfg.features, fusion=cfg.fusion,
+                                  reward=cfg.reward, window=window)
         rows = calibration_rows(requests, drop_last_step=cfg.etl.calibration_drop_last_step)
         result = fit_reward_weights(rows, reward=cfg.reward)
     finally:

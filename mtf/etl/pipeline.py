@@ -33,7 +33,9 @@ from mtf.etl.transitions import (active_users, add_sentinels, add_split, fix_pre
 from mtf.etl.user_pass import IS_SENTINEL, SESSION_START_TS, impressions_to_requests
 from mtf.etl.validate import (REASONS, RowRules, add_row_reason, candidate_duplicate_keys,
                               mark_duplicates, ranked_candidate_rows, rows_without_candidates)
-from mtf.features import FEATURE_VERSION
+from mtf.features import FEATURE_VERSION, FeatureConfig
+from mtf.fusion import FusionConfig
+from mtf.reward import RewardConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -122,7 +124,8 @@ class RunWindow:
 
 # ---- the pure chain --------------------------------------------------------------------------
 
-def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
+def build_requests(valid: "DataFrame", *, etl: EtlConfig, features: FeatureConfig,
+                   fusion: FusionConfig, reward: RewardConfig, window: RunWindow,
                    open_users: "DataFrame | None" = None) -> "DataFrame":
     """Validated impressions of the context days -> request rows of the output days.
 
@@ -137,26 +140,27 @@ def build_requests(valid: "DataFrame", *, cfg: "MtfConfig", window: RunWindow,
     """
     from pyspark.sql import functions as F
 
-    k = cfg.fusion.k
+    k = fusion.k
     if open_users is None:
-        open_users = active_users(valid, data_end=window.data_end, gap_s=cfg.etl.session_gap_s)
+        open_users = active_users(valid, data_end=window.data_end, gap_s=etl.session_gap_s)
     first = (S.USER_ID, S.TS, S.DS, IS_SENTINEL, S.ACTION_LOGP, EXPLORE_IDX,
              *(action_col(i) for i in range(k)))
     in_window = (F.col(S.DS) >= F.lit(window.start)) & (F.col(S.DS) <= F.lit(window.end))
     return (valid
-            .transform(add_impression_feedback, reward=cfg.reward, fusion=cfg.fusion,
-                       explore_groups=cfg.etl.explore_groups)
+            .transform(add_impression_feedback, reward=reward, fusion=fusion,
+                       explore_groups=etl.explore_groups)
             .transform(add_sentinels, users=open_users, data_end=window.data_end)
-            .transform(impressions_to_requests, features=cfg.features,
-                       gap_s=cfg.etl.session_gap_s, passthrough=first)
+            .transform(impressions_to_requests, features=features,
+                       gap_s=etl.session_gap_s, passthrough=first)
             .withColumn(FIRST_IN_WINDOW, (F.col(S.STEP) == 0)
                         | (F.col(PREV_TS) < F.lit(window.start_ts)))
             .where(~F.col(IS_SENTINEL) & in_window)
-            .transform(add_reward, reward=cfg.reward))
+            .transform(add_reward, reward=reward))
 
 
 def finish_transitions(requests: "DataFrame", profiles: "DataFrame | None", *,
-                       cfg: "MtfConfig") -> "DataFrame":
+                       etl: EtlConfig, features: FeatureConfig,
+                       fusion: FusionConfig) -> "DataFrame":
     """Request rows -> transition columns (+ ``session_start_ts``; no split yet).
 
     Prepends the profile features to state and next state, casts them to array<float>
@@ -164,19 +168,19 @@ def finish_transitions(requests: "DataFrame", profiles: "DataFrame | None", *,
     """
     from pyspark.sql import functions as F
 
-    n = len(cfg.features.feature_names)
+    n = len(features.feature_names)
     steps = (requests.withColumnRenamed(STATE_CORE, S.STATE)
              .withColumnRenamed(NEXT_CORE, S.NEXT_STATE)
-             .transform(add_profile_state, profiles, features=cfg.features,
+             .transform(add_profile_state, profiles, features=features,
                         state_cols=(S.STATE, S.NEXT_STATE)))
     return steps.select(
         S.SESSION_ID, S.USER_ID, S.STEP, S.TS, S.DS,
         F.col(S.STATE).cast("array<float>").alias(S.STATE),
         F.coalesce(F.col(S.NEXT_STATE).cast("array<float>"), zeros(n)).alias(S.NEXT_STATE),
-        action_array(cfg.fusion.k).alias(S.ACTION),
+        action_array(fusion.k).alias(S.ACTION),
         S.ACTION_LOGP, S.REWARD, S.REWARD_STICKINESS, S.REWARD_ACTIVENESS,
         S.IS_TERMINAL, S.IS_TRUNCATED,
-        explore_group_col(cfg.etl.explore_groups).alias(S.EXPLORE_GROUP),
+        explore_group_col(etl.explore_groups).alias(S.EXPLORE_GROUP),
         SESSION_START_TS, FIRST_IN_WINDOW)
 
 
@@ -206,15 +210,15 @@ class JobSummary:
         return dataclasses.asdict(self)
 
 
-def table_properties_for(cfg: "MtfConfig") -> dict[str, str]:
+def table_properties_for(etl: EtlConfig, features: FeatureConfig, reward: RewardConfig,
+                         fusion: FusionConfig) -> dict[str, str]:
     """The Delta table properties of the transitions table (read by the trainer)."""
-
-    etl = {k: v for k, v in to_dict(cfg.etl).items() if k not in RUN_FIELDS}
-    config = {"etl": etl, "features": to_dict(cfg.features),
-              "reward": to_dict(cfg.reward), "fusion": to_dict(cfg.fusion)}
-    return {S.PROP_FEATURE_NAMES: json_property(list(cfg.features.feature_names)),
+    build = {k: v for k, v in to_dict(etl).items() if k not in RUN_FIELDS}
+    config = {"etl": build, "features": to_dict(features),
+              "reward": to_dict(reward), "fusion": to_dict(fusion)}
+    return {S.PROP_FEATURE_NAMES: json_property(list(features.feature_names)),
             S.PROP_FEATURE_VERSION: FEATURE_VERSION,
-            S.PROP_ACTION_TASKS: json_property(list(cfg.fusion.names)),
+            S.PROP_ACTION_TASKS: json_property(list(fusion.names)),
             S.PROP_CONFIG: json_property(config)}
 
 
@@ -254,13 +258,13 @@ def day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.date
     return (row["lo"], row["hi"]) if row is not None else (None, None)
 
 
-def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None":
-    """The profile table conformed to its contract, one row per user (None when no profile
-    columns are configured; a missing table is an error)."""
+def read_profiles(spark: "SparkSession", path: str, features: FeatureConfig,
+                  etl: EtlConfig) -> "DataFrame | None":
+    """The profile table at ``path`` conformed to its contract, one row per user (None when no
+    profile columns are configured; a missing table is an error)."""
     from pyspark.sql import functions as F
 
-    cols = list(cfg.features.profile_columns)
-    path = cfg.lake.path("user_profiles")
+    cols = list(features.profile_columns)
     if not cols:
         return None
     if not is_delta_table(path):
@@ -272,7 +276,7 @@ def read_profiles(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame | None"
             "lake.user_profiles at it, or set features.profile_columns=[] to build states "
             "without profile features")
     prof = S.conform(read_delta(spark, path), S.profile_contract(cols),
-                     where=f"user_profiles {path!r}", column_map=cfg.etl.column_map)
+                     where=f"user_profiles {path!r}", column_map=etl.column_map)
     # One row per user: duplicates (if any) resolve to the per-column max, deterministically.
     return prof.groupBy(S.USER_ID).agg(*(F.max(c).alias(c) for c in cols))
 
@@ -404,11 +408,11 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     trans_path = cfg.lake.path("transitions")
     raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
                     where=f"raw_logs {raw_path!r}", column_map=cfg.etl.column_map)
-    profiles = read_profiles(spark, cfg)
+    profiles = read_profiles(spark, cfg.lake.path("user_profiles"), cfg.features, cfg.etl)
     first_ds, last_ds = (day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
                          if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)
-    props = table_properties_for(cfg)
+    props = table_properties_for(cfg.etl, cfg.features, cfg.reward, cfg.fusion)
     existing = table_properties(spark, trans_path) if is_delta_table(trans_path) else {}
     incremental_on_table = not window.full_rebuild and bool(existing)
     if incremental_on_table:
@@ -418,7 +422,7 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
                 f"context from {window.context_start or 'the first day'}", raw_path)
     days = F.col(S.DS).between(F.lit(window.start), F.lit(window.end))
     context = validation_context(raw, window)
-    validator = Validator(context, RowRules.from_config(cfg))
+    validator = Validator(context, RowRules.from_config(cfg.etl, cfg.fusion))
     current = None
     try:
         # 1. Quarantine: every row of the output days is checked; the bad ones are written.
@@ -434,8 +438,10 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
         # Sentinel users from the raw rows: no second validation pass (a superset is fine).
         open_users = active_users(context, data_end=window.data_end,
                                   gap_s=cfg.etl.session_gap_s)
-        requests = build_requests(valid, cfg=cfg, window=window, open_users=open_users)
-        current = finish_transitions(requests, profiles, cfg=cfg) \
+        requests = build_requests(valid, etl=cfg.etl, features=cfg.features, fusion=cfg.fusion,
+                                  reward=cfg.reward, window=window, open_users=open_users)
+        current = finish_transitions(requests, profiles, etl=cfg.etl, features=cfg.features,
+                                     fusion=cfg.fusion) \
             .persist(StorageLevel.MEMORY_AND_DISK)
         stats = current.agg(
             F.count(F.lit(1)).alias("steps"),

@@ -21,7 +21,8 @@ from mtf import contract as S
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-    from mtf.config import MtfConfig
+    from mtf.etl.config import EtlConfig
+    from mtf.fusion import FusionConfig
 
 # Reasons, in the order the rules are checked (a row gets the first that applies).
 ID_COLUMNS = (S.EVENT_ID, S.USER_ID, S.REQUEST_ID, S.ITEM_ID)
@@ -71,13 +72,13 @@ class RowRules:
         return len(self.weights_lo)
 
     @classmethod
-    def from_config(cls, cfg: "MtfConfig") -> "RowRules":
-        return cls(weights_lo=tuple(float(x) for x in cfg.fusion.lo),
-                   weights_hi=tuple(float(x) for x in cfg.fusion.hi),
-                   explore_groups=tuple(cfg.etl.explore_groups),
-                   max_play_time_s=cfg.etl.max_play_time_s,
-                   max_play_to_duration=cfg.etl.max_play_to_duration,
-                   weight_tolerance=cfg.etl.weight_tolerance)
+    def from_config(cls, etl: "EtlConfig", fusion: "FusionConfig") -> "RowRules":
+        return cls(weights_lo=tuple(float(x) for x in fusion.lo),
+                   weights_hi=tuple(float(x) for x in fusion.hi),
+                   explore_groups=tuple(etl.explore_groups),
+                   max_play_time_s=etl.max_play_time_s,
+                   max_play_to_duration=etl.max_play_to_duration,
+                   weight_tolerance=etl.weight_tolerance)
 
 
 def _blank(col: "Column") -> "Column":

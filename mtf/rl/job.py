@@ -23,6 +23,7 @@ from mtf.configtools import from_dict, to_dict
 from mtf.log import setup_logging
 from mtf.rl.batch import STATE, Normalizer
 from mtf.rl.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, run_dir_of
+from mtf.rl.config import TrainConfig
 from mtf.rl.distributed import (DistInfo, barrier, broadcast_str, configure_threads,
                                 destroy_distributed, dist_info_from_env, init_distributed,
                                 pick_device)
@@ -54,7 +55,7 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
         table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version,
                                  start_ds=tcfg.start_ds, end_ds=tcfg.end_ds)
         table.layout.require_request(cfg.fusion.names, tcfg.feature_version)
-        run_dir, resume_from = _run_dir(cfg, info)
+        run_dir, resume_from = _run_dir(cfg.train, cfg.lake.path("models"), info)
         normalizer, n_train_rows = None, None
         if not resume_from:
             normalizer, n_train_rows = fit_normalizer(table, tcfg.split, tcfg.normalizer_rows,
@@ -112,18 +113,16 @@ def fit_normalizer(table: TransitionTable, split: str, max_rows: int,
     return Normalizer.fit(states), round(table.n_rows * len(states) / max(scanned, 1))
 
 
-def _run_dir(cfg: "MtfConfig", info: DistInfo) -> tuple[str, str]:
+def _run_dir(tcfg: TrainConfig, models: str, info: DistInfo) -> tuple[str, str]:
     """(run directory, checkpoint to resume from or "").
 
     ``train.resume_from`` continues that run in its own directory; a ``train.run_id`` whose
     directory already holds checkpoints resumes from the newest (so a restarted torchrun job
     picks up where it stopped); otherwise a new ``<algo>-<UTC time>-<random>`` run starts.
     """
-    tcfg = cfg.train
     if tcfg.resume_from:
         path = resolve_checkpoint(tcfg.resume_from)
         return run_dir_of(path), path
-    models = cfg.lake.path("models")
     run_id = tcfg.run_id or broadcast_str(
         f"{tcfg.algo}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}")
     run_dir = os.path.join(models, run_id)

@@ -28,8 +28,10 @@ def _spark_states(spark, rows: list[dict], overrides: list[str]) -> tuple[pd.Dat
     days = sorted({r[S.DS] for r in rows})
     window = RunWindow(days[0], days[-1], None, True, cfg.etl.session_gap_s)
     profiles = spark.createDataFrame(PROFILES)
-    out = finish_transitions(build_requests(logs_df(spark, rows), cfg=cfg, window=window),
-                             profiles, cfg=cfg)
+    requests = build_requests(logs_df(spark, rows), etl=cfg.etl, features=cfg.features,
+                              fusion=cfg.fusion, reward=cfg.reward, window=window)
+    out = finish_transitions(requests, profiles, etl=cfg.etl, features=cfg.features,
+                             fusion=cfg.fusion)
     got = out.select(S.USER_ID, S.TS, S.SESSION_ID, S.STEP, S.STATE, S.NEXT_STATE,
                      S.IS_TERMINAL, S.IS_TRUNCATED).toPandas()
     got[S.TS] = pd.to_datetime(got[S.TS], utc=True)
