@@ -13,7 +13,7 @@ from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import BCConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor
-from mtf.rl.updates import optimizer_step
+from mtf.rl.updates import LearnerBase, optimizer_step
 
 
 def bc_loss(predicted: torch.Tensor, logged: torch.Tensor) -> torch.Tensor:
@@ -21,15 +21,14 @@ def bc_loss(predicted: torch.Tensor, logged: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(predicted, logged)
 
 
-class BCAgent:
+class BCAgent(LearnerBase):
     """One actor, one optimiser; no critic, so no Q metrics."""
 
     algo = "bc"
 
     def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, bc: BCConfig,
                  device: torch.device, generator: torch.Generator) -> None:
-        self.device = device
-        self.generator = generator
+        super().__init__(common, device, generator, gamma=1.0)   # no bootstrapping: no discount
         self.actor = DeterministicActor(state_dim, action_dim, common.hidden).to(device)
         self.actor_train: nn.Module = self.actor   # DDP-wrapped under DDP
         self.optimizers: dict[str, torch.optim.Optimizer] = {

@@ -103,9 +103,8 @@ class BCQAgent(GreedyCriticAgent):
 
     def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, cfg: BCQConfig,
                  device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
-        self.common, self.cfg, self.gamma = common, cfg, gamma
-        self.device = device
-        self.generator = generator
+        super().__init__(common, device, generator, gamma)
+        self.cfg = cfg
         self.vae = ActionVAE(state_dim, action_dim, cfg.latent_size(action_dim), cfg.vae_hidden,
                              cfg.log_std_min, cfg.log_std_max).to(device)
         self.actor = Perturbation(state_dim, action_dim, common.hidden, cfg.rho).to(device)

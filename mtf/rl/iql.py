@@ -142,10 +142,8 @@ class IQLAgent(GreedyCriticAgent):
 
     def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, iql: IQLConfig,
                  device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
-        self.common, self.gamma = common, gamma
+        super().__init__(common, device, generator, gamma)
         self.iql = iql
-        self.device = device
-        self.generator = generator
         self.critic: nn.Module = (
             QuadraticQ(state_dim, action_dim, common.hidden, iql.min_curvature, iql.n_heads)
             if iql.quadratic_critic else EnsembleQ(state_dim, action_dim, common.hidden, 2)

@@ -14,8 +14,8 @@ from mtf.rl.batch import TransitionBatch
 from mtf.rl.config import LearnerConfig, TD3Config
 from mtf.rl.distributed import ddp_wrap
 from mtf.rl.networks import DeterministicActor, EnsembleQ
-from mtf.rl.updates import (bellman_target, ensemble_critic_loss, frozen, mix_ensemble_q,
-                            optimizer_step, soft_update, target_copy)
+from mtf.rl.updates import (LearnerBase, bellman_target, ensemble_critic_loss, frozen,
+                            mix_ensemble_q, optimizer_step, soft_update, target_copy)
 
 
 @torch.no_grad()
@@ -37,7 +37,7 @@ def deterministic_actor_loss(critic: EnsembleQ, state: torch.Tensor,
     return -critic.q1_value(state, action).mean()
 
 
-class TD3Agent:
+class TD3Agent(LearnerBase):
     """Deterministic actor + twin critics with target policy smoothing and delayed actor steps.
 
     ``actor_train`` / ``critic_train`` are the networks as their losses see them: DDP-wrapped
@@ -48,10 +48,8 @@ class TD3Agent:
 
     def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, td3: TD3Config,
                  device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
-        self.common, self.gamma = common, gamma
+        super().__init__(common, device, generator, gamma)
         self.td3 = td3
-        self.device = device
-        self.generator = generator
         self.actor = DeterministicActor(state_dim, action_dim, common.hidden).to(device)
         self.critic = EnsembleQ(state_dim, action_dim, common.hidden, 2).to(device)  # twin critics
         self.actor_target = target_copy(self.actor)

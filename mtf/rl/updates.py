@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator, TypeVar
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from mtf.rl.config import LearnerConfig
 
 
 def bellman_target(reward: torch.Tensor, is_terminal: torch.Tensor, next_value: torch.Tensor,
@@ -82,7 +85,17 @@ def target_copy(module: M) -> M:
     return target
 
 
-class GreedyCriticAgent:
+class LearnerBase:
+    """What every learner keeps: the settings all learners share (``train.common``), the
+    discount (``mdp.gamma``), its device and its sampling RNG."""
+
+    def __init__(self, common: "LearnerConfig", device: torch.device,
+                 generator: torch.Generator, gamma: float) -> None:
+        self.common, self.gamma = common, gamma
+        self.device, self.generator = device, generator
+
+
+class GreedyCriticAgent(LearnerBase):
     """``act`` and ``q_value`` of an agent whose ``policy()`` is its greedy policy and whose
     ``critic`` is an ensemble with a ``q1_value`` (BCQ, IQL)."""
 
