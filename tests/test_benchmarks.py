@@ -12,7 +12,8 @@ import math
 import os
 import subprocess
 import sys
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -31,8 +32,28 @@ CORES = os.cpu_count() or 1
 
 def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+# Every smoke run, started together when the module's first test asks for one: most of a
+# smoke's time is JVM start-up and small Delta writes that leave the CPU idle, so three at a
+# time take about half the wall time of one after another. Each test waits for its own.
+SMOKES = {
+    "etl": ("bench_etl.py", "--smoke", "--json", "{out}/etl.json"),
+    "train": ("bench_train.py", "--smoke", "--json", "{out}/train.json"),
+    "ope": ("bench_ope.py", "--smoke", "--json", "{out}/ope.json"),
+    "sim": ("bench_sim.py", "--smoke", "--json", "{out}/sim.json"),
+    "sweep": ("policy_sweep.py", "smoke", "--workdir", "{out}/work", "--json", "{out}/sweep.json"),
+}
+
+
+@pytest.fixture(scope="module")
+def smokes(tmp_path_factory: Any) -> Iterator[dict[str, tuple[Any, Future[Any]]]]:
+    out = tmp_path_factory.mktemp("smokes")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        yield {name: (out, pool.submit(_bench, *(a.format(out=out) for a in args)))
+               for name, args in SMOKES.items()}
 
 
 def _record(path: Any, benchmark: str, figures: set[str]) -> dict[str, Any]:
@@ -63,9 +84,9 @@ def _etl_figures(prefix: str = "") -> set[str]:
                                  "build_s_per_million")}
 
 
-def test_bench_etl_smoke(tmp_path: Any) -> None:
-    out = tmp_path / "etl.json"
-    proc = _bench("bench_etl.py", "--smoke", "--json", str(out))
+def test_bench_etl_smoke(smokes: Any) -> None:
+    folder, job = smokes["etl"]
+    out, proc = folder / "etl.json", job.result()
     _ran(proc)
     record = _record(out, "bench_etl", _etl_figures())
     assert record["sizes"]["sizes"] == [20_000] and record["sizes"]["warmup"] == 0
@@ -77,9 +98,10 @@ def test_bench_etl_smoke(tmp_path: Any) -> None:
     assert "ratio" in proc.stdout and proc.stdout.rstrip().endswith("}")
 
 
-def test_bench_train_smoke(tmp_path: Any) -> None:
-    out = tmp_path / "train.json"
-    _ran(_bench("bench_train.py", "--smoke", "--json", str(out)))
+def test_bench_train_smoke(smokes: Any) -> None:
+    folder, job = smokes["train"]
+    out = folder / "train.json"
+    _ran(job.result())
     record = _record(out, "bench_train", {
         "bcq_in_memory_steps_per_s", "bcq_petastorm_steps_per_s",
         "ratio_petastorm_over_in_memory", "loader_only_rows_per_s", "ddp_1_steps_per_s",
@@ -88,9 +110,10 @@ def test_bench_train_smoke(tmp_path: Any) -> None:
     assert 0 < record["details"]["rows_train"] < 4000       # the train split only
 
 
-def test_bench_ope_smoke(tmp_path: Any) -> None:
-    out = tmp_path / "ope.json"
-    _ran(_bench("bench_ope.py", "--smoke", "--json", str(out)))
+def test_bench_ope_smoke(smokes: Any) -> None:
+    folder, job = smokes["ope"]
+    out = folder / "ope.json"
+    _ran(job.result())
     record = _record(out, "bench_ope", {
         "spark_rows_per_s", "spark_first_pass_rows_per_s", "torch_rows_per_s",
         *(f"torch_{t}_threads_rows_per_s" for t in {1, CORES}), "ratio_spark_over_torch",
@@ -99,9 +122,10 @@ def test_bench_ope_smoke(tmp_path: Any) -> None:
     assert record["details"]["rows"] == record["sizes"]["rows"] == 5000
 
 
-def test_bench_sim_smoke(tmp_path: Any) -> None:
-    out = tmp_path / "sim.json"
-    _ran(_bench("bench_sim.py", "--smoke", "--json", str(out)))
+def test_bench_sim_smoke(smokes: Any) -> None:
+    folder, job = smokes["sim"]
+    out = folder / "sim.json"
+    _ran(job.result())
     record = _record(out, "bench_sim", {
         "in_process_impressions", "in_process_s", "in_process_impressions_per_s",
         "spark_start_s", "spark_count_impressions", "spark_count_s",
@@ -114,9 +138,9 @@ def test_bench_sim_smoke(tmp_path: Any) -> None:
             == figures["spark_write_impressions"] > 0)
 
 
-def test_policy_sweep_smoke_export_signal_and_run(tmp_path: Any) -> None:
-    out, work = tmp_path / "sweep.json", tmp_path / "work"
-    proc = _bench("policy_sweep.py", "smoke", "--workdir", str(work), "--json", str(out))
+def test_policy_sweep_smoke_export_signal_and_run(smokes: Any, tmp_path: Any) -> None:
+    folder, job = smokes["sweep"]
+    out, work, proc = folder / "sweep.json", folder / "work", job.result()
     _ran(proc)
     record = _record(out, "policy_sweep", {f"{tag}.{k}" for tag in ("a", "b") for k in (
         "vs_baseline_pct", "train_s", "train_steps_per_s")})
