@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import re
-import textwrap
 import time
 
 import pytest
@@ -13,23 +12,6 @@ import pytest
 from mtf.localcluster import StandaloneCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-JOB = textwrap.dedent('''
-    import sys
-    from pyspark.sql import functions as F
-    from mtf.delta import read_delta, write_delta
-    from mtf.spark import get_spark
-
-    src, dst = sys.argv[1], sys.argv[2]
-    spark = get_spark("mtf-cluster-test")
-    df = read_delta(spark, src).withColumn("double", F.col("id") * 2)
-    write_delta(df.repartition(4), dst, mode="overwrite")
-    executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
-    print(f"RESULT master={spark.sparkContext.master} executors={executors} "
-          f"rows={read_delta(spark, dst).count()}")
-    spark.stop()
-''')
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,26 +22,14 @@ def cluster():
         yield c
 
 
-def test_delta_job_runs_on_standalone_cluster(spark, tmp_path, cluster) -> None:
-    from mtf.delta import read_delta, write_delta
-
-    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
-    write_delta(spark.range(1000), src, mode="overwrite")
-    job = tmp_path / "job.py"
-    job.write_text(JOB)
-    assert cluster.alive_workers() == 2
-    proc = cluster.submit(str(job), [src, dst])
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    assert line == f"RESULT master={cluster.master_url} executors=2 rows=1000"
-    got = read_delta(spark, dst).selectExpr("sum(double)").first()[0]
-    assert got == 2 * sum(range(1000))
-
-
 def test_simulate_and_build_transitions_jobs_on_standalone_cluster(spark, tmp_path,
                                                                    cluster) -> None:
-    """The real spark-submit entry points, as a scheduler would run them."""
+    """The real spark-submit entry points, as a scheduler would run them: they keep the
+    master spark-submit gives (tasks run on both workers' executors) and write Delta tables
+    that a local session reads."""
     from mtf.delta import read_delta
 
+    assert cluster.alive_workers() == 2
     lake = [f"lake.root={tmp_path}", "sim.n_users=200", "sim.users_per_shard=100",
             "sim.n_days=2", "etl.files_per_day=2"]
     cluster.submit(os.path.join(ROOT, "jobs", "simulate.py"), lake, conf=SMALL_JOB_CONF, cwd=ROOT)
@@ -72,6 +42,8 @@ def test_simulate_and_build_transitions_jobs_on_standalone_cluster(spark, tmp_pa
     assert tr.count() == n_requests          # one transition per request (no bad rows)
     assert {r["ds"].isoformat() for r in tr.select("ds").distinct().collect()} <= {
         "2026-01-01", "2026-01-02"}
+    # Not local mode: both workers' executors ran tasks of these jobs.
+    assert all(_running_tasks(cluster, i) > 0 for i in (0, 1))
 
 
 def test_cluster_is_torn_down(tmp_path) -> None:
