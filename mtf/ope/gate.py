@@ -42,7 +42,6 @@ def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",
         "warnings": {candidate: [str]}, "report_json": path, "report_html": path,
         "table_version": int}``.
     """
-
     refs = [name for name, path in policies.items() if path is None]
     if len(refs) != 1:
         raise ValueError(f"evaluate_policies needs exactly one logging baseline (a name mapped "

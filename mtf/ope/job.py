@@ -201,7 +201,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
         values = truth.values({p.name: p.numpy_policy() for p in policies},
                               n_sessions=truth_sessions, seed=cfg.seed + 1)
         result = replace(result, truth=values, validation=compare_with_truth(
-            result.results, values, result.decisions, truth.note))
+            result.results, values, result.decisions, truth.note, reference=logging_name))
     run_id = ope.run_id or (f"ope-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
                             f"{uuid.uuid4().hex[:6]}")
     out_dir = out_dir or os.path.join(cfg.lake.path("reports"), run_id)

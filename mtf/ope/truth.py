@@ -62,15 +62,17 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def compare_with_truth(results: Sequence["PolicyEstimates"],
                        truth: Mapping[str, Mapping[str, Any]],
-                       decisions: Sequence["Decision"] = (), note: str = "") -> dict[str, Any]:
-    """Per estimator: errors (of values and of differences to the logging policy), Spearman,
-    interval coverage; the pairs the conservative estimator orders differently from the truth;
-    each decision against the true difference."""
+                       decisions: Sequence["Decision"] = (), note: str = "",
+                       reference: str = LOGGING_POLICY) -> dict[str, Any]:
+    """Per estimator: errors (of values and of differences to the ``reference`` policy, the
+    logging baseline the decisions compare with), Spearman, interval coverage; the pairs the
+    conservative estimator orders differently from the truth; each decision against the true
+    difference."""
     rows = [r for r in results if r.policy in truth]
     true = np.array([truth[r.policy]["mean"] for r in rows])
     out: dict[str, Any] = {"policies": [r.policy for r in rows], "truth": true.tolist(),
                            "estimators": {}, "note": note}
-    ref = truth.get(LOGGING_POLICY)
+    ref = truth.get(reference)
     for est in ESTIMATORS:
         ok = [i for i, r in enumerate(rows) if r.estimates[est].available]
         if len(ok) < 1:

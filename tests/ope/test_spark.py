@@ -144,14 +144,34 @@ def test_the_mapinarrow_body_equals_score_rows_without_spark() -> None:
     assert out.column("is_exploit").to_pylist() == list(data.is_exploit) * 2
 
 
+class KnownTruth:
+    """A ground truth with hand-set values (mtf.ope.truth.GroundTruth), recording its calls."""
+
+    note = "hand-set true values"
+
+    def __init__(self, means: dict[str, float]) -> None:
+        self.means, self.calls = means, []
+
+    def values(self, policies, n_sessions, seed):
+        self.calls.append((sorted(policies), n_sessions, seed))
+        for policy in policies.values():   # numpy policies: raw states -> actions in [-1, 1]
+            actions = policy(np.zeros((4, len(FEATURES)), np.float32))
+            assert actions.shape == (4, 2) and np.all(np.abs(actions) <= 1.0)
+        return {name: {"mean": m, "ci_low": m - 0.1, "ci_high": m + 0.1, "std_err": 0.05,
+                       "n_sessions": n_sessions, "mean_session_length": 3.0, "ci_level": 0.95}
+                for name, m in self.means.items()}
+
+
 def test_closed_loop_entry_point_names_the_reference_and_filters_days(spark, job) -> None:
     from mtf.ope.gate import evaluate_policies
 
     cfg = with_ope(job.cfg, job.ope)
     export = os.path.join(job.root, "models", "bc-run1", "export")
     out_dir = os.path.join(job.root, "reports", "loop-day")
+    truth = KnownTruth({"baseline": 1.0, "bcq-new": 1.5})
     out = evaluate_policies(spark, cfg, {"baseline": None, "bcq-new": export},
-                            day=datetime.date(2026, 1, 3), out_dir=out_dir)
+                            day=datetime.date(2026, 1, 3), out_dir=out_dir, truth=truth,
+                            truth_sessions=30)
     assert set(out["estimates"]) == {"baseline", "bcq-new"}
     assert set(out["decisions"]) == {"bcq-new"} and isinstance(out["decisions"]["bcq-new"], bool)
     assert out["table_version"] == job.version
@@ -160,5 +180,14 @@ def test_closed_loop_entry_point_names_the_reference_and_filters_days(spark, job
     # sessions start one hour apart from 2026-01-01 (tables.arrays_to_frame): 3 of ~7 days
     assert 0 < report["table"]["n_rows"] < len(job.data)
     assert report["meta"]["where"] == "ds <= DATE'2026-01-03'"
+    # The ground truth passed in reaches the report, compared against the named reference.
+    assert truth.calls == [(["baseline", "bcq-new"], 30, cfg.seed + 1)]
+    assert {k: v["mean"] for k, v in report["truth"].items()} == {"baseline": 1.0, "bcq-new": 1.5}
+    validation = report["validation"]
+    assert validation["policies"] == ["baseline", "bcq-new"] and validation["truth"] == [1.0, 1.5]
+    assert validation["note"] == "hand-set true values"
+    (decision,) = validation["decisions"]
+    assert decision["policy"] == "bcq-new" and decision["true_diff"] == pytest.approx(0.5)
+    assert decision["true_go"] is True and decision["go"] == out["decisions"]["bcq-new"]
     with pytest.raises(ValueError, match="exactly one logging baseline"):
         evaluate_policies(spark, cfg, {"a": export})
