@@ -19,7 +19,7 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
         f"lake.root={tmp_path}", "sim.n_users=300", "sim.users_per_shard=150",
         "pipeline.days=2", "pipeline.truth_sessions=200",
         "pipeline.compare=[cem, bcq, iql_quadratic]",
-        "pipeline.go_requires_ope=false", "train.algo=iql",   # the loop's learner; BCQ below
+        "train.algo=iql",   # the loop's learner; BCQ below
         "pipeline.search={cem_generations: 1, cem_population: 3, sessions_per_eval: 50}",
         "train.max_steps=40", "train.log_every=20", "train.checkpoint_every=40",
         "train.common.hidden=[16, 16]", "train.bcq.vae_hidden=[16, 16]",
@@ -32,7 +32,13 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
     # Day 0 serves the baseline and trains nothing; day 1 trains a candidate and evaluates it.
     assert days[0]["deployed"] == "baseline" and days[0]["candidate"] == ""
     assert days[0]["true_deployed"] == days[0]["true_baseline"]
-    assert days[1]["candidate"] == "iql-2026-01-02" and days[1]["decision"] == "go"
+    assert days[1]["candidate"] == "iql-2026-01-02"
+    # The loop's decision is the OPE gate's (go_requires_ope, the default), not a forced GO.
+    report = json.load(open(os.path.join(summary["report_dir"], "ope-2026-01-02",
+                                         "report.json")))
+    gate = {d["policy"]: d["go"] for d in report["decisions"]}
+    assert set(gate) == {"iql-2026-01-02"}
+    assert days[1]["decision"] == ("go" if gate["iql-2026-01-02"] else "no-go")
     assert days[1]["ope_candidate"] == days[1]["ope_candidate"]      # a number, not NaN
     labels = [r["policy"] for r in summary["comparison"]]
     assert labels == ["logging baseline", "best fixed weights (CEM)", "BatchRL-MTF (BCQ)",

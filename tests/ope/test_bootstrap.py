@@ -59,7 +59,9 @@ def zero_q_bundle(policy_action: list[float], state_dim: int, sigma: float) -> S
 
 @pytest.mark.parametrize("estimator", ["pdis", "wpdis"])
 def test_intervals_cover_the_truth_at_about_the_nominal_rate(estimator: str) -> None:
-    """40 independent data sets; the 90% interval should cover about 36 times."""
+    """40 independent data sets; the 90% interval should cover about 36 times (Binomial(40,
+    0.9): 32..39 holds 95% of runs). 40 of 40 fails: intervals that always cover are too
+    wide to say anything."""
     action, sigma = [0.1, 0.0], 0.3
     truth = bandit_smoothed_value(action, sigma)
     bundle = zero_q_bundle(action, 2, sigma)
@@ -69,4 +71,4 @@ def test_intervals_cover_the_truth_at_about_the_nominal_rate(estimator: str) -> 
         sums = local_sums(bandit(300, seed=100 + seed), bundle, ope, gamma=0.9, seed=seed)
         e = summarise(sums, ope)[0].estimates[estimator]
         covered.append(e.ci_low <= truth <= e.ci_high)
-    assert 0.8 <= np.mean(covered) <= 1.0, np.mean(covered)
+    assert 0.8 <= np.mean(covered) <= 0.975, np.mean(covered)

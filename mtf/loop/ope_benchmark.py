@@ -1,0 +1,388 @@
+"""OPE accuracy benchmark: every estimator against simulator truth, over worlds and policies.
+
+For each world (docs/ope.md section 9):
+
+1. simulate logs under the serving policy with the matched start distribution
+   (:func:`mtf.loop.ope_validation.matched_sim`), build transitions in process; the last day
+   is the test split the OPE sees, the earlier days train the learners;
+2. candidates: fixed weights (the box corners of the simulator's reference actions and
+   fractions of the way to them), two personalised rules, and learners of several algorithms,
+   seeds and step budgets trained on the earlier days;
+3. truth: every candidate simulated with common random numbers (``truth_seed`` = the world
+   seed + 1000, never used to choose a setting);
+4. estimates: the paper's conservative FQE with its reference estimators and gate
+   (:func:`mtf.ope.evaluate.evaluate_arrays`), and the bootstrapped FQE ensemble
+   (:mod:`mtf.ope.ensemble`);
+5. metrics (:mod:`mtf.ope.accuracy`) per estimator, and model selection among the learners.
+
+Worlds are either ``tuning`` (estimator settings may be chosen on them) or ``heldout``
+(reported, never used for a choice): :data:`WORLDS`. Pooled figures use held-out worlds only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mtf.config import MtfConfig, load_config
+from mtf.features import FEATURE_VERSION
+from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_arrays, \
+    validation_policies
+from mtf.ope.accuracy import estimator_accuracy
+from mtf.ope.config import LOGGING_POLICY, OpeConfig
+from mtf.ope.ensemble import EnsembleFit, EnsembleSettings, fit_ensemble, session_index
+from mtf.ope.evaluate import evaluate_arrays, policy_actions
+from mtf.ope.policies import TargetPolicy, ThresholdModule, module_policy
+from mtf.sim.evaluate import evaluate_many, paired_difference
+from mtf.sim.policies import reference_actions
+from mtf.sim.world import World
+
+logger = logging.getLogger(__name__)
+
+TUNING, HELDOUT = "tuning", "heldout"
+PAPER_ESTIMATORS = ("conservative_fqe", "fqe", "pdis", "wpdis", "dr")
+GATES = ("conservative_fqe", "ensemble")   # estimators with a go / no-go rule
+
+
+@dataclass(frozen=True)
+class BenchWorld:
+    """One simulated world: a seed, its role and structural overrides of the ``sim`` config."""
+
+    name: str
+    role: str                              # tuning | heldout
+    seed: int
+    overrides: tuple[str, ...] = ()        # KEY=VALUE config overrides (sim structure)
+    description: str = ""
+
+    @property
+    def truth_seed(self) -> int:
+        return self.seed + 1000
+
+
+WORLDS: tuple[BenchWorld, ...] = (
+    BenchWorld("tune-101", TUNING, 101, (), "default structure"),
+    BenchWorld("held-202", HELDOUT, 202, (), "default structure, another seed"),
+    BenchWorld("held-303-mix", HELDOUT, 303,
+               ("sim.population.bait_sensitivity_pivot=0.35",
+                "sim.satisfaction.persistence=0.7", "sim.satisfaction.finish_gain=0.08"),
+               "fewer casual users (pivot 0.35), slower satisfaction dynamics"),
+    BenchWorld("held-404-long", HELDOUT, 404,
+               ("sim.satisfaction.leave_bias=-3.6", "sim.satisfaction.fatigue=0.01",
+                "sim.satisfaction.leave_floor=0.02"),
+               "long sessions (20+ requests)"),
+)
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """A candidate learner: algorithm, seed and its share of the step budget."""
+
+    name: str
+    algo: str
+    seed: int
+    step_share: float = 1.0
+
+
+LEARNERS: tuple[LearnerSpec, ...] = (
+    LearnerSpec("iql", "iql", 1),
+    LearnerSpec("iql_seed2", "iql", 2),
+    LearnerSpec("iql_short", "iql", 1, 0.2),
+    LearnerSpec("td3", "td3", 1),
+    LearnerSpec("cql", "cql", 1),
+    LearnerSpec("bcq", "bcq", 1),
+)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Sizes of one benchmark run (the smoke run shrinks all of them)."""
+
+    n_users: int = 4000
+    n_days: int = 4
+    truth_sessions: int = 20_000
+    learner_steps: int = 3000
+    learners: tuple[str, ...] = tuple(spec.name for spec in LEARNERS)
+    ope_overrides: tuple[str, ...] = ("ope.n_iterations=1000", "ope.target_update_every=20",
+                                      "ope.n_bootstrap=200")
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
+    seed: int = 7
+
+
+def world_config(world: BenchWorld, settings: BenchSettings,
+                 conf_file: str | None = None) -> MtfConfig:
+    """The config of one world: ``conf_file`` + the world's structure + the OPE budget."""
+    return load_config(conf_file, [*world.overrides, *settings.ope_overrides])
+
+
+def candidate_policies(world: World) -> list[TargetPolicy]:
+    """Fixed weights and rules: the validation set plus the reversed personalised rule."""
+    out = validation_policies(world)
+    names = world.features.feature_names
+    if "profile_activity" in names:
+        base, ref = world.baseline_action, reference_actions(world.fusion)
+        rule = ThresholdModule(names.index("profile_activity"), 0.5,
+                               torch.tensor(0.5 * ref["myopic"] + 0.5 * base),
+                               torch.tensor(0.5 * ref["quality"] + 0.5 * base))
+        out.append(module_policy("reversed_rule", rule,
+                                 "halfway-quality if engaged else halfway-myopic (wrong way)"))
+    return out
+
+
+def train_learners(cfg: MtfConfig, df: Any, specs: Sequence[LearnerSpec], steps: int,
+                   run_root: str, log: Callable[[str], None]) -> list[TargetPolicy]:
+    """Train each learner in memory on the ``train`` split rows; deterministic raw-state
+    policies (:func:`mtf.rl.export.build_policy`)."""
+    from mtf.rl.batch import Normalizer, TransitionBatch, group_codes
+    from mtf.rl.checkpoint import load_checkpoint
+    from mtf.rl.export import build_policy
+    from mtf.rl.layout import ActionSpace, TableLayout
+    from mtf.rl.loader import InMemorySource
+    from mtf.rl.train import train
+
+    rows = df[df["split"] == "train"]
+    if cfg.train.explore_groups:
+        rows = rows[rows["explore_group"].isin(cfg.train.explore_groups)]
+    cols = {"state": np.stack(rows["state"].to_numpy()).astype(np.float32),
+            "next_state": np.stack(rows["next_state"].to_numpy()).astype(np.float32),
+            "action": np.stack(rows["action"].to_numpy()).astype(np.float32),
+            "reward": rows["reward"].to_numpy(np.float32),
+            "is_terminal": rows["is_terminal"].to_numpy(np.float32),
+            "group": group_codes(rows["explore_group"].to_numpy())}
+    batch = TransitionBatch.from_numpy(cols)
+    layout = TableLayout("simulated", 0, tuple(cfg.features.feature_names), FEATURE_VERSION,
+                         tuple(cfg.fusion.names))
+    out = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        n = max(1, int(round(steps * spec.step_share)))
+        c = replace(cfg.train, algo=spec.algo, max_steps=n, log_every=n, checkpoint_every=n,
+                    tensorboard=False, device="cpu")
+        res = train(c, InMemorySource(batch, batch_size=c.batch_size, seed=spec.seed),
+                    gamma=cfg.mdp.gamma, layout=layout,
+                    action_space=ActionSpace.from_fusion(cfg.fusion),
+                    run_dir=os.path.join(run_root, spec.name), seed=spec.seed,
+                    normalizer=Normalizer.fit(cols["state"]))
+        module = build_policy(load_checkpoint(res.checkpoint, map_location="cpu"))
+        out.append(module_policy(spec.name, module, f"{c.algo}, {n} steps, seed {spec.seed}"))
+        log(f"  learner {spec.name}: {c.algo} {n} steps in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def true_values(world: World, policies: Sequence[TargetPolicy], n_sessions: int,
+                seed: int) -> dict[str, dict[str, float]]:
+    """Per policy: true mean, its 95% half-width, and the paired difference to logging with
+    its half-width (common random numbers)."""
+    res = evaluate_many(world, {p.name: p.numpy_policy() for p in policies},
+                        n_sessions=n_sessions, seed=seed)
+    base = res[LOGGING_POLICY]
+    out = {}
+    for name, r in res.items():
+        d = paired_difference(r, base)
+        out[name] = {"mean": r.mean_return, "half_width": (r.ci[1] - r.ci[0]) / 2,
+                     "diff": d.diff_return, "diff_half_width": (d.diff_ci[1] - d.diff_ci[0]) / 2,
+                     "dwell_s": r.mean_dwell_s, "session_length": r.mean_session_length}
+    return out
+
+
+def truth_precision(truth: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The median gap between neighbouring true values against the truths' half-widths."""
+    v = np.sort([t["mean"] for t in truth.values()])
+    gaps = np.diff(v)
+    med = float(np.median(gaps)) if gaps.size else float("nan")
+    half = float(max(t["half_width"] for t in truth.values()))
+    dhalf = float(np.median([t["diff_half_width"] for n, t in truth.items()
+                             if n != LOGGING_POLICY]))
+    return {"median_neighbour_gap": med, "max_half_width": half,
+            "median_paired_half_width": dhalf, "ok": bool(half < med / 3)}
+
+
+def _select(go: Mapping[str, bool], score: Mapping[str, float], candidates: Sequence[str],
+            truth: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """The candidate with the highest gate score among those with GO (else logging), and its
+    regret against the best of the candidates and logging, relative to the logging value."""
+    allowed = [c for c in candidates if go.get(c)]
+    chosen = max(allowed, key=lambda c: score[c]) if allowed else LOGGING_POLICY
+    best = max([*candidates, LOGGING_POLICY], key=lambda c: truth[c]["mean"])
+    ref = abs(truth[LOGGING_POLICY]["mean"])
+    return {"chosen": chosen, "best": best,
+            "regret": (truth[best]["mean"] - truth[chosen]["mean"]) / ref}
+
+
+def score_world(names: Sequence[str], truth: Mapping[str, Mapping[str, float]],
+                paper: Any, ens: EnsembleFit, ensemble_margin: float,
+                learners: Sequence[str]) -> dict[str, Any]:
+    """Every estimator's metrics on one world, and model selection among ``learners``."""
+    tv = {n: truth[n]["mean"] for n in names}
+    rows: dict[str, dict[str, Any]] = {}
+    estimates: dict[str, dict[str, float]] = {}
+    go_paper = {d.policy: d.go for d in paper.decisions}
+    for est in PAPER_ESTIMATORS:
+        pe = {r.policy: r.estimates[est] for r in paper.results}
+        if not all(pe[n].available for n in names):
+            continue
+        val = [pe[n].value for n in names]
+        estimates[est] = dict(zip(names, val))
+        rows[est] = estimator_accuracy(
+            names, val, tv, reference=LOGGING_POLICY, low=[pe[n].ci_low for n in names],
+            high=[pe[n].ci_high for n in names],
+            go=go_paper if est == "conservative_fqe" else None)
+    sm = ens.summary(LOGGING_POLICY, margin=ensemble_margin)
+    est_v = [sm[n]["estimate"] for n in names]
+    low_v = [sm[n]["lower"] for n in names]
+    go_ens = {n: bool(sm[n]["go"]) for n in names if n != LOGGING_POLICY}
+    estimates["ensemble"] = dict(zip(names, est_v))
+    estimates["ensemble_lower"] = dict(zip(names, low_v))
+    rows["ensemble"] = estimator_accuracy(
+        names, est_v, tv, reference=LOGGING_POLICY, low=[sm[n]["ci_low"] for n in names],
+        high=[sm[n]["ci_high"] for n in names], pessimistic=low_v, go=go_ens)
+    rows["ensemble_lower"] = estimator_accuracy(names, low_v, tv, reference=LOGGING_POLICY)
+    rows["conservative_fqe"]["selection"] = _select(
+        go_paper, estimates["conservative_fqe"], learners, truth)
+    rows["ensemble"]["selection"] = _select(go_ens, estimates["ensemble_lower"], learners, truth)
+    return {"metrics": rows, "estimates": estimates,
+            "go": {"conservative_fqe": go_paper, "ensemble": go_ens},
+            "converged": {n: bool(sm[n]["converged"]) for n in names}}
+
+
+def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str | None = None,
+              run_root: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Simulate, train, evaluate and score one world; a JSON-ready record."""
+    t0 = time.perf_counter()
+    cfg = world_config(world_spec, settings, conf_file)
+    sim = matched_sim(replace(cfg.sim, n_users=settings.n_users, n_days=settings.n_days),
+                      settings.n_days)
+    world = World.build(sim=sim, serving=cfg.serving, fusion=cfg.fusion, features=cfg.features,
+                        reward=cfg.reward, gamma=cfg.mdp.gamma, seed=world_spec.seed)
+    df = simulated_transitions(world, test_share=1.0 / settings.n_days)
+    data = to_arrays(df, "test")
+    n_test = int(data.session_starts().size)
+    log(f"[{world_spec.name}] {len(df)} rows, test split {len(data)} rows / {n_test} sessions "
+        f"({time.perf_counter() - t0:.0f} s)")
+    specs = [s for s in LEARNERS if s.name in settings.learners]
+    with tempfile.TemporaryDirectory(prefix="mtf-ope-bench-", dir=run_root) as tmp:
+        learners = train_learners(cfg, df, specs, settings.learner_steps, tmp, log)
+    policies = candidate_policies(world) + learners
+    names = [p.name for p in policies]
+    t1 = time.perf_counter()
+    truth = true_values(world, policies, settings.truth_sessions, world_spec.truth_seed)
+    precision = truth_precision(truth)
+    log(f"[{world_spec.name}] truth of {len(names)} policies from {settings.truth_sessions} "
+        f"sessions each in {time.perf_counter() - t1:.0f} s: median neighbour gap "
+        f"{precision['median_neighbour_gap']:.4f}, max half-width "
+        f"{precision['max_half_width']:.4f}, mean session length "
+        f"{truth[LOGGING_POLICY]['session_length']:.1f}")
+    t2 = time.perf_counter()
+    ope: OpeConfig = cfg.ope
+    paper = evaluate_arrays(data, policies, ope, gamma=cfg.mdp.gamma, seed=settings.seed)
+    t_paper = time.perf_counter() - t2
+    log(f"[{world_spec.name}] paper estimators in {t_paper:.0f} s")
+    t3 = time.perf_counter()
+    sess, first = session_index(data.session_id)
+    modules = [p.module() for p in policies]
+    pa = np.stack([policy_actions(m, data.state) for m in modules])
+    pna = np.stack([policy_actions(m, data.next_state) for m in modules])
+    ens = fit_ensemble(names, data.state, data.action, data.reward, data.next_state,
+                       data.is_terminal, pa, pna, sess, first, gamma=cfg.mdp.gamma,
+                       settings=settings.ensemble, seed=settings.seed)
+    t_ens = time.perf_counter() - t3
+    log(f"[{world_spec.name}] ensemble FQE ({settings.ensemble.members} members x "
+        f"{len(names)} policies, {ens.backups} backups) in {t_ens:.0f} s")
+    scored = score_world(names, truth, paper, ens, ope.go_margin, [s.name for s in specs])
+    return {"world": world_spec.name, "role": world_spec.role, "seed": world_spec.seed,
+            "truth_seed": world_spec.truth_seed, "description": world_spec.description,
+            "overrides": list(world_spec.overrides), "test_rows": len(data),
+            "test_sessions": n_test, "policies": names, "truth": truth,
+            "truth_precision": precision, "ensemble_backups": ens.backups,
+            "seconds": {"total": time.perf_counter() - t0, "paper": t_paper,
+                        "ensemble": t_ens}, **scored}
+
+
+def pooled(worlds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Held-out summary per estimator: means of per-world Spearman, regret@1, relative MAE,
+    selection regret; pooled shares (pairs, policies, intervals) and gate counts."""
+    out: dict[str, dict[str, Any]] = {}
+    ests = sorted({e for w in worlds for e in w["metrics"]})
+    for est in ests:
+        ms = [(w, w["metrics"][est]) for w in worlds if est in w["metrics"]]
+        if not ms:
+            continue
+
+        def mean(key: str) -> float | None:
+            vals = [m[key] for _, m in ms if m.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+
+        def weighted(key: str, weight: str) -> float | None:
+            pairs = [(m[key], m[weight]) for _, m in ms if m.get(key) is not None]
+            total = sum(n for _, n in pairs)
+            return float(sum(v * n for v, n in pairs) / total) if total else None
+
+        row: dict[str, Any] = {
+            "worlds": len(ms), "spearman": mean("spearman"), "regret_at_1": mean("regret_at_1"),
+            "relative_mae": mean("relative_mae"),
+            "pairwise_accuracy": weighted("pairwise_accuracy", "n_pairs"),
+            "share_at_or_below_truth": weighted("share_at_or_below_truth", "n_policies")}
+        if all("coverage" in m for _, m in ms):
+            row["coverage"] = weighted("coverage", "n_policies")
+        if all("gate" in m for _, m in ms):
+            gate = {c: {"go": sum(m["gate"][c]["go"] for _, m in ms),
+                        "no_go": sum(m["gate"][c]["no_go"] for _, m in ms)}
+                    for c in ("better", "neutral", "worse")}
+            row["gate"] = gate
+        if all("selection" in m for _, m in ms):
+            row["selection_regret"] = float(np.mean([m["selection"]["regret"] for _, m in ms]))
+        out[est] = row
+    return out
+
+
+GOALS = {"pairwise_accuracy": (">=", 0.90), "spearman": (">=", 0.8),
+         "regret_at_1": ("<=", 0.05), "share_at_or_below_truth": (">=", 0.90),
+         "coverage": ("in", (0.90, 0.97)), "selection_regret": ("<=", 0.01)}
+
+
+def goal_check(row: Mapping[str, Any]) -> dict[str, bool | None]:
+    """Each goal of docs/ope.md section 9 for one pooled estimator row (None: not measured)."""
+    out: dict[str, bool | None] = {}
+    for key, (op, target) in GOALS.items():
+        v = row.get(key)
+        if v is None:
+            out[key] = None
+        elif op == ">=":
+            out[key] = bool(v >= target)
+        elif op == "<=":
+            out[key] = bool(v <= target)
+        else:
+            out[key] = bool(target[0] <= v <= target[1])
+    gate = row.get("gate")
+    if gate is not None:
+        better = gate["better"]["go"] + gate["better"]["no_go"]
+        out["never_go_worse"] = gate["worse"]["go"] == 0
+        out["go_better_80pct"] = bool(better and gate["better"]["go"] / better >= 0.8) \
+            if better else None
+    return out
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """The pooled table as markdown."""
+    def f(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    lines = ["| estimator | Spearman | regret@1 | pairwise acc. | rel. MAE | est. <= truth | "
+             "coverage | GO on worse | GO on better | selection regret |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for est, r in rows.items():
+        g = r.get("gate")
+        worse = f"{g['worse']['go']}/{g['worse']['go'] + g['worse']['no_go']}" if g else "-"
+        better = f"{g['better']['go']}/{g['better']['go'] + g['better']['no_go']}" if g else "-"
+        lines.append(f"| {est} | {f(r.get('spearman'))} | {f(r.get('regret_at_1'))} | "
+                     f"{f(r.get('pairwise_accuracy'), '{:.0%}')} | "
+                     f"{f(r.get('relative_mae'), '{:.1%}')} | "
+                     f"{f(r.get('share_at_or_below_truth'), '{:.0%}')} | "
+                     f"{f(r.get('coverage'), '{:.0%}')} | {worse} | {better} | "
+                     f"{f(r.get('selection_regret'), '{:.1%}')} |")
+    return "\n".join(lines)
