@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mtf.configtools import from_dict
     from mtf.log import setup_logging
     from mtf.loop import ope_benchmark as ob
-    from mtf.ope.ensemble import EnsembleSettings
+    from mtf.ope.config import EnsembleConfig
 
     setup_logging("WARNING")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown world(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    ens = from_dict(EnsembleSettings, {"members": args.members, **{
+    ens = from_dict(EnsembleConfig, {"members": args.members, **{
         k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.ensemble)}},
         prefix="ope.ensemble")
     settings = ob.BenchSettings(

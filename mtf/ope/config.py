@@ -14,7 +14,50 @@ from mtf.configtools import check_non_negative, check_positive
 # Estimators in report order. ``conservative_fqe`` is the paper's Conservative-OPEstimator, the
 # one the go / no-go decision uses; the others are references fitted on the same data.
 ESTIMATORS = ("conservative_fqe", "fqe", "pdis", "wpdis", "dr")
+ENSEMBLE = "fqe_ensemble"    # the bootstrapped FQE ensemble (fitted in the driver, no row sums)
+REPORTED_ESTIMATORS = (*ESTIMATORS, ENSEMBLE)
+GATES = ("conservative_fqe", ENSEMBLE)   # estimators that can make the go / no-go decision
 LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated policies
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Section ``ope.ensemble``: bootstrapped FQE ensembles (mtf.ope.ensemble; docs/ope.md
+    section 1). ``members: 0`` turns the ensemble off."""
+
+    members: int = 10                  # E fits per policy, each on its own session resample
+    hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP
+    lr: float = 1e-3                   # Adam learning rate
+    batch_size: int = 256              # transitions per member per step
+    steps_per_backup: int = 50         # gradient steps between hard target copies
+    backups: int = 0                   # Bellman backups; 0 = n_backups_for(the split, gamma)
+    extra_backups: int = 10            # added to the automatic count (fit lag)
+    horizon_tol: float = 0.01          # discounted weight left beyond the horizon; convergence
+    #                                    tolerance (relative change over the last quarter)
+    alpha: float = 0.0                 # CQL regulariser weight (0: pessimism from the quantile)
+    lower_quantile: float = 0.1        # q of the pessimistic value and of the gate
+    bootstrap: bool = True             # False: every member sees all sessions (seeds only)
+    max_initial_states: int = 5000     # initial states averaged (seeded subsample above it)
+
+    def __post_init__(self) -> None:
+        if self.members < 0 or self.members == 1:
+            raise ValueError(f"ope.ensemble.members must be 0 (off) or >= 2, got "
+                             f"{self.members!r}")
+        if not 0.0 < self.lower_quantile < 0.5:
+            raise ValueError(f"ope.ensemble.lower_quantile must be in (0, 0.5), got "
+                             f"{self.lower_quantile!r}")
+        for name in ("lr", "batch_size", "steps_per_backup", "max_initial_states"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ope.ensemble.{name} must be > 0, got "
+                                 f"{getattr(self, name)!r}")
+        if self.backups < 0 or self.extra_backups < 0 or self.alpha < 0:
+            raise ValueError("ope.ensemble.backups, extra_backups and alpha must be >= 0")
+        if not 0.0 < self.horizon_tol < 1.0:
+            raise ValueError(f"ope.ensemble.horizon_tol must be in (0, 1), got "
+                             f"{self.horizon_tol!r}")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ValueError(f"ope.ensemble.hidden must list positive widths, got "
+                             f"{list(self.hidden)!r}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +99,11 @@ class OpeConfig:
     #                                      the candidate exceeds this fraction of
     #                                      |V_cons(logging)| (its value rests on extrapolation
     #                                      the regulariser had to cut); 0 = no guard
+
+    # ---- bootstrapped FQE ensemble and the gate ------------------------------------------------
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    gate: str = "conservative_fqe"      # the estimator whose paired lower bound decides:
+    #                                      conservative_fqe (paper) | fqe_ensemble
 
     # ---- which policies ----------------------------------------------------------------------
     policies: tuple[str, ...] = ()       # exported policy dirs (policy.pt + policy.json) or run
@@ -107,6 +155,10 @@ class OpeConfig:
             if not action or any(not -1.0 <= a <= 1.0 for a in action):
                 raise ValueError(f"ope.fixed_policies.{name} must be a non-empty action in "
                                  f"[-1, 1]^k, got {list(action)!r}")
+        if self.gate not in GATES:
+            raise ValueError(f"ope.gate must be one of {list(GATES)}, got {self.gate!r}")
+        if self.gate == ENSEMBLE and not self.ensemble.members:
+            raise ValueError("ope.gate=fqe_ensemble needs ope.ensemble.members >= 2")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"ope.device must be cpu, cuda or auto, got {self.device!r}")
         if "/" in self.run_id or self.run_id in (".", ".."):

@@ -35,45 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtf.ope.config import EnsembleConfig
+
 _MAX_HORIZON = 100.0
-
-
-@dataclass(frozen=True)
-class EnsembleSettings:
-    """Hyper-parameters of an ensemble fit (``ope.ensemble`` in the config; docs/ope.md)."""
-
-    members: int = 10                  # E fits per policy, each on its own session resample
-    hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP
-    lr: float = 1e-3                   # Adam learning rate
-    batch_size: int = 256              # transitions per member per step
-    steps_per_backup: int = 50         # gradient steps between hard target copies
-    backups: int = 0                   # Bellman backups; 0 = n_backups_for(the split, gamma)
-    extra_backups: int = 10            # added to the automatic count (fit lag)
-    horizon_tol: float = 0.01          # discounted weight left beyond the horizon; convergence
-    #                                    tolerance (relative change over the last quarter)
-    alpha: float = 0.0                 # CQL regulariser weight (0: pessimism from the quantile)
-    lower_quantile: float = 0.1        # q of the pessimistic value and of the gate
-    bootstrap: bool = True             # False: every member sees all sessions (seeds only)
-    max_initial_states: int = 5000     # initial states averaged (seeded subsample above it)
-
-    def __post_init__(self) -> None:
-        if self.members < 2:
-            raise ValueError(f"ope.ensemble.members must be >= 2, got {self.members!r}")
-        if not 0.0 < self.lower_quantile < 0.5:
-            raise ValueError(f"ope.ensemble.lower_quantile must be in (0, 0.5), got "
-                             f"{self.lower_quantile!r}")
-        for name in ("lr", "batch_size", "steps_per_backup", "max_initial_states"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ope.ensemble.{name} must be > 0, got "
-                                 f"{getattr(self, name)!r}")
-        if self.backups < 0 or self.extra_backups < 0 or self.alpha < 0:
-            raise ValueError("ope.ensemble.backups, extra_backups and alpha must be >= 0")
-        if not 0.0 < self.horizon_tol < 1.0:
-            raise ValueError(f"ope.ensemble.horizon_tol must be in (0, 1), got "
-                             f"{self.horizon_tol!r}")
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise ValueError(f"ope.ensemble.hidden must list positive widths, got "
-                             f"{list(self.hidden)!r}")
 
 
 def n_backups_for(session_lengths: np.ndarray, gamma: float, tol: float, extra: int) -> int:
@@ -133,7 +97,7 @@ class EnsembleFit:
     backups: int
     steps: int
     seconds: float
-    settings: EnsembleSettings = field(repr=False)
+    settings: EnsembleConfig = field(repr=False)
 
     def converged(self, tol: float | None = None) -> np.ndarray:
         """Per policy: did the mean value move by less than ``tol`` (default the settings'
@@ -182,7 +146,7 @@ def session_index(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def fit_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndarray,
                  reward: np.ndarray, next_state: np.ndarray, is_terminal: np.ndarray,
                  pi_action: np.ndarray, pi_next_action: np.ndarray, session: np.ndarray,
-                 first_rows: np.ndarray, *, gamma: float, settings: EnsembleSettings,
+                 first_rows: np.ndarray, *, gamma: float, settings: EnsembleConfig,
                  seed: int, device: str = "cpu", progress: bool = False) -> EnsembleFit:
     """Fit E FQE members for each of P policies at once (see the module docstring).
 

@@ -27,11 +27,12 @@ import numpy as np
 
 from mtf.ope.bootstrap import initial_state_mask, session_hashes, weighted_sums
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
+from mtf.ope.ensemble import EnsembleFit, fit_ensemble, session_index
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
 from mtf.ope.policies import TargetPolicy, script_bytes
-from mtf.ope.results import Decision, PolicyEstimates, decide, summarise
+from mtf.ope.results import Decision, PolicyEstimates, decide, summarise, with_ensemble
 from mtf.ope.score import PolicyModels, ScoringBundle, load_bundle, score_rows
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class OpeResult:
     meta: dict[str, Any]                           # table, version, counts, gamma, timings, config
     truth: dict[str, dict[str, Any]] | None = None  # simulator ground truth per policy
     validation: dict[str, Any] | None = None       # estimator vs truth comparison
+    ensemble: EnsembleFit | None = None            # the bootstrapped FQE ensemble, if fitted
 
     def estimate(self, policy: str, estimator: str) -> float:
         return next(r for r in self.results if r.policy == policy).estimates[estimator].value
@@ -117,6 +119,27 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
             fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
         fits[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample])
     return fits
+
+
+def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolicy],
+                          ope: OpeConfig, *, gamma: float, seed: int) -> EnsembleFit | None:
+    """The bootstrapped FQE ensemble of every policy (``ope.ensemble``), all fitted together;
+    None when ``ope.ensemble.members`` is 0. ``data`` must be sorted by session and step."""
+    if not ope.ensemble.members:
+        return None
+    sess, first = session_index(data.session_id)
+    pa, pna = [], []
+    for p in policies:
+        module = p.module()
+        pa.append(policy_actions(module, data.state))
+        pna.append(policy_actions(module, data.next_state))
+    fit = fit_ensemble([p.name for p in policies], data.state, data.action, data.reward,
+                       data.next_state, data.is_terminal, np.stack(pa), np.stack(pna), sess,
+                       first, gamma=gamma, settings=ope.ensemble, seed=seed,
+                       device=ope.resolved_device())
+    logger.info("FQE ensemble: %d members x %d policies, %d backups, %.1fs", ope.ensemble.members,
+                len(policies), fit.backups, fit.seconds)
+    return fit
 
 
 def scoring_bundle(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
@@ -177,20 +200,25 @@ def evaluate_arrays(data: TransitionArrays, policies: Sequence[TargetPolicy], op
     t0 = time.perf_counter()
     fits = dict(fits) if fits is not None else fit_policies(data, policies, ope, gamma=gamma,
                                                             seed=seed)
+    ensemble = fit_ensemble_policies(data, policies, ope, gamma=gamma, seed=seed)
     t_fit = time.perf_counter() - t0
     bundle = scoring_bundle(policies, fits, ope, data.state_dim, data.action_dim)
     sums = local_sums(data, bundle, ope, gamma=gamma, seed=seed)
-    return assemble(policies, fits, sums, data, ope, logging_name=logging_name, meta={
+    return assemble(policies, fits, sums, data, ope, logging_name=logging_name,
+                    ensemble=ensemble, meta={
         "path": "single-process", "gamma": gamma, "seed": seed, "n_rows": len(data),
         "fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **(meta or {})})
 
 
 def assemble(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
              sums: Mapping[str, np.ndarray], fit_data: TransitionArrays, ope: OpeConfig, *,
-             logging_name: str, meta: Mapping[str, Any]) -> OpeResult:
-    """Summaries and decisions from the sums of either path."""
+             logging_name: str, meta: Mapping[str, Any],
+             ensemble: EnsembleFit | None = None) -> OpeResult:
+    """Summaries and decisions from the sums of either path (and the ensemble, if fitted)."""
     ordered = {p.name: sums[p.name] for p in policies}
     results = summarise(ordered, ope, logging_name)
+    if ensemble is not None:
+        results = with_ensemble(results, ensemble, ope, logging_name)
     has_ref = any(p.name == logging_name for p in policies)
     decisions = decide(results, ope, logging_name) if has_ref else []
     rng = np.random.default_rng(0)
@@ -200,4 +228,4 @@ def assemble(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
         logger.info("policy %s: %s (%s)", d.policy, "GO" if d.go else "NO-GO", d.reason)
     return OpeResult(policies=list(policies), results=results, decisions=decisions,
                      fits=dict(fits), logged_action_sample=fit_data.action[np.sort(sample)],
-                     meta=dict(meta))
+                     meta=dict(meta), ensemble=ensemble)

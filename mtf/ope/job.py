@@ -39,7 +39,8 @@ from mtf.fusion import FusionConfig
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
 from mtf.ope.data import (EXPLORE_GROUP, REQUIRED_COLUMNS, SESSION_ID, SPLIT, TransitionArrays,
                           require_columns)
-from mtf.ope.evaluate import assemble, fit_policies, initial_share, scoring_bundle
+from mtf.ope.evaluate import (assemble, fit_ensemble_policies, fit_policies, initial_share,
+                              scoring_bundle)
 from mtf.ope.policies import baseline_action, check_policy, resolve_policies
 from mtf.ope.report import write_report
 from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
@@ -175,6 +176,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     fit_data = collect_fit_data(split_df, n_rows, ope, cfg.seed, len(features), len(tasks))
     t_collect = time.perf_counter()
     fits = fit_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
+    ensemble = fit_ensemble_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
     t_fit = time.perf_counter()
     bundle = scoring_bundle(policies, fits, ope, len(features), len(tasks))
     scored = score_transitions(split_df, bundle, ope.udf_threads)
@@ -196,7 +198,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
                         "spark_score_aggregate": t_spark - t_fit},
             "fusion": to_dict(cfg.fusion)}
     result = assemble(policies, fits, sums, fit_data, ope, logging_name=logging_name,
-                      meta=meta)
+                      meta=meta, ensemble=ensemble)
     if truth is not None and truth_sessions > 0:
         values = truth.values({p.name: p.numpy_policy() for p in policies},
                               n_sessions=truth_sessions, seed=cfg.seed + 1)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtf.configtools import to_dict
-from mtf.ope.config import ESTIMATORS, OpeConfig
+from mtf.ope.config import ENSEMBLE, REPORTED_ESTIMATORS, OpeConfig
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,12 +35,13 @@ ESTIMATOR_LABELS = {
     "pdis": "PDIS",
     "wpdis": "Weighted PDIS",
     "dr": "Doubly robust",
+    ENSEMBLE: "FQE ensemble (bootstrapped)",
 }
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf")
 _LOW_ESS = 30.0   # below this the IS-family cells are marked unreliable (as results._MIN_ESS)
 _COLORS = {"conservative_fqe": "#c0392b", "fqe": "#2980b9", "pdis": "#8e44ad",
-           "wpdis": "#16a085", "dr": "#d35400"}
+           "wpdis": "#16a085", "dr": "#d35400", ENSEMBLE: "#2c3e50"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,23 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def decision_rule(ope: OpeConfig) -> str:
+    """The go / no-go rule in words, for the gate ``ope.gate`` selects."""
+    if ope.gate == ENSEMBLE:
+        return (f"go iff the {ope.ensemble.lower_quantile:.0%} quantile (normal, across "
+                f"{ope.ensemble.members} bootstrapped FQE fits) of V(policy) - V(logging) > "
+                f"-{ope.go_margin} * |V(logging)|")
+    return (f"go iff the lower end of the {ope.ci_level:.0%} paired bootstrap interval of "
+            f"V_cons(policy) - V_cons(logging) > -{ope.go_margin} * |V_cons(logging)|"
+            + (f" and FQE(policy) - V_cons(policy) <= {ope.max_penalty} * |V_cons(logging)| "
+               f"(support guard)" if ope.max_penalty > 0 else ""))
+
+
+def _present(results: Any) -> list[str]:
+    """The estimators every policy has (the ensemble only when it was fitted)."""
+    return [x for x in REPORTED_ESTIMATORS if all(x in r.estimates for r in results)]
+
+
 def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, Any]:
     """Everything in the report, JSON-able."""
 
@@ -79,11 +97,7 @@ def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, A
         "table": {k: result.meta.get(k) for k in ("table_path", "table_version", "split",
                                                    "n_rows", "n_sessions", "fit_rows")},
         "gamma": result.meta.get("gamma"),
-        "decision_rule": (f"go iff the lower end of the {ope.ci_level:.0%} paired bootstrap "
-                          f"interval of V_cons(policy) - V_cons(logging) > -{ope.go_margin} * "
-                          f"|V_cons(logging)|"
-                          + (f" and FQE(policy) - V_cons(policy) <= {ope.max_penalty} * "
-                             f"|V_cons(logging)| (support guard)" if ope.max_penalty > 0 else "")),
+        "decision_rule": decision_rule(ope),
         "policies": [p.describe() for p in result.policies],
         "decisions": [d.to_dict() for d in result.decisions],
         "results": [r.to_dict() for r in result.results],
@@ -110,18 +124,19 @@ def plot_estimates(result: "OpeResult") -> "Figure":
     names = [r.policy for r in result.results]
     fig = Figure(figsize=(max(6.0, 1.4 * len(names) + 2), 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / len(ESTIMATORS)
+    shown = _present(result.results)
+    width = 0.8 / len(shown)
     core: list[float] = []
-    for j, est in enumerate(ESTIMATORS):
+    for j, est in enumerate(shown):
         xs, ys, lo, hi = [], [], [], []
         for i, r in enumerate(result.results):
-            e = r.estimates[est]
-            if e.available:
+            e = r.estimates.get(est)
+            if e is not None and e.available:
                 xs.append(i - 0.4 + (j + 0.5) * width)
                 ys.append(e.value)
                 lo.append(max(e.value - e.ci_low, 0.0))
                 hi.append(max(e.ci_high - e.value, 0.0))
-                if est in ("conservative_fqe", "fqe", "dr"):
+                if est in ("conservative_fqe", "fqe", "dr", ENSEMBLE):
                     core += [e.value, e.ci_low, e.ci_high]
         if xs:
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, capsize=3,
@@ -153,11 +168,11 @@ def plot_differences(result: "OpeResult") -> "Figure":
     ax = fig.add_subplot(1, 1, 1)
     margin = result.decisions[0].margin if result.decisions else 0.0
     for i, r in enumerate(rows):
-        for j, est in enumerate(("conservative_fqe", "dr")):
-            e = r.diff_vs_logging[est]
-            if not e.available:
+        for j, est in enumerate(("conservative_fqe", "dr", ENSEMBLE)):
+            e = r.diff_vs_logging.get(est)
+            if e is None or not e.available:
                 continue
-            y = i + (0.15 if j == 0 else -0.15)
+            y = i + 0.2 * (1 - j)
             ax.errorbar([e.value], [y], xerr=[[max(e.value - e.ci_low, 0.0)],
                                                [max(e.ci_high - e.value, 0.0)]],
                         fmt="o", capsize=3, color=_COLORS[est],
@@ -244,16 +259,16 @@ def plot_validation(result: "OpeResult") -> "Figure | None":
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot(1, 1, 1)
     span: list[float] = []   # truth and model-based estimates set the range; IS may fall out
-    for est in ESTIMATORS:
+    for est in _present(result.results):
         xs, ys = [], []
         for r in result.results:
-            e = r.estimates[est]
-            if r.policy in result.truth and e.available:
+            e = r.estimates.get(est)
+            if r.policy in result.truth and e is not None and e.available:
                 xs.append(result.truth[r.policy]["mean"])
                 ys.append(e.value)
         if xs:
             ax.scatter(xs, ys, color=_COLORS[est], label=ESTIMATOR_LABELS[est])
-            span += xs + (ys if est in ("conservative_fqe", "fqe", "dr") else [])
+            span += xs + (ys if est in ("conservative_fqe", "fqe", "dr", ENSEMBLE) else [])
     span = [v for v in span if math.isfinite(v)]
     if span:
         lo, hi = min(span), max(span)
@@ -336,14 +351,17 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
         parts.append("<p>No decision: the logging policy was not evaluated.</p>")
 
     parts.append("<h2>Estimates</h2><p class='note'>Point estimate on all data, then the "
-                 "bootstrap percentile interval. Conservative FQE is the paper's estimator and "
-                 "the only one the decision uses.</p>")
-    header = ["policy"] + [ESTIMATOR_LABELS[x] for x in ESTIMATORS]
+                 "bootstrap percentile interval (FQE ensemble: mean -+ z sd across its "
+                 "bootstrapped fits). Conservative FQE is the paper's estimator; the decision "
+                 f"uses {e(ESTIMATOR_LABELS[report['config']['ope']['gate']])}.</p>")
+    shown = [x for x in REPORTED_ESTIMATORS
+             if all(x in r["estimates"] for r in report["results"])]
+    header = ["policy"] + [ESTIMATOR_LABELS[x] for x in shown]
     rows = []
     for r in report["results"]:
         cells = [e(r["policy"])]
         ess = r["diagnostics"].get("ess_trajectory") or 0.0
-        for est in ESTIMATORS:
+        for est in shown:
             v = r["estimates"][est]
             cell = (f"{_f(v['value'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]"
                     if v["available"] else f"<span class='warn'>{e(v['note'])}</span>")
@@ -391,7 +409,7 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
     if val:
         parts.append("<h2>Ground truth comparison</h2>")
         rows = []
-        for est in ESTIMATORS:
+        for est in REPORTED_ESTIMATORS:
             v = val["estimators"].get(est)
             if not v:
                 continue

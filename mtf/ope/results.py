@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from mtf.ope.bootstrap import percentile_interval
-from mtf.ope.config import ESTIMATORS, LOGGING_POLICY, OpeConfig
+from mtf.ope.config import ENSEMBLE, ESTIMATORS, LOGGING_POLICY, OpeConfig
 from mtf.ope.estimators import diagnostics_from_sums, estimates_from_sums
 
-DECISION_ESTIMATOR = "conservative_fqe"
+if TYPE_CHECKING:
+    from mtf.ope.ensemble import EnsembleFit
+
+DECISION_ESTIMATOR = "conservative_fqe"   # the paper's gate (ope.gate picks the one used)
 IS_FAMILY = ("pdis", "wpdis", "dr")
 _MIN_ESS = 30.0           # below this effective sample size the IS family gets a warning
 _MAX_CLIPPED_SHARE = 0.05
@@ -129,32 +133,81 @@ def summarise(sums: Mapping[str, np.ndarray], cfg: OpeConfig,
     return out
 
 
+def with_ensemble(results: list[PolicyEstimates], fit: "EnsembleFit", cfg: OpeConfig,
+                  logging_name: str = LOGGING_POLICY) -> list[PolicyEstimates]:
+    """``results`` with the FQE ensemble's estimate, paired difference and diagnostics added.
+
+    Interval: ``mean -+ z sd`` across members (a normal bootstrap interval at ``ci_level``);
+    diagnostics ``ensemble_lower`` / ``ensemble_diff_lower`` are the one-sided
+    ``ope.ensemble.lower_quantile`` bounds the ensemble gate uses, ``ensemble_converged`` is
+    1.0 when the fit's value stopped moving (mtf.ope.ensemble.EnsembleFit.converged).
+    """
+    has_ref = logging_name in fit.policies
+    summary = fit.summary(logging_name if has_ref else fit.policies[0], level=cfg.ci_level,
+                          margin=cfg.go_margin)
+    out = []
+    for r in results:
+        s = summary.get(r.policy)
+        if s is None:
+            out.append(r)
+            continue
+        est = dict(r.estimates)
+        est[ENSEMBLE] = Estimate(ENSEMBLE, float(s["estimate"]), float(s["ci_low"]),
+                                 float(s["ci_high"]), float(s["sd"]))
+        diffs = dict(r.diff_vs_logging)
+        if has_ref and r.policy != logging_name:
+            d = float(s["diff"])
+            half = NormalDist().inv_cdf(0.5 + cfg.ci_level / 2) * float(s["diff_sd"])
+            diffs[ENSEMBLE] = Estimate(ENSEMBLE, d, d - half, d + half, float(s["diff_sd"]))
+        diag = dict(r.diagnostics)
+        diag.update({"ensemble_lower": float(s["lower"]),
+                     "ensemble_diff_lower": float(s["diff_lower"]),
+                     "ensemble_converged": 1.0 if s["converged"] else 0.0,
+                     "ensemble_backups": float(fit.backups)})
+        out.append(PolicyEstimates(r.policy, est, diffs, diag))
+    return out
+
+
 def decide(results: list[PolicyEstimates], cfg: OpeConfig,
            logging_name: str = LOGGING_POLICY) -> list[Decision]:
     """The go / no-go decision of every policy other than the logging one (module docstring).
+
+    With ``ope.gate = fqe_ensemble`` the bound is the ensemble's one-sided lower quantile of
+    the paired difference (``ensemble_diff_lower``); its disagreement across members already
+    grows where the data do not support the policy, so the penalty guard is not applied.
 
     Raises:
         ValueError: the logging policy is not among ``results`` or its conservative estimate
             is not a number (the rule has no reference then).
     """
     by_name = {r.policy: r for r in results}
+    gate = cfg.gate
     if logging_name not in by_name:
         raise ValueError(f"the go / no-go rule compares with the logging policy "
                          f"{logging_name!r}, which was not evaluated (ope.include_logging)")
-    ref = by_name[logging_name].estimates[DECISION_ESTIMATOR]
-    if not ref.available:
-        raise ValueError(f"conservative estimate of {logging_name!r} is not available: "
-                         f"{ref.note}")
+    ref = by_name[logging_name].estimates.get(gate)
+    if ref is None or not ref.available:
+        raise ValueError(f"the {gate} estimate of {logging_name!r} is not available"
+                         f"{': ' + ref.note if ref is not None else ''}")
     margin = cfg.go_margin * abs(ref.value)
     max_penalty = cfg.max_penalty * abs(ref.value)
     out = []
     for r in results:
         if r.policy == logging_name:
             continue
-        d = r.diff_vs_logging[DECISION_ESTIMATOR]
+        d = r.diff_vs_logging[gate]
         if not d.available or not math.isfinite(d.ci_low):
-            raise ValueError(f"policy {r.policy!r}: the conservative difference to the logging "
+            raise ValueError(f"policy {r.policy!r}: the {gate} difference to the logging "
                              f"policy is not a number ({d.note or 'NaN replicates'})")
+        if gate == ENSEMBLE:
+            low = r.diagnostics["ensemble_diff_lower"]
+            bound_ok = low > -margin
+            reason = (f"{cfg.ensemble.lower_quantile:.0%} quantile of the ensemble's "
+                      f"V({r.policy}) - V(logging) = {low:.4g} {'>' if bound_ok else '<='} "
+                      f"-margin = {-margin:.4g}")
+            out.append(Decision(r.policy, bound_ok, gate, d.value, low, margin, reason,
+                                _warnings(r, margin, bound_ok)))
+            continue
         bound_ok = d.ci_low > -margin
         reason = (f"lower {cfg.ci_level:.0%} bound of V_cons({r.policy}) - V_cons(logging) = "
                   f"{d.ci_low:.4g} {'>' if bound_ok else '<='} -margin = {-margin:.4g}")
@@ -165,7 +218,7 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
                        f"{cfg.max_penalty:g} * |V_cons(logging)| = {max_penalty:.4g} (the "
                        f"estimate extrapolates beyond the logged actions)")
         go = bound_ok and supported
-        out.append(Decision(r.policy, go, DECISION_ESTIMATOR, d.value, d.ci_low, margin, reason,
+        out.append(Decision(r.policy, go, gate, d.value, d.ci_low, margin, reason,
                             _warnings(r, margin, go)))
     return out
 
@@ -183,6 +236,14 @@ def _warnings(r: PolicyEstimates, margin: float, go: bool) -> list[str]:
     if diag.get("n_sessions_is", 0.0) > 0 and ess < _MIN_ESS:
         w.append(f"IS-family estimates rest on an effective sample of {ess:.1f} sessions "
                  f"(of {int(diag['n_sessions_is'])}): the policy is far from the logged actions")
+    ens_low = diag.get("ensemble_diff_lower")
+    if ens_low is not None and (ens_low > -margin) != go:
+        w.append(f"the FQE ensemble disagrees (its lower bound of the difference is "
+                 f"{ens_low:.4g})")
+    if diag.get("ensemble_converged") == 0.0:
+        w.append(f"the FQE ensemble's value still moved over its last backups "
+                 f"({int(diag.get('ensemble_backups', 0))} backups): not converged, treat its "
+                 f"numbers as provisional")
     clipped = diag.get("clipped_share", float("nan"))
     if math.isfinite(clipped) and clipped > _MAX_CLIPPED_SHARE:
         w.append(f"{clipped:.1%} of importance weights hit ope.max_weight (IS family biased)")

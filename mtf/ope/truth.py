@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from mtf.ope.config import ESTIMATORS, LOGGING_POLICY
+from mtf.ope.config import LOGGING_POLICY, REPORTED_ESTIMATORS
 
 if TYPE_CHECKING:
     from mtf.ope.results import Decision, PolicyEstimates
@@ -73,8 +73,9 @@ def compare_with_truth(results: Sequence["PolicyEstimates"],
     out: dict[str, Any] = {"policies": [r.policy for r in rows], "truth": true.tolist(),
                            "estimators": {}, "note": note}
     ref = truth.get(reference)
-    for est in ESTIMATORS:
-        ok = [i for i, r in enumerate(rows) if r.estimates[est].available]
+    for est in REPORTED_ESTIMATORS:
+        ok = [i for i, r in enumerate(rows)
+              if est in r.estimates and r.estimates[est].available]
         if len(ok) < 1:
             continue
         est_v = np.array([rows[i].estimates[est].value for i in ok])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtf.ope.ensemble import (BatchedMLP, EnsembleFit, EnsembleSettings, fit_ensemble,
-                              n_backups_for, session_index)
+from mtf.ope.config import EnsembleConfig
+from mtf.ope.ensemble import BatchedMLP, EnsembleFit, fit_ensemble, n_backups_for, session_index
 from tests.ope.tables import bandit, bandit_value, chain
 
 
@@ -55,7 +55,7 @@ def test_session_index_numbers_sessions_and_finds_their_first_rows() -> None:
 
 def _fit(values: np.ndarray, history: np.ndarray, q: float = 0.1) -> EnsembleFit:
     return EnsembleFit(["logging", "a", "b"], values, history, backups=len(history), steps=1,
-                       seconds=0.0, settings=EnsembleSettings(members=3, lower_quantile=q))
+                       seconds=0.0, settings=EnsembleConfig(members=3, lower_quantile=q))
 
 
 def test_summary_intervals_lower_values_and_paired_decisions() -> None:
@@ -96,7 +96,7 @@ def test_one_step_bandit_values_and_paired_go_decisions() -> None:
     actions = [(0.0, 0.0), (0.3, -0.2), (-0.6, 0.5)]    # logging, best, a worse one
     pa, pna = _fixed_actions(data, actions)
     sess, first = session_index(data.session_id)
-    settings = EnsembleSettings(members=4, hidden=(32, 32), lr=3e-3, batch_size=256,
+    settings = EnsembleConfig(members=4, hidden=(32, 32), lr=3e-3, batch_size=256,
                                 steps_per_backup=100, backups=3)
     fit = fit_ensemble(["logging", "best", "worse"], data.state, data.action, data.reward,
                        data.next_state, data.is_terminal, pa, pna, sess, first, gamma=0.9,
@@ -124,10 +124,10 @@ def test_two_step_chain_needs_its_backups() -> None:
                 bootstrap=False)
     short = fit_ensemble(["zero", "half"], data.state, data.action, data.reward,
                          data.next_state, data.is_terminal, pa, pna, sess, first, gamma=0.9,
-                         settings=EnsembleSettings(**base, backups=1), seed=0)
+                         settings=EnsembleConfig(**base, backups=1), seed=0)
     auto = fit_ensemble(["zero", "half"], data.state, data.action, data.reward,
                         data.next_state, data.is_terminal, pa, pna, sess, first, gamma=0.9,
-                        settings=EnsembleSettings(**base, extra_backups=2), seed=0)
+                        settings=EnsembleConfig(**base, extra_backups=2), seed=0)
     assert auto.backups == 4
     # truth for a constant a: a + 0.9 * (2 - 2 (a - 0.5)^2 - a^2)
     for i, a in enumerate([0.0, 0.5]):
@@ -143,9 +143,9 @@ def _fixed_actions_1d(data: object, actions: list[float]) -> tuple[np.ndarray, n
 
 
 def test_settings_are_validated() -> None:
-    with pytest.raises(ValueError, match="members must be >= 2"):
-        EnsembleSettings(members=1)
+    with pytest.raises(ValueError, match="members must be 0"):
+        EnsembleConfig(members=1)
     with pytest.raises(ValueError, match="lower_quantile"):
-        EnsembleSettings(lower_quantile=0.5)
+        EnsembleConfig(lower_quantile=0.5)
     with pytest.raises(ValueError, match="hidden"):
-        EnsembleSettings(hidden=())
+        EnsembleConfig(hidden=())

@@ -53,5 +53,70 @@ def test_no_decision_without_a_logging_reference() -> None:
     nan = policy("logging", 5.0, 0.0)
     nan.estimates["conservative_fqe"] = Estimate("conservative_fqe", np.nan, np.nan, np.nan,
                                                  np.nan, available=False, note="no initial state")
-    with pytest.raises(ValueError, match="conservative estimate of 'logging' is not available"):
+    with pytest.raises(ValueError, match="conservative_fqe estimate of 'logging' is not available"):
         decide([nan, policy("cand", 5.0, 0.1)], CFG)
+
+
+def _ensemble_fit(values: list[list[float]], history_moves: bool = False) -> "EnsembleFit":
+    from mtf.ope.ensemble import EnsembleFit
+
+    history = np.ones((8, len(values)))
+    if history_moves:
+        history[-1, 1] = 2.0          # the candidate's value still moved: not converged
+    return EnsembleFit(["logging", "cand"], np.array(values), history, backups=8, steps=400,
+                       seconds=0.0, settings=OpeConfig().ensemble)
+
+
+def test_ensemble_rows_join_the_results_with_paired_intervals() -> None:
+    from mtf.ope.config import ENSEMBLE
+    from mtf.ope.results import with_ensemble
+
+    fit = _ensemble_fit([[5.0, 5.2, 5.4], [5.3, 5.4, 5.8]])   # diffs 0.3, 0.2, 0.4
+    out = with_ensemble([policy("logging", 5.0, 0.0), policy("cand", 5.0, 0.1)], fit, CFG)
+    ref, cand = out
+    z95, z90 = 1.959963984540054, 1.2815515655446004
+    assert ref.estimates[ENSEMBLE].value == pytest.approx(5.2)
+    assert ref.estimates[ENSEMBLE].ci_low == pytest.approx(5.2 - z95 * 0.2)
+    assert ENSEMBLE not in ref.diff_vs_logging
+    d = cand.diff_vs_logging[ENSEMBLE]
+    assert d.value == pytest.approx(0.3) and d.std_err == pytest.approx(0.1)
+    assert (d.ci_low, d.ci_high) == pytest.approx((0.3 - z95 * 0.1, 0.3 + z95 * 0.1))
+    assert cand.diagnostics["ensemble_diff_lower"] == pytest.approx(0.3 - z90 * 0.1)
+    assert cand.diagnostics["ensemble_converged"] == 1.0
+    assert set(cand.estimates) == {*ESTIMATORS, ENSEMBLE}     # the others are kept
+
+
+@pytest.mark.parametrize("values, go", [
+    ([[5.0, 5.2, 5.4], [5.3, 5.4, 5.8]], True),      # lower quantile of the diff 0.17 > -0.052
+    ([[5.0, 5.2, 5.4], [4.6, 5.3, 5.4]], False),     # diffs -0.4, 0.1, 0: 0.1 quantile -0.44
+])
+def test_the_ensemble_gate_decides_on_its_lower_quantile(values: list[list[float]],
+                                                         go: bool) -> None:
+    from mtf.ope.results import with_ensemble
+
+    cfg = OpeConfig(go_margin=0.01, gate="fqe_ensemble")
+    rows = with_ensemble([policy("logging", 5.0, 0.0), policy("cand", 5.0, -1.0, penalty=9.0)],
+                         _ensemble_fit(values), cfg)
+    [d] = decide(rows, cfg)
+    assert d.go is go and d.estimator == "fqe_ensemble"
+    assert d.margin == pytest.approx(0.01 * 5.2)         # of the ensemble's logging value
+    assert d.diff_low == pytest.approx(rows[1].diagnostics["ensemble_diff_lower"])
+    assert "quantile of the ensemble" in d.reason
+
+
+def test_an_unconverged_ensemble_and_a_disagreeing_one_are_warnings() -> None:
+    from mtf.ope.results import with_ensemble
+
+    rows = with_ensemble([policy("logging", 5.0, 0.0), policy("cand", 5.0, 0.1)],
+                         _ensemble_fit([[5.0, 5.2, 5.4], [4.6, 5.3, 5.4]], True), CFG)
+    [d] = decide(rows, CFG)              # the conservative gate says GO, the ensemble NO-GO
+    assert d.go
+    assert any("FQE ensemble disagrees" in w for w in d.warnings)
+    assert any("not converged" in w for w in d.warnings)
+
+
+def test_the_gate_setting_is_validated() -> None:
+    with pytest.raises(ValueError, match="ope.gate must be one of"):
+        OpeConfig(gate="pdis")
+    with pytest.raises(ValueError, match="needs ope.ensemble.members"):
+        OpeConfig(gate="fqe_ensemble", ensemble=OpeConfig().ensemble.__class__(members=0))

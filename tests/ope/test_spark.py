@@ -17,7 +17,7 @@ import torch
 
 from mtf.config import LakeConfig, MtfConfig
 from mtf.fusion import FusionConfig, TaskSpec
-from mtf.ope.config import ESTIMATORS, OpeConfig
+from mtf.ope.config import REPORTED_ESTIMATORS, OpeConfig
 from mtf.ope.evaluate import evaluate_arrays, fit_policies, scoring_bundle
 from mtf.ope.policies import baseline_action, fixed_policy, resolve_policies
 from mtf.ope.score import load_bundle, score_arrow_batch, score_rows
@@ -77,7 +77,7 @@ def test_job_evaluates_logging_fixed_and_exported_policies(job) -> None:
     assert [p["kind"] for p in job.report["policies"]] == ["fixed", "fixed", "exported"]
     assert [d["policy"] for d in job.report["decisions"]] == ["c", "bc"]
     for r in job.report["results"]:
-        assert set(r["estimates"]) == set(ESTIMATORS)
+        assert set(r["estimates"]) == set(REPORTED_ESTIMATORS)   # the ensemble is on by default
         assert r["diagnostics"]["n_sessions_excluded_is"] > 0   # exploit sessions
         assert r["diagnostics"]["n_truncated_sessions"] > 0
 
