@@ -10,9 +10,9 @@ For each world (docs/ope.md section 9):
    seeds and step budgets trained on the earlier days;
 3. truth: every candidate simulated with common random numbers (``truth_seed`` = the world
    seed + 1000, never used to choose a setting);
-4. estimates: the paper's conservative FQE with its reference estimators and gate
-   (:func:`mtf.ope.evaluate.evaluate_arrays`), and the bootstrapped FQE ensemble
-   (:mod:`mtf.ope.ensemble`);
+4. estimates: the paper's conservative FQE with its reference estimators and gate, and the
+   bootstrapped FQE ensemble (:mod:`mtf.ope.ensemble`) with its gate, all from one
+   :func:`mtf.ope.evaluate.evaluate_arrays` call;
 5. metrics (:mod:`mtf.ope.accuracy`) per estimator, and model selection among the learners.
 
 Worlds are either ``tuning`` (estimator settings may be chosen on them) or ``heldout``
@@ -36,8 +36,8 @@ from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_array
     validation_policies
 from mtf.ope.accuracy import estimator_accuracy
 from mtf.ope.config import LOGGING_POLICY, EnsembleConfig, OpeConfig
-from mtf.ope.ensemble import EnsembleFit, fit_ensemble, session_index
-from mtf.ope.evaluate import evaluate_arrays, policy_actions
+from mtf.ope.ensemble import EnsembleFit
+from mtf.ope.evaluate import evaluate_arrays
 from mtf.ope.policies import TargetPolicy, ThresholdModule, module_policy
 from mtf.sim.evaluate import evaluate_many, paired_difference
 from mtf.sim.policies import reference_actions
@@ -277,21 +277,15 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
         f"{precision['max_half_width']:.4f}, mean session length "
         f"{truth[LOGGING_POLICY]['session_length']:.1f}")
     t2 = time.perf_counter()
-    ope: OpeConfig = cfg.ope
+    ope: OpeConfig = replace(cfg.ope, ensemble=settings.ensemble)
     paper = evaluate_arrays(data, policies, ope, gamma=cfg.mdp.gamma, seed=settings.seed)
-    t_paper = time.perf_counter() - t2
-    log(f"[{world_spec.name}] paper estimators in {t_paper:.0f} s")
-    t3 = time.perf_counter()
-    sess, first = session_index(data.session_id)
-    modules = [p.module() for p in policies]
-    pa = np.stack([policy_actions(m, data.state) for m in modules])
-    pna = np.stack([policy_actions(m, data.next_state) for m in modules])
-    ens = fit_ensemble(names, data.state, data.action, data.reward, data.next_state,
-                       data.is_terminal, pa, pna, sess, first, gamma=cfg.mdp.gamma,
-                       settings=settings.ensemble, seed=settings.seed)
-    t_ens = time.perf_counter() - t3
-    log(f"[{world_spec.name}] ensemble FQE ({settings.ensemble.members} members x "
-        f"{len(names)} policies, {ens.backups} backups) in {t_ens:.0f} s")
+    ens = paper.ensemble
+    assert ens is not None          # settings.ensemble has members >= 2
+    t_ens = ens.seconds
+    t_paper = time.perf_counter() - t2 - t_ens
+    log(f"[{world_spec.name}] paper estimators in {t_paper:.0f} s; ensemble FQE "
+        f"({settings.ensemble.members} members x {len(names)} policies, {ens.backups} backups) "
+        f"in {t_ens:.0f} s")
     scored = score_world(names, truth, paper, ens, ope.go_margin, [s.name for s in specs])
     return {"world": world_spec.name, "role": world_spec.role, "seed": world_spec.seed,
             "truth_seed": world_spec.truth_seed, "description": world_spec.description,

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mtf.ope.bootstrap import initial_state_mask, session_hashes, weighted_sums
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
-from mtf.ope.ensemble import EnsembleFit, fit_ensemble, session_index
+from mtf.ope.ensemble import EnsembleFit, fit_ensemble, n_backups_for, session_index
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
@@ -48,6 +48,7 @@ class PolicyFits:
     conservative: FqeFit
     plain: FqeFit
     action_sample: np.ndarray = field(repr=False)   # (n, k) pi(s) on sampled split states
+    action_distance: float = float("nan")           # RMS per task of pi(s) - logged action
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
         cons = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, ope.alpha), name=p.name)
         plain_fit = plain[p.name].plain if plain and p.name in plain else \
             fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
-        fits[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample])
+        distance = float(np.sqrt(np.mean((pi_s - data.action) ** 2)))
+        fits[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample], distance)
     return fits
 
 
@@ -186,6 +188,26 @@ def local_sums(data: TransitionArrays, bundle: ScoringBundle, ope: OpeConfig, *,
     return out
 
 
+def with_fit_checks(results: Sequence[PolicyEstimates], fits: Mapping[str, PolicyFits],
+                    fit_data: TransitionArrays, ope: OpeConfig,
+                    gamma: float) -> list[PolicyEstimates]:
+    """Diagnostics that say how far to trust a policy's numbers: the FQE fits' Bellman backups
+    against the backups the split's sessions need (:func:`mtf.ope.ensemble.n_backups_for`),
+    and the RMS distance of the policy's actions from the logged ones."""
+    lengths = np.diff(np.append(fit_data.session_starts(), len(fit_data)))
+    needed = n_backups_for(lengths, gamma, ope.ensemble.horizon_tol, 0)
+    made = ope.n_iterations // ope.target_update_every
+    out = []
+    for r in results:
+        diag = dict(r.diagnostics)
+        diag.update({"fqe_backups": float(made), "backups_needed": float(needed)})
+        f = fits.get(r.policy)
+        if f is not None:
+            diag["action_distance"] = f.action_distance
+        out.append(replace(r, diagnostics=diag))
+    return out
+
+
 def evaluate_arrays(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: OpeConfig, *,
                     gamma: float, seed: int, fits: Mapping[str, PolicyFits] | None = None,
                     logging_name: str = LOGGING_POLICY,
@@ -219,6 +241,7 @@ def assemble(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
     results = summarise(ordered, ope, logging_name)
     if ensemble is not None:
         results = with_ensemble(results, ensemble, ope, logging_name)
+    results = with_fit_checks(results, fits, fit_data, ope, float(meta.get("gamma", 1.0)))
     has_ref = any(p.name == logging_name for p in policies)
     decisions = decide(results, ope, logging_name) if has_ref else []
     rng = np.random.default_rng(0)

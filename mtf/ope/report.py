@@ -79,6 +79,80 @@ def decision_rule(ope: OpeConfig) -> str:
                f"(support guard)" if ope.max_penalty > 0 else ""))
 
 
+_FAR = 3.0   # actions this many times farther from the logged ones than logging's own: far
+
+
+def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per decision, how far to trust it, in plain words: ``{policy: {"level", "notes"}}``.
+
+    Looks at the effective sample of the importance-sampling check, whether the estimators
+    agree with the decision, how far the policy's actions are from the logged ones (relative
+    to the logging policy's own distance, which is the exploration noise) and whether the fits
+    converged. ``low``: some evidence contradicts or undermines the decision; ``medium``: no
+    contradiction but no independent check either; ``high``: independent checks agree.
+    """
+    rows = {r["policy"]: r for r in report["results"]}
+    ref_name = next((r["policy"] for r in report["results"]
+                     if not r["diff_vs_logging"]), None)
+    ref_dist = rows[ref_name]["diagnostics"].get("action_distance") if ref_name else None
+    out: dict[str, dict[str, Any]] = {}
+    for d in report["decisions"]:
+        r = rows[d["policy"]]
+        diag = r["diagnostics"]
+        notes, low, checked = [], False, False
+        ess, n_is = diag.get("ess_trajectory"), diag.get("n_sessions_is")
+        if n_is and ess is not None:
+            if ess < _LOW_ESS:
+                notes.append(f"importance sampling cannot check it: the logs hold the "
+                             f"equivalent of only {ess:.0f} of {int(n_is)} sessions close to "
+                             f"its actions")
+            else:
+                checked = True
+                notes.append(f"importance sampling can check it (effective sample {ess:.0f} "
+                             f"sessions)")
+        others = []
+        for est in ("conservative_fqe", "dr", ENSEMBLE):
+            if est == d["estimator"]:
+                continue
+            if est == ENSEMBLE:
+                low_b = diag.get("ensemble_diff_lower")
+            else:
+                e = r["diff_vs_logging"].get(est)
+                low_b = e["ci_low"] if e and e.get("available") else None
+            if low_b is None:
+                continue
+            agree = (low_b > -d["margin"]) == d["go"]
+            others.append((ESTIMATOR_LABELS[est], agree))
+        against = [n for n, a in others if not a]
+        if against:
+            low = True
+            notes.append(f"{' and '.join(against)} would decide the other way")
+        elif others:
+            checked = True
+            notes.append(f"{' and '.join(n for n, _ in others)} agree")
+        dist = diag.get("action_distance")
+        if dist is not None and ref_dist:
+            ratio = dist / ref_dist
+            if ratio > _FAR:
+                low = True
+                notes.append(f"its fusion weights are {ratio:.1f}x as far from the logged ones "
+                             f"as the logging policy's own exploration: the estimate "
+                             f"extrapolates")
+            else:
+                notes.append(f"its fusion weights stay close to the logged ones ({ratio:.1f}x "
+                             f"the exploration noise)")
+        if diag.get("ensemble_converged") == 0.0:
+            low = True
+            notes.append("the ensemble's value had not settled when the fit stopped")
+        made, needed = diag.get("fqe_backups"), diag.get("backups_needed")
+        if made is not None and needed is not None and made < needed:
+            low = True
+            notes.append(f"FQE made {int(made)} backups where the sessions need {int(needed)}")
+        level = "low" if low else ("high" if checked else "medium")
+        out[d["policy"]] = {"level": level, "notes": notes}
+    return out
+
+
 def _present(results: Any) -> list[str]:
     """The estimators every policy has (the ensemble only when it was fitted)."""
     return [x for x in REPORTED_ESTIMATORS if all(x in r.estimates for r in results)]
@@ -91,7 +165,7 @@ def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, A
                          "curve": fit.curve}
                   for kind, fit in (("conservative", f.conservative), ("plain", f.plain))}
            for name, f in result.fits.items()}
-    return _clean({
+    out = _clean({
         "run_id": run_id,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "table": {k: result.meta.get(k) for k in ("table_path", "table_version", "split",
@@ -102,11 +176,19 @@ def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, A
         "decisions": [d.to_dict() for d in result.decisions],
         "results": [r.to_dict() for r in result.results],
         "fqe": fqe,
+        "ensemble": None if result.ensemble is None else {
+            "policies": result.ensemble.policies, "backups": result.ensemble.backups,
+            "steps": result.ensemble.steps, "seconds": result.ensemble.seconds,
+            "member_values": result.ensemble.values,
+            "history": result.ensemble.history,       # mean V per backup (backups, P)
+            "converged": result.ensemble.converged()},
         "truth": result.truth,
         "validation": result.validation,
         "meta": result.meta,
         "config": {"ope": to_dict(ope)},
     })
+    out["trust"] = trust(out)
+    return out
 
 
 # ---- plots ------------------------------------------------------------------------------------
@@ -345,8 +427,13 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
             rows.append([e(d["policy"]), f"<span class='{cls}'>&nbsp;{'GO' if d['go'] else 'NO-GO'}"
                          f"&nbsp;</span>", _f(d["diff"]), _f(d["diff_low"]), _f(-d["margin"]),
                          f"<span class='warn'>{warn}</span>"])
-        parts.append(_table(["policy", "decision", "V_cons(pi) - V_cons(logging)",
+        parts.append(_table(["policy", "decision", "V(pi) - V(logging)",
                              "lower bound", "threshold (-margin)", "warnings"], rows))
+        parts.append("<h3>How much to trust each decision</h3><ul>")
+        for name, t_ in report.get("trust", {}).items():
+            parts.append(f"<li><b>{e(name)}</b>: trust <b>{e(t_['level'])}</b>. "
+                         f"{e('; '.join(t_['notes']))}.</li>")
+        parts.append("</ul>")
     else:
         parts.append("<p>No decision: the logging policy was not evaluated.</p>")
 

@@ -236,6 +236,11 @@ def _warnings(r: PolicyEstimates, margin: float, go: bool) -> list[str]:
     if diag.get("n_sessions_is", 0.0) > 0 and ess < _MIN_ESS:
         w.append(f"IS-family estimates rest on an effective sample of {ess:.1f} sessions "
                  f"(of {int(diag['n_sessions_is'])}): the policy is far from the logged actions")
+    made, needed = diag.get("fqe_backups"), diag.get("backups_needed")
+    if made is not None and needed is not None and made < needed:
+        w.append(f"the FQE fits made {int(made)} Bellman backups (ope.n_iterations / "
+                 f"ope.target_update_every) but this split's sessions need {int(needed)}: the "
+                 f"values are truncated, raise ope.n_iterations")
     ens_low = diag.get("ensemble_diff_lower")
     if ens_low is not None and (ens_low > -margin) != go:
         w.append(f"the FQE ensemble disagrees (its lower bound of the difference is "
