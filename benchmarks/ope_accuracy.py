@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures[f"{label}.{est}.{key}"] = float(r[key])
     if held:
         print("\ngoals on held-out worlds:")
-        for est in ob.GATES:
+        for est in ob.GATES:  # the two gates: conservative_fqe (paper), fqe_ensemble
             print(f"  {est}: {summary['heldout']['goals'].get(est)}")
     print(f"\n{len(worlds)} worlds in {figures['seconds']:.0f} s", flush=True)
     write_result(args.json, "ope_accuracy", figures,

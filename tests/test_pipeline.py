@@ -20,6 +20,7 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
         "pipeline.days=2", "pipeline.truth_sessions=200",
         "pipeline.compare=[cem, bcq, iql_quadratic]",
         "train.algo=iql",   # the loop's learner; BCQ below
+        "pipeline.candidates=2",   # two seeds per retrain day: the gate chooses
         "pipeline.search={cem_generations: 1, cem_population: 3, sessions_per_eval: 50}",
         "train.max_steps=40", "train.log_every=20", "train.checkpoint_every=40",
         "train.common.hidden=[16, 16]", "train.bcq.vae_hidden=[16, 16]",
@@ -32,13 +33,28 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
     # Day 0 serves the baseline and trains nothing; day 1 trains a candidate and evaluates it.
     assert days[0]["deployed"] == "baseline" and days[0]["candidate"] == ""
     assert days[0]["true_deployed"] == days[0]["true_baseline"]
-    assert days[1]["candidate"] == "iql-2026-01-02"
-    # The loop's decision is the OPE gate's (go_requires_ope, the default), not a forced GO.
+    # Two candidates (seeds) were evaluated together; the loop deploys the gate's choice: the
+    # GO candidate with the highest pessimistic value, else the first (and decides no-go).
     report = json.load(open(os.path.join(summary["report_dir"], "ope-2026-01-02",
                                          "report.json")))
     gate = {d["policy"]: d["go"] for d in report["decisions"]}
-    assert set(gate) == {"iql-2026-01-02"}
-    assert days[1]["decision"] == ("go" if gate["iql-2026-01-02"] else "no-go")
+    names = ["iql-2026-01-02", "iql-2026-01-02-s1"]
+    assert sorted(gate) == names and sorted(days[1]["candidates"]) == names
+    rows = {r["policy"]: r for r in report["results"]}
+    by = report["config"]["ope"]["gate"]
+
+    def pessimistic(n: str) -> float:
+        r = rows[n]
+        return r["diagnostics"]["ensemble_lower"] if by == "fqe_ensemble" else \
+            r["estimates"]["conservative_fqe"]["value"]
+
+    go_names = [n for n in names if gate[n]]
+    want = max(go_names, key=pessimistic) if go_names else names[0]
+    assert days[1]["candidate"] == want
+    # The loop's decision is the OPE gate's (go_requires_ope, the default), not a forced GO.
+    assert days[1]["decision"] == ("go" if gate[want] else "no-go")
+    true = {n: c["true"] for n, c in days[1]["candidates"].items()}
+    assert days[1]["selection_regret"] == pytest.approx(max(true.values()) - true[want])
     assert days[1]["ope_candidate"] == days[1]["ope_candidate"]      # a number, not NaN
     labels = [r["policy"] for r in summary["comparison"]]
     assert labels == ["logging baseline", "best fixed weights (CEM)", "BatchRL-MTF (BCQ)",

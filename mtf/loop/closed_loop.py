@@ -93,9 +93,12 @@ class DayRow:
     deployed: str                     # policy that served this day
     true_deployed: float              # its true discounted session return
     true_baseline: float
-    candidate: str = ""               # policy trained at the end of the day
+    candidate: str = ""               # policy trained at the end of the day (the gate's choice
+    #                                   among pipeline.candidates; the first when none is GO)
+    candidates: dict = dataclasses.field(default_factory=dict)  # name -> {true, ope, go}
+    selection_regret: float = float("nan")  # best candidate's true value - the chosen one's
     true_candidate: float = float("nan")
-    ope_candidate: float = float("nan")   # conservative OPE estimate of the candidate
+    ope_candidate: float = float("nan")   # the gate's OPE estimate of the candidate
     ope_baseline: float = float("nan")
     decision: str = ""
     seconds: float = 0.0
@@ -192,13 +195,22 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
                      true_baseline=truth["baseline"].mean_return)
         if d >= pcfg.first_train_day:
             first = day - dt.timedelta(days=pcfg.train_window_days - 1)
-            name = f"{cfg.train.algo}-{day.isoformat()}"
-            export = _train(cfg, max(first, cfg.sim.start), day, f"{stamp}-{name}")
-            candidate = _load_policy(export)
-            ope = offline_eval(spark, cfg, {"baseline": None, name: export}, day=day,
+            exports = {}
+            for i in range(pcfg.candidates):
+                name = f"{cfg.train.algo}-{day.isoformat()}" + (f"-s{i}" if i else "")
+                exports[name] = _train(dataclasses.replace(cfg, seed=cfg.seed + i),
+                                       max(first, cfg.sim.start), day, f"{stamp}-{name}")
+            ope = offline_eval(spark, cfg, {"baseline": None, **exports}, day=day,
                                out_dir=os.path.join(out_dir, f"ope-{day.isoformat()}"))
+            policies = {n: _load_policy(e) for n, e in exports.items()}
+            true_values = {n: r.mean_return for n, r in _truth(world, policies, pcfg).items()}
+            chosen = ope.get("chosen") or next(iter(exports))
+            name, export, candidate = chosen, exports[chosen], policies[chosen]
             row.candidate = name
-            row.true_candidate = _truth(world, {"c": candidate}, pcfg)["c"].mean_return
+            row.candidates = {n: {"true": true_values[n], "ope": ope["estimates"].get(n),
+                                  "go": bool(ope["decisions"].get(n, False))} for n in exports}
+            row.selection_regret = max(true_values.values()) - true_values[name]
+            row.true_candidate = true_values[name]
             row.ope_candidate = ope["estimates"].get(name, float("nan"))
             row.ope_baseline = ope["estimates"].get("baseline", float("nan"))
             go = bool(ope["decisions"].get(name, False)) or not pcfg.go_requires_ope

@@ -68,9 +68,13 @@ class PipelineConfig:
     compare: tuple[str, ...] = ("cem", "es", "td3", "cql", "bcq", "bcq_random", "iql",
                                 "iql_quadratic")  # the final table
     go_requires_ope: bool = True    # deploy only on the OPE's "go"; False = always deploy
+    candidates: int = 1             # learners trained per retrain day (seeds seed, seed+1, ...);
+    #                                 the gate picks among them (mtf.ope.gate.select_policy)
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
+        if self.candidates < 1:
+            raise ValueError(f"pipeline.candidates must be >= 1, got {self.candidates!r}")
         if self.days <= 0 or self.train_window_days <= 0 or self.truth_sessions < 2:
             raise ValueError("days and train_window_days must be > 0, truth_sessions >= 2")
         if not 0 <= self.first_train_day < self.days:

@@ -35,9 +35,10 @@ from mtf.features import FEATURE_VERSION
 from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_arrays, \
     validation_policies
 from mtf.ope.accuracy import estimator_accuracy
-from mtf.ope.config import LOGGING_POLICY, EnsembleConfig, OpeConfig
-from mtf.ope.ensemble import EnsembleFit
+from mtf.ope.config import GATES, LOGGING_POLICY, REPORTED_ESTIMATORS, EnsembleConfig, OpeConfig
 from mtf.ope.evaluate import evaluate_arrays
+from mtf.ope.gate import pessimistic_value, select_policy
+from mtf.ope.results import decide
 from mtf.ope.policies import TargetPolicy, ThresholdModule, module_policy
 from mtf.sim.evaluate import evaluate_many, paired_difference
 from mtf.sim.policies import reference_actions
@@ -46,8 +47,7 @@ from mtf.sim.world import World
 logger = logging.getLogger(__name__)
 
 TUNING, HELDOUT = "tuning", "heldout"
-PAPER_ESTIMATORS = ("conservative_fqe", "fqe", "pdis", "wpdis", "dr")
-GATES = ("conservative_fqe", "ensemble")   # estimators with a go / no-go rule
+ENSEMBLE_LOWER = "fqe_ensemble_lower"   # the ensemble's one-sided lower quantile as an estimate
 
 
 @dataclass(frozen=True)
@@ -201,12 +201,11 @@ def truth_precision(truth: Mapping[str, Mapping[str, float]]) -> dict[str, float
             "median_paired_half_width": dhalf, "ok": bool(half < med / 3)}
 
 
-def _select(go: Mapping[str, bool], score: Mapping[str, float], candidates: Sequence[str],
-            truth: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    """The candidate with the highest gate score among those with GO (else logging), and its
-    regret against the best of the candidates and logging, relative to the logging value."""
-    allowed = [c for c in candidates if go.get(c)]
-    chosen = max(allowed, key=lambda c: score[c]) if allowed else LOGGING_POLICY
+def _selection(chosen: str | None, candidates: Sequence[str],
+               truth: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """The gate's choice (None: keep logging) and its regret against the best of the
+    candidates and logging, relative to the logging value."""
+    chosen = chosen or LOGGING_POLICY
     best = max([*candidates, LOGGING_POLICY], key=lambda c: truth[c]["mean"])
     ref = abs(truth[LOGGING_POLICY]["mean"])
     return {"chosen": chosen, "best": best,
@@ -214,39 +213,35 @@ def _select(go: Mapping[str, bool], score: Mapping[str, float], candidates: Sequ
 
 
 def score_world(names: Sequence[str], truth: Mapping[str, Mapping[str, float]],
-                paper: Any, ens: EnsembleFit, ensemble_margin: float,
-                learners: Sequence[str]) -> dict[str, Any]:
-    """Every estimator's metrics on one world, and model selection among ``learners``."""
+                result: Any, ope: OpeConfig, learners: Sequence[str]) -> dict[str, Any]:
+    """Every estimator's metrics on one world; both gates' decisions (the product's
+    :func:`mtf.ope.results.decide`) and model selection among ``learners``
+    (:func:`mtf.ope.gate.select_policy`)."""
     tv = {n: truth[n]["mean"] for n in names}
-    rows: dict[str, dict[str, Any]] = {}
+    rows_by = {r.policy: r for r in result.results}
+    decisions = {g: decide(result.results, replace(ope, gate=g)) for g in GATES}
+    go = {g: {d.policy: d.go for d in ds} for g, ds in decisions.items()}
+    metrics: dict[str, dict[str, Any]] = {}
     estimates: dict[str, dict[str, float]] = {}
-    go_paper = {d.policy: d.go for d in paper.decisions}
-    for est in PAPER_ESTIMATORS:
-        pe = {r.policy: r.estimates[est] for r in paper.results}
-        if not all(pe[n].available for n in names):
+    for est in REPORTED_ESTIMATORS:
+        pe = [rows_by[n].estimates[est] for n in names]
+        if not all(e.available for e in pe):
             continue
-        val = [pe[n].value for n in names]
-        estimates[est] = dict(zip(names, val))
-        rows[est] = estimator_accuracy(
-            names, val, tv, reference=LOGGING_POLICY, low=[pe[n].ci_low for n in names],
-            high=[pe[n].ci_high for n in names],
-            go=go_paper if est == "conservative_fqe" else None)
-    sm = ens.summary(LOGGING_POLICY, margin=ensemble_margin)
-    est_v = [sm[n]["estimate"] for n in names]
-    low_v = [sm[n]["lower"] for n in names]
-    go_ens = {n: bool(sm[n]["go"]) for n in names if n != LOGGING_POLICY}
-    estimates["ensemble"] = dict(zip(names, est_v))
-    estimates["ensemble_lower"] = dict(zip(names, low_v))
-    rows["ensemble"] = estimator_accuracy(
-        names, est_v, tv, reference=LOGGING_POLICY, low=[sm[n]["ci_low"] for n in names],
-        high=[sm[n]["ci_high"] for n in names], pessimistic=low_v, go=go_ens)
-    rows["ensemble_lower"] = estimator_accuracy(names, low_v, tv, reference=LOGGING_POLICY)
-    rows["conservative_fqe"]["selection"] = _select(
-        go_paper, estimates["conservative_fqe"], learners, truth)
-    rows["ensemble"]["selection"] = _select(go_ens, estimates["ensemble_lower"], learners, truth)
-    return {"metrics": rows, "estimates": estimates,
-            "go": {"conservative_fqe": go_paper, "ensemble": go_ens},
-            "converged": {n: bool(sm[n]["converged"]) for n in names}}
+        estimates[est] = {n: e.value for n, e in zip(names, pe)}
+        pess = [pessimistic_value(rows_by[n], est) for n in names] if est in GATES else None
+        metrics[est] = estimator_accuracy(
+            names, [e.value for e in pe], tv, reference=LOGGING_POLICY,
+            low=[e.ci_low for e in pe], high=[e.ci_high for e in pe], pessimistic=pess,
+            go=go[est] if est in GATES else None)
+        if est in GATES:
+            metrics[est]["selection"] = _selection(
+                select_policy(result.results, decisions[est], list(learners)), learners, truth)
+    lower = [rows_by[n].diagnostics["ensemble_lower"] for n in names]
+    estimates[ENSEMBLE_LOWER] = dict(zip(names, lower))
+    metrics[ENSEMBLE_LOWER] = estimator_accuracy(names, lower, tv, reference=LOGGING_POLICY)
+    return {"metrics": metrics, "estimates": estimates, "go": go,
+            "converged": {n: bool(rows_by[n].diagnostics["ensemble_converged"])
+                          for n in names}}
 
 
 def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str | None = None,
@@ -286,7 +281,7 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
     log(f"[{world_spec.name}] paper estimators in {t_paper:.0f} s; ensemble FQE "
         f"({settings.ensemble.members} members x {len(names)} policies, {ens.backups} backups) "
         f"in {t_ens:.0f} s")
-    scored = score_world(names, truth, paper, ens, ope.go_margin, [s.name for s in specs])
+    scored = score_world(names, truth, paper, ope, [s.name for s in specs])
     return {"world": world_spec.name, "role": world_spec.role, "seed": world_spec.seed,
             "truth_seed": world_spec.truth_seed, "description": world_spec.description,
             "overrides": list(world_spec.overrides), "test_rows": len(data),
@@ -378,5 +373,5 @@ def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
                      f"{f(r.get('relative_mae'), '{:.1%}')} | "
                      f"{f(r.get('share_at_or_below_truth'), '{:.0%}')} | "
                      f"{f(r.get('coverage'), '{:.0%}')} | {worse} | {better} | "
-                     f"{f(r.get('selection_regret'), '{:.1%}')} |")
+                     f"{f(r.get('selection_regret', r.get('selection', {}).get('regret')), '{:.1%}')} |")
     return "\n".join(lines)

@@ -1,6 +1,8 @@
-"""The offline gate: named policies in, conservative values and go / no-go decisions out.
+"""The offline gate: named policies in, pessimistic values, go / no-go and a choice out.
 
-What the closed loop (:mod:`mtf.loop.closed_loop`) and a daily job call before deploying.
+What the closed loop (:mod:`mtf.loop.closed_loop`) and a daily job call before deploying;
+:func:`select_policy` picks among several candidates (seeds, checkpoints, settings) without a
+simulator.
 
 Example:
     >>> out = evaluate_policies(spark, cfg, {"baseline": None, "bcq-2026-01-03": export_dir},
@@ -14,6 +16,7 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
+from mtf.ope.config import ENSEMBLE
 from mtf.ope.job import evaluate_table
 from mtf.ope.policies import baseline_action, fixed_policy, load_exported
 
@@ -21,7 +24,29 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from mtf.config import MtfConfig
+    from mtf.ope.results import Decision, PolicyEstimates
     from mtf.ope.truth import GroundTruth
+
+
+def pessimistic_value(row: "PolicyEstimates", gate: str) -> float:
+    """The value the gate ranks by: the ensemble's one-sided lower quantile, or the
+    conservative FQE estimate (already pessimistic by construction)."""
+    if gate == ENSEMBLE:
+        return float(row.diagnostics["ensemble_lower"])
+    return float(row.estimates["conservative_fqe"].value)
+
+
+def select_policy(results: "list[PolicyEstimates]", decisions: "list[Decision]",
+                  candidates: "list[str] | None" = None) -> str | None:
+    """Model selection without a simulator: among ``candidates`` (default: every policy with a
+    decision) that got GO, the one with the highest pessimistic value under the gate that
+    decided; None when none got GO (keep the deployed policy)."""
+    by_name = {r.policy: r for r in results}
+    allowed = [d for d in decisions if d.go and (candidates is None or d.policy in candidates)]
+    if not allowed:
+        return None
+    best = max(allowed, key=lambda d: pessimistic_value(by_name[d.policy], d.estimator))
+    return best.policy
 
 
 def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",
@@ -37,10 +62,12 @@ def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",
         out_dir: report directory (default under the lake's reports).
         truth, truth_sessions: optional true values to compare with (see ``evaluate_table``).
     Returns:
-        ``{"estimates": {name: V_cons}, "lower_bounds": {candidate: lower bound of V_cons -
-        V_cons(baseline)}, "decisions": {candidate: go}, "reasons": {candidate: str},
-        "warnings": {candidate: [str]}, "report_json": path, "report_html": path,
-        "table_version": int}``.
+        ``{"estimates": {name: V}, "pessimistic": {name: value the gate ranks by},
+        "lower_bounds": {candidate: lower bound of V - V(baseline)}, "decisions": {candidate:
+        go}, "chosen": the GO candidate with the highest pessimistic value or None,
+        "reasons": {candidate: str}, "warnings": {candidate: [str]}, "gate": ope.gate,
+        "report_json": path, "report_html": path, "table_version": int}``; V is the gate's
+        estimator (``ope.gate``: conservative FQE or the FQE ensemble).
     """
     refs = [name for name, path in policies.items() if path is None]
     if len(refs) != 1:
@@ -57,9 +84,12 @@ def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",
                                    where=where, logging_name=refs[0], truth=truth,
                                    truth_sessions=truth_sessions)
     return {
-        "estimates": {r.policy: r.estimates["conservative_fqe"].value for r in result.results},
+        "estimates": {r.policy: r.estimates[ope.gate].value for r in result.results},
+        "pessimistic": {r.policy: pessimistic_value(r, ope.gate) for r in result.results},
         "lower_bounds": {d.policy: d.diff_low for d in result.decisions},
         "decisions": {d.policy: d.go for d in result.decisions},
+        "chosen": select_policy(result.results, result.decisions),
+        "gate": ope.gate,
         "reasons": {d.policy: d.reason for d in result.decisions},
         "warnings": {d.policy: list(d.warnings) for d in result.decisions},
         "report_json": paths.json, "report_html": paths.html,

@@ -120,3 +120,15 @@ def test_the_gate_setting_is_validated() -> None:
         OpeConfig(gate="pdis")
     with pytest.raises(ValueError, match="needs ope.ensemble.members"):
         OpeConfig(gate="fqe_ensemble", ensemble=OpeConfig().ensemble.__class__(members=0))
+
+
+def test_model_selection_takes_the_go_candidate_with_the_best_pessimistic_value() -> None:
+    from mtf.ope.gate import select_policy
+
+    rows = [policy("logging", 5.0, 0.0), policy("a", 5.3, 0.1), policy("b", 5.6, 0.2),
+            policy("c", 6.0, -1.0)]
+    decisions = decide(rows, CFG)                      # a, b: GO; c: NO-GO (bound -1.0)
+    assert [d.go for d in decisions] == [True, True, False]
+    assert select_policy(rows, decisions) == "b"       # c is higher but not GO
+    assert select_policy(rows, decisions, ["a", "c"]) == "a"
+    assert select_policy(rows, decisions, ["c"]) is None
