@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {est}: {summary['heldout']['goals'].get(est)}")
     print(f"\n{len(worlds)} worlds in {figures['seconds']:.0f} s", flush=True)
     write_result(args.json, "ope_accuracy", figures,
-                 {**{k: v for k, v in vars(args).items() if k not in ("json",)},
+                 {**{k: v for k, v in vars(args).items() if k not in ("json", "smoke")},
                   "ensemble_settings": replace(ens).__dict__},
                  args.smoke, {"summary": summary, "worlds": worlds})
     return 0

@@ -1,0 +1,67 @@
+"""The OPE accuracy benchmark, reduced: one held-out world at a small size, through the script.
+
+It asserts what must hold at any size: the default gate never says GO to a policy that is
+truly harmful (its true loss against the logging policy exceeds the 1% margin even at the
+edge of the truth's paired 95% interval), and the record carries every metric per estimator.
+The full benchmark (4 worlds, docs/ope.md section 9) runs outside the suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mtf.ope.config import GATES, REPORTED_ESTIMATORS, OpeConfig
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = {"n_policies", "spearman", "regret_at_1", "pairwise_accuracy", "n_pairs",
+           "relative_mae", "share_at_or_below_truth", "coverage"}
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("ope-accuracy") / "result.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "ope_accuracy.py"),
+         "--worlds", "held-202", "--users", "1500", "--days", "3", "--truth-sessions", "4000",
+         "--learner-steps", "600", "--learners", "iql_short,td3", "--members", "6",
+         "--ope", "ope.n_iterations=600", "--ope", "ope.target_update_every=20",
+         "--ope", "ope.hidden=[64,64]", "--ope", "ope.n_bootstrap=100", "--json", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "heldout worlds ['held-202'], pooled:" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_the_default_gate_never_says_go_to_a_truly_harmful_policy(record: dict) -> None:
+    [world] = record["details"]["worlds"]
+    truth = world["truth"]
+    margin = 0.01 * abs(truth["logging"]["mean"])
+    harmful = [n for n, t in truth.items() if t["diff"] + t["diff_half_width"] < -margin]
+    assert "myopic" in harmful       # the clickbait corner is harmful in every world
+    gate = OpeConfig().gate
+    assert [n for n in harmful if world["go"][gate][n]] == []
+    assert set(world["go"]) == set(GATES)
+
+
+def test_every_estimator_is_scored_and_the_held_out_summary_has_the_goals(record: dict) -> None:
+    [world] = record["details"]["worlds"]
+    assert world["role"] == "heldout" and world["truth_seed"] == world["seed"] + 1000
+    assert len(world["policies"]) == 12          # 10 fixed weights and rules + 2 learners
+    for est in ("conservative_fqe", "fqe", "fqe_ensemble", "dr"):
+        assert METRICS <= set(world["metrics"][est]), est
+    for gate in GATES:
+        sel = world["metrics"][gate]["selection"]
+        assert sel["chosen"] in ("logging", "iql_short", "td3") and sel["regret"] >= 0
+    summary = record["details"]["summary"]["heldout"]
+    assert set(summary["rows"]) >= set(REPORTED_ESTIMATORS) - {"pdis", "wpdis"}
+    assert set(summary["goals"]["fqe_ensemble"]) == {
+        "pairwise_accuracy", "spearman", "regret_at_1", "share_at_or_below_truth", "coverage",
+        "selection_regret", "never_go_worse", "go_better_80pct"}
+    assert record["figures"]["heldout.fqe_ensemble.pairwise_accuracy"] == \
+        summary["rows"]["fqe_ensemble"]["pairwise_accuracy"]
