@@ -360,6 +360,12 @@ def goal_check(row: Mapping[str, Any]) -> dict[str, bool | None]:
     return out
 
 
+def _selection_regret(row: Mapping[str, Any]) -> float | None:
+    if "selection_regret" in row:
+        return row["selection_regret"]
+    return row.get("selection", {}).get("regret")
+
+
 def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """The pooled table as markdown."""
     def f(v: Any, fmt: str = "{:.2f}") -> str:
@@ -377,5 +383,5 @@ def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
                      f"{f(r.get('relative_mae'), '{:.1%}')} | "
                      f"{f(r.get('share_at_or_below_truth'), '{:.0%}')} | "
                      f"{f(r.get('coverage'), '{:.0%}')} | {worse} | {better} | "
-                     f"{f(r.get('selection_regret', r.get('selection', {}).get('regret')), '{:.1%}')} |")
+                     f"{f(_selection_regret(r), '{:.1%}')} |")
     return "\n".join(lines)

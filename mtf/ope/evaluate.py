@@ -226,10 +226,10 @@ def evaluate_arrays(data: TransitionArrays, policies: Sequence[TargetPolicy], op
     t_fit = time.perf_counter() - t0
     bundle = scoring_bundle(policies, fits, ope, data.state_dim, data.action_dim)
     sums = local_sums(data, bundle, ope, gamma=gamma, seed=seed)
+    info = {"path": "single-process", "gamma": gamma, "seed": seed, "n_rows": len(data),
+            "fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **(meta or {})}
     return assemble(policies, fits, sums, data, ope, logging_name=logging_name,
-                    ensemble=ensemble, meta={
-        "path": "single-process", "gamma": gamma, "seed": seed, "n_rows": len(data),
-        "fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **(meta or {})})
+                    ensemble=ensemble, meta=info)
 
 
 def assemble(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],

@@ -97,7 +97,7 @@ def test_one_step_bandit_values_and_paired_go_decisions() -> None:
     pa, pna = _fixed_actions(data, actions)
     sess, first = session_index(data.session_id)
     settings = EnsembleConfig(members=4, hidden=(32, 32), lr=3e-3, batch_size=256,
-                                steps_per_backup=100, backups=3)
+                              steps_per_backup=100, backups=3)
     fit = fit_ensemble(["logging", "best", "worse"], data.state, data.action, data.reward,
                        data.next_state, data.is_terminal, pa, pna, sess, first, gamma=0.9,
                        settings=settings, seed=0)

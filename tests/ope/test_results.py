@@ -1,11 +1,16 @@
 """Intervals, paired differences and the go / no-go rule on hand-made sums and estimates."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
 from mtf.ope.config import ESTIMATORS, OpeConfig
 from mtf.ope.results import Estimate, PolicyEstimates, decide
+
+if TYPE_CHECKING:
+    from mtf.ope.ensemble import EnsembleFit
 
 
 def policy(name: str, cons: float, diff_low: float, penalty: float = 0.0,
