@@ -102,8 +102,9 @@ class OpeConfig:
 
     # ---- bootstrapped FQE ensemble and the gate ------------------------------------------------
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    gate: str = "conservative_fqe"      # the estimator whose paired lower bound decides:
-    #                                      conservative_fqe (paper) | fqe_ensemble
+    gate: str = "fqe_ensemble"          # the estimator whose paired lower bound decides:
+    #                                      fqe_ensemble | conservative_fqe (the paper's); chosen
+    #                                      on the tuning world of docs/ope.md section 9
 
     # ---- which policies ----------------------------------------------------------------------
     policies: tuple[str, ...] = ()       # exported policy dirs (policy.pt + policy.json) or run

@@ -12,6 +12,7 @@ def test_defaults_are_the_papers() -> None:
     assert (cfg.alpha, cfg.lr, cfg.batch_size, cfg.n_iterations, cfg.n_initial_states) == \
         (0.5e-3, 1e-4, 512, 5000, 5000)
     assert ESTIMATORS[0] == "conservative_fqe"
+    assert cfg.gate == "fqe_ensemble" and cfg.ensemble.members == 10   # section 9 chose it
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -106,7 +106,8 @@ def test_no_eligible_session_gives_nan_not_zero() -> None:
 # quadrature. Small, fast FQE settings (the paper's lr / K are for real data sizes).
 
 FAST = OpeConfig(n_iterations=400, lr=3e-3, batch_size=256, hidden=(32, 32),
-                 target_update_every=50, log_every=50, n_bootstrap=200, n_initial_states=0)
+                 target_update_every=50, log_every=50, n_bootstrap=200, n_initial_states=0,
+                 gate="conservative_fqe")     # the paper's gate; the ensemble's is tested below
 TOL = {"conservative_fqe": 0.04, "fqe": 0.04, "wpdis": 0.05, "dr": 0.05}
 # PDIS is checked on its own below: on 2000 rows its error (0.11) is as large as the gap between
 # the two policies (0.11), so no tolerance there could tell them apart.
@@ -161,6 +162,22 @@ def test_conservative_estimate_is_below_plain_fqe_out_of_distribution(bandit_res
     assert r["ood"].diagnostics["conservative_penalty"] > \
         5 * r["best"].diagnostics["conservative_penalty"]
     assert r["ood"].diagnostics["ess_trajectory"] < 0.1 * r["best"].diagnostics["ess_trajectory"]
+
+
+def test_the_ensemble_gate_passes_the_best_policy_and_stops_the_out_of_support_one(
+        bandit_result) -> None:
+    from dataclasses import replace
+
+    from mtf.ope.results import decide
+
+    d = {x.policy: x for x in decide(bandit_result.results, replace(FAST, gate="fqe_ensemble"))}
+    assert d["best"].go and not d["ood"].go
+    r = {x.policy: x for x in bandit_result.results}
+    # Off the data the members disagree more: the ood policy's spread is twice the best one's.
+    assert r["ood"].estimates["fqe_ensemble"].std_err > \
+        2 * r["best"].estimates["fqe_ensemble"].std_err
+    assert r["best"].estimates["fqe_ensemble"].value == pytest.approx(
+        bandit_value((0.3, -0.2)), abs=0.05)
 
 
 def test_decisions_follow_the_conservative_lower_bound(bandit_result) -> None:

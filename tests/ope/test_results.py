@@ -22,7 +22,7 @@ def policy(name: str, cons: float, diff_low: float, penalty: float = 0.0,
     return PolicyEstimates(name, est, diff if name != "logging" else {}, diag)
 
 
-CFG = OpeConfig(go_margin=0.01, max_penalty=0.1)
+CFG = OpeConfig(go_margin=0.01, max_penalty=0.1, gate="conservative_fqe")   # the paper's gate
 
 
 @pytest.mark.parametrize("diff_low, penalty, go", [
@@ -42,7 +42,7 @@ def test_go_needs_the_lower_bound_above_minus_margin_and_support(diff_low: float
 
 
 def test_guard_can_be_disabled() -> None:
-    cfg = OpeConfig(max_penalty=0.0)
+    cfg = OpeConfig(max_penalty=0.0, gate="conservative_fqe")
     [d] = decide([policy("logging", 5.0, 0.0), policy("cand", 5.0, 0.5, penalty=3.0)], cfg)
     assert d.go
 
