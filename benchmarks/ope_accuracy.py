@@ -16,6 +16,7 @@ worlds are printed apart and never enter it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -43,6 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ope", type=str, action="append", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the paper estimators, e.g. "
                         "ope.n_iterations=2000")
+    p.add_argument("--rescore", type=str, default="", metavar="RESULT_JSON",
+                   help="no simulation or fitting: apply the current ensemble gate (and "
+                        "--ensemble overrides of its lower_quantile / max_spread) to the "
+                        "members stored in an earlier result JSON and print its tables")
     p.add_argument("--ensemble", type=str, action="append", default=[], metavar="KEY=VALUE",
                    help="ensemble settings, e.g. lower_quantile=0.05")
     add_result_arguments(p)
@@ -85,7 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ope_overrides=(*ob.BenchSettings().ope_overrides, *args.ope), ensemble=ens)
     t0 = time.perf_counter()
     worlds: list[dict[str, Any]] = []
-    for name in names:
+    source: dict[str, Any] = {}
+    if args.rescore:
+        with open(args.rescore) as fh:
+            stored = json.load(fh)
+        source = {"rescored_from": args.rescore, "git": stored.get("git"),
+                  "utc": stored.get("utc"), "sizes": stored.get("sizes")}
+        for rec in stored["details"]["worlds"]:
+            rec = {**rec, **ob.rescore_world(rec, ens)}
+            worlds.append(rec)
+            print(f"[{rec['world']}] ({rec['role']}) re-scored:")
+            print(ob.format_table(rec["metrics"]), flush=True)
+    for name in names if not args.rescore else []:
         rec = ob.run_world(known[name], settings, conf_file=args.conf_file)
         worlds.append(rec)
         print(f"[{name}] ({rec['role']}) per-world metrics:")
@@ -115,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_result(args.json, "ope_accuracy", figures,
                  {**{k: v for k, v in vars(args).items() if k not in ("json", "smoke")},
                   "ensemble_settings": replace(ens).__dict__},
-                 args.smoke, {"summary": summary, "worlds": worlds})
+                 args.smoke, {"summary": summary, "worlds": worlds, **source})
     return 0
 
 

@@ -35,7 +35,8 @@ from mtf.features import FEATURE_VERSION
 from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_arrays, \
     validation_policies
 from mtf.ope.accuracy import estimator_accuracy
-from mtf.ope.config import GATES, LOGGING_POLICY, REPORTED_ESTIMATORS, EnsembleConfig, OpeConfig
+from mtf.ope.config import (ENSEMBLE, GATES, LOGGING_POLICY, REPORTED_ESTIMATORS,
+                            EnsembleConfig, OpeConfig)
 from mtf.ope.evaluate import evaluate_arrays
 from mtf.ope.gate import pessimistic_value, select_policy
 from mtf.ope.results import decide
@@ -294,6 +295,33 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
             "ensemble_members": {n: ens.values[i].tolist() for i, n in enumerate(names)},
             "seconds": {"total": time.perf_counter() - t0, "paper": t_paper,
                         "ensemble": t_ens}, **scored}
+
+
+def rescore_world(world: Mapping[str, Any], ensemble: EnsembleConfig,
+                  go_margin: float = OpeConfig().go_margin) -> dict[str, Any]:
+    """The ensemble gate's decisions and model selection on a stored world record, under
+    ``ensemble``'s gate settings (lower quantile, spread guard), without refitting: the record
+    holds every member's value (``ensemble_members``), and the gate is a function of those
+    (:meth:`mtf.ope.ensemble.EnsembleFit.summary`). Returns the world's ``fqe_ensemble``
+    metrics row with ``gate`` and ``selection`` recomputed, and the decisions."""
+    from mtf.ope.accuracy import gate_confusion
+    from mtf.ope.ensemble import EnsembleFit
+
+    names = list(world["policies"])
+    values = np.array([world["ensemble_members"][n] for n in names], dtype=np.float64)
+    fit = EnsembleFit(names, values, np.ones((2, len(names))), backups=world["ensemble_backups"],
+                      steps=0, seconds=0.0, settings=ensemble)
+    summary = fit.summary(LOGGING_POLICY, margin=go_margin)
+    truth = world["truth"]
+    go = {n: bool(summary[n]["go"]) for n in names if n != LOGGING_POLICY}
+    learners = [n for n in names if n in {s.name for s in LEARNERS}]
+    allowed = [n for n in learners if go[n]]
+    chosen = max(allowed, key=lambda n: float(summary[n]["lower"])) if allowed else None
+    row = dict(world["metrics"][ENSEMBLE])
+    row["gate"] = gate_confusion(go, {n: truth[n]["mean"] - truth[LOGGING_POLICY]["mean"]
+                                      for n in go}, 0.01 * abs(truth[LOGGING_POLICY]["mean"]))
+    row["selection"] = _selection(chosen, learners, truth)
+    return {"metrics": {**world["metrics"], ENSEMBLE: row}, "go": {**world["go"], ENSEMBLE: go}}
 
 
 def pooled(worlds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -36,6 +36,10 @@ class EnsembleConfig:
     #                                    tolerance (relative change over the last quarter)
     alpha: float = 0.0                 # CQL regulariser weight (0: pessimism from the quantile)
     lower_quantile: float = 0.1        # q of the pessimistic value and of the gate
+    max_spread: float = 0.12           # spread guard: no go when the members' sd of
+    #                                    V(pi) - V(logging) exceeds this fraction of
+    #                                    |V(logging)| (the data do not pin the gain down);
+    #                                    0 = off; chosen on the tuning world (docs/ope.md 9)
     bootstrap: bool = True             # False: every member sees all sessions (seeds only)
     max_initial_states: int = 5000     # initial states averaged (seeded subsample above it)
 
@@ -46,6 +50,9 @@ class EnsembleConfig:
         if not 0.0 < self.lower_quantile < 0.5:
             raise ValueError(f"ope.ensemble.lower_quantile must be in (0, 0.5), got "
                              f"{self.lower_quantile!r}")
+        if not self.max_spread >= 0.0:
+            raise ValueError(f"ope.ensemble.max_spread must be >= 0 (0 = no spread guard), "
+                             f"got {self.max_spread!r}")
         for name in ("lr", "batch_size", "steps_per_backup", "max_initial_states"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ope.ensemble.{name} must be > 0, got "
@@ -58,6 +65,9 @@ class EnsembleConfig:
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ValueError(f"ope.ensemble.hidden must list positive widths, got "
                              f"{list(self.hidden)!r}")
+
+
+FQE_SOURCES = ("sample", "stream")
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,12 @@ class OpeConfig:
     hidden: tuple[int, ...] = (256, 256)  # Q-network MLP widths, ReLU [D]
     target_update_every: int = 100       # steps between hard copies Q_k <- Q of the frozen TD
     #                                      target network [D] (K / this = Bellman backups)
-    fqe_max_rows: int = 2_000_000        # split rows collected to the driver to fit FQE; larger
-    #                                      splits are subsampled by whole sessions (hash) [D]
+    fqe_source: str = "sample"           # where the plain / conservative FQE fits read:
+    #                                      sample (the driver's session sample below) | stream
+    #                                      (the whole split through petastorm, mtf.ope.stream)
+    fqe_max_rows: int = 2_000_000        # split rows collected to the driver (FQE with
+    #                                      fqe_source=sample, the ensemble, the diagnostics);
+    #                                      larger splits are subsampled by whole sessions [D]
     log_every: int = 100                 # steps between fit-curve points (TD error, Q means)
 
     # ---- importance sampling family (pdis, wpdis, dr) ----------------------------------------
@@ -160,6 +174,9 @@ class OpeConfig:
             raise ValueError(f"ope.gate must be one of {list(GATES)}, got {self.gate!r}")
         if self.gate == ENSEMBLE and not self.ensemble.members:
             raise ValueError("ope.gate=fqe_ensemble needs ope.ensemble.members >= 2")
+        if self.fqe_source not in FQE_SOURCES:
+            raise ValueError(f"ope.fqe_source must be one of {list(FQE_SOURCES)}, "
+                             f"got {self.fqe_source!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"ope.device must be cpu, cuda or auto, got {self.device!r}")
         if "/" in self.run_id or self.run_id in (".", ".."):

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from mtf.ope.config import EnsembleConfig
+from mtf.ope.results import ensemble_go
 
 _MAX_HORIZON = 100.0
 
@@ -128,9 +129,11 @@ class EnsembleFit:
             row: dict[str, float | bool] = {
                 "estimate": est, "sd": sd, "ci_low": est - z_ci * sd, "ci_high": est + z_ci * sd,
                 "lower": est - z_q * sd, "diff": d_mean, "diff_sd": d_sd,
-                "diff_lower": d_mean - z_q * d_sd, "converged": bool(ok[i])}
+                "diff_lower": d_mean - z_q * d_sd, "converged": bool(ok[i]),
+                "spread": d_sd / max(abs(ref_est), 1e-12)}
             if name != reference:
-                row["go"] = bool(row["diff_lower"] > -margin * abs(ref_est))
+                row["go"] = ensemble_go(float(row["diff_lower"]), float(row["spread"]),
+                                        margin * abs(ref_est), self.settings.max_spread)
             out[name] = row
         return out
 

@@ -105,10 +105,7 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
     plain fits (e.g. when only alpha changes).
     """
     is_initial = data.position() == 0
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(data), size=min(ope.plot_sample_rows, len(data)),
-                                replace=False))
-    fits = {}
+    fits: dict[str, tuple[FqeFit, FqeFit]] = {}
     for p in policies:
         module = p.module()
         pi_s = policy_actions(module, data.state)
@@ -118,9 +115,25 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
         cons = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, ope.alpha), name=p.name)
         plain_fit = plain[p.name].plain if plain and p.name in plain else \
             fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
+        fits[p.name] = (cons, plain_fit)
+    return policy_fits(data, policies, fits, ope, seed)
+
+
+def policy_fits(data: TransitionArrays, policies: Sequence[TargetPolicy],
+                fits: Mapping[str, tuple[FqeFit, FqeFit]], ope: OpeConfig,
+                seed: int) -> dict[str, PolicyFits]:
+    """Each policy's (conservative, plain) fits with its actions on a sample of ``data``'s
+    states (for the plots) and their RMS distance from the logged actions."""
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(data), size=min(ope.plot_sample_rows, len(data)),
+                                replace=False))
+    out = {}
+    for p in policies:
+        pi_s = policy_actions(p.module(), data.state)
         distance = float(np.sqrt(np.mean((pi_s - data.action) ** 2)))
-        fits[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample], distance)
-    return fits
+        cons, plain_fit = fits[p.name]
+        out[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample], distance)
+    return out
 
 
 def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolicy],

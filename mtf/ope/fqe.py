@@ -42,7 +42,7 @@ from mtf.rl.networks import mlp
 logger = logging.getLogger(__name__)
 
 _MAX_HORIZON = 100.0     # cap of 1 / (1 - gamma) in the Q scale (gamma may be 1)
-_CURVE_STATES = 4096     # initial states used for the V(s0) fit curve
+CURVE_STATES = 4096     # initial states used for the V(s0) fit curve
 
 
 class QNetwork(nn.Module):
@@ -175,64 +175,114 @@ def q_scale(reward: torch.Tensor, gamma: float) -> float:
     return max(float(reward.abs().mean()), 1e-6) * horizon
 
 
-def make_q(data: FqeData, hidden: Sequence[int], gamma: float, seed: int) -> QNetwork:
-    """A fresh Q network with state statistics and scale from ``data``, seeded init."""
-    mean = data.state.mean(dim=0)
-    std = data.state.std(dim=0, unbiased=False).clamp_min(1e-6)
+@dataclass(frozen=True)
+class FqeStats:
+    """What a Q network takes from the whole split: state statistics and the reward size.
+
+    In memory they come from :class:`FqeData`; a streamed fit gets them from one aggregation
+    over the table (:func:`mtf.ope.stream.split_stats`), so no row has to reach the driver.
+    """
+
+    state_mean: torch.Tensor      # (S,)
+    state_std: torch.Tensor       # (S,) clamped >= 1e-6
+    reward_abs_mean: float
+    action_dim: int
+
+    @staticmethod
+    def of(data: FqeData) -> "FqeStats":
+        return FqeStats(data.state.mean(dim=0),
+                        data.state.std(dim=0, unbiased=False).clamp_min(1e-6),
+                        float(data.reward.abs().mean()), int(data.action.shape[1]))
+
+
+def make_q(stats: "FqeStats | FqeData", hidden: Sequence[int], gamma: float,
+           seed: int) -> QNetwork:
+    """A fresh Q network with state statistics and scale from ``stats``, seeded init."""
+    if isinstance(stats, FqeData):
+        stats = FqeStats.of(stats)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
-        return QNetwork(data.state.shape[1], data.action.shape[1], hidden, mean, std,
-                        q_scale(data.reward, gamma))
+        return QNetwork(stats.state_mean.shape[0], stats.action_dim, hidden, stats.state_mean,
+                        stats.state_std, q_scale(torch.tensor([stats.reward_abs_mean]), gamma))
+
+
+class FqeFitter:
+    """One fit in progress: Q, its frozen copy, Adam and the fit curve.
+
+    :func:`fit_fqe` drives one fitter over random minibatches of an in-memory split; a streamed
+    fit (:func:`mtf.ope.stream.fit_fqe_stream`) drives several in lockstep over the same batches.
+    """
+
+    def __init__(self, stats: FqeStats, settings: FqeSettings, initial_state: torch.Tensor,
+                 initial_pi: torch.Tensor, name: str = "") -> None:
+        self.settings = s = settings
+        self.device = torch.device(s.device)
+        self.name = name
+        self.q = make_q(stats, s.hidden, s.gamma, s.seed).to(self.device)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.q.parameters(), lr=s.lr)
+        self.initial_state = initial_state.to(self.device)   # (n0, S) for the V(s0) curve
+        self.initial_pi = initial_pi.to(self.device)         # (n0, k)
+        self.curve: list[dict[str, float]] = []
+        self.acc = torch.zeros(4, device=self.device)
+        self.n_acc = 0
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def step(self, state: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+             next_state: torch.Tensor, not_done: torch.Tensor, pi_action: torch.Tensor,
+             pi_next_action: torch.Tensor) -> None:
+        """One gradient step on a minibatch (already on ``self.device``)."""
+        s = self.settings
+        y = td_target(self.q_target, reward, not_done, next_state, pi_next_action, s.gamma)
+        loss, td, reg, q_data, q_pi = conservative_fqe_loss(
+            self.q, state, action, pi_action, y, s.alpha)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.acc += torch.stack([td.detach(), reg.detach(), q_data.detach(), q_pi.detach()])
+        self.n_acc += 1
+        self.steps = step = self.steps + 1
+        if step % s.target_update_every == 0:
+            self.q_target.load_state_dict(self.q.state_dict())
+        if step % s.log_every == 0 or step == s.n_iterations:
+            td_m, reg_m, qd_m, qp_m = (self.acc / self.n_acc).tolist()
+            self.curve.append({"step": float(step), "td": td_m, "reg": reg_m, "q_data": qd_m,
+                               "q_pi": qp_m, "v0": self.v0()})
+            self.acc.zero_()
+            self.n_acc = 0
+
+    @torch.no_grad()
+    def v0(self) -> float:
+        if self.initial_state.shape[0] == 0:
+            return float("nan")
+        return float(self.q(self.initial_state, self.initial_pi).mean())
+
+    def result(self) -> FqeFit:
+        q = self.q.cpu().eval()
+        seconds = time.perf_counter() - self.t0
+        if self.curve:
+            logger.info("FQE %s alpha=%g: %d steps in %.1fs, final TD %.4g, V(s0) %.4g",
+                        self.name, self.settings.alpha, self.steps, seconds,
+                        self.curve[-1]["td"], self.curve[-1]["v0"])
+        return FqeFit(q=q, settings=self.settings, curve=self.curve, seconds=seconds)
 
 
 def fit_fqe(data: FqeData, settings: FqeSettings, *, name: str = "") -> FqeFit:
     """Fit Q for the target policy whose actions are in ``data`` (see the module docstring)."""
-    t0 = time.perf_counter()
     s = settings
-    device = torch.device(s.device)
-    q = make_q(data, s.hidden, s.gamma, s.seed).to(device)
-    q_target = copy.deepcopy(q).requires_grad_(False)
-    opt = torch.optim.Adam(q.parameters(), lr=s.lr)
+    initial = torch.nonzero(data.is_initial).squeeze(1)[:CURVE_STATES]
+    fitter = FqeFitter(FqeStats.of(data), s, data.state[initial], data.pi_action[initial], name)
     gen = torch.Generator().manual_seed(s.seed + 1)   # CPU: same minibatches on every device
     n = len(data)
-    initial = torch.nonzero(data.is_initial).squeeze(1)[:_CURVE_STATES].to(device)
+    device = fitter.device
     if device.type != "cpu":
         data = FqeData(**{f: getattr(data, f).to(device) for f in data.__dataclass_fields__})
-    curve: list[dict[str, float]] = []
-    acc = torch.zeros(4, device=device)
-    n_acc = 0
-    for step in range(1, s.n_iterations + 1):
+    for _ in range(s.n_iterations):
         idx = torch.randint(n, (s.batch_size,), generator=gen).to(device)
-        y = td_target(q_target, data.reward[idx], data.not_done[idx], data.next_state[idx],
-                      data.pi_next_action[idx], s.gamma)
-        loss, td, reg, q_data, q_pi = conservative_fqe_loss(
-            q, data.state[idx], data.action[idx], data.pi_action[idx], y, s.alpha)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc += torch.stack([td.detach(), reg.detach(), q_data.detach(), q_pi.detach()])
-        n_acc += 1
-        if step % s.target_update_every == 0:
-            q_target.load_state_dict(q.state_dict())
-        if step % s.log_every == 0 or step == s.n_iterations:
-            td_m, reg_m, qd_m, qp_m = (acc / n_acc).tolist()
-            curve.append({"step": float(step), "td": td_m, "reg": reg_m, "q_data": qd_m,
-                          "q_pi": qp_m, "v0": _v0(q, data, initial)})
-            acc.zero_()
-            n_acc = 0
-    q = q.cpu().eval()
-    seconds = time.perf_counter() - t0
-    if curve:
-        logger.info("FQE %s alpha=%g: %d steps in %.1fs, final TD %.4g, V(s0) %.4g",
-                    name, s.alpha, s.n_iterations, seconds, curve[-1]["td"], curve[-1]["v0"])
-    return FqeFit(q=q, settings=s, curve=curve, seconds=seconds)
-
-
-@torch.no_grad()
-def _v0(q: nn.Module, data: FqeData, initial: torch.Tensor) -> float:
-    if initial.numel() == 0:
-        return float("nan")
-    return float(q(data.state[initial], data.pi_action[initial]).mean())
+        fitter.step(data.state[idx], data.action[idx], data.reward[idx], data.next_state[idx],
+                    data.not_done[idx], data.pi_action[idx], data.pi_next_action[idx])
+    return fitter.result()
 
 
 @torch.no_grad()

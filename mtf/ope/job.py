@@ -12,7 +12,9 @@ Steps (:func:`evaluate_table`):
    policies (``ope.policies`` or every export under the lake's models directory).
 3. Collect the split to the driver (subsampled by whole sessions above ``ope.fqe_max_rows``;
    FQE sees at most K x m = 2.6M transitions anyway) and fit plain and conservative FQE per
-   policy in this process (torch).
+   policy in this process (torch); with ``ope.fqe_source=stream`` those fits read the whole
+   split through petastorm instead (:mod:`mtf.ope.stream`) and the driver's sample only feeds
+   the ensemble and the diagnostics.
 4. Score every row of the split for every policy in Spark (mapInArrow, models loaded once per
    partition), aggregate per session with window functions, Poisson-bootstrap per partition and
    reduce in Spark; collect only the ``P x (1 + B)`` sums.
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from mtf.config import MtfConfig
-    from mtf.ope.evaluate import OpeResult
+    from mtf.ope.evaluate import OpeResult, PolicyFits
     from mtf.ope.policies import TargetPolicy
     from mtf.ope.report import ReportPaths
     from mtf.ope.truth import GroundTruth
@@ -130,6 +132,29 @@ def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: i
     return TransitionArrays.from_arrow(table, state_dim, action_dim)
 
 
+def streamed_fits(spark: "SparkSession", split_df: "DataFrame", path: str, version: int,
+                  sample: TransitionArrays, policies: Sequence["TargetPolicy"], ope: OpeConfig,
+                  *, gamma: float, seed: int, state_dim: int,
+                  action_dim: int) -> dict[str, "PolicyFits"]:
+    """Plain and conservative FQE of every policy over the whole split, streamed by petastorm
+    from the pinned snapshot (:mod:`mtf.ope.stream`); diagnostics from the driver's sample."""
+    from mtf.ope.evaluate import policy_fits
+    from mtf.ope.fqe import CURVE_STATES
+    from mtf.ope.stream import initial_states, split_stats, stream_fits
+    from mtf.rl.loader import open_transitions
+
+    table = open_transitions(path, version)
+    stats = split_stats(split_df, state_dim, action_dim)
+    initial = initial_states(split_df, CURVE_STATES, seed, state_dim)
+    logger.info("streaming FQE over %s version %d (%d rows in %d row groups, all splits)",
+                path, version, table.n_rows, table.n_row_groups)
+    fits = stream_fits(table, policies, ope, stats=stats, initial=initial, gamma=gamma,
+                       seed=seed)
+    return policy_fits(sample, policies, {p.name: (fits[p.name, "conservative"],
+                                                   fits[p.name, "plain"]) for p in policies},
+                       ope, seed)
+
+
 def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | None = None, *,
                    policies: Sequence["TargetPolicy"] | None = None,
                    out_dir: str | None = None, where: str | None = None,
@@ -173,9 +198,17 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
             check_policy(p, features, tasks)
     logger.info("evaluating %d policies: %s", len(policies), [p.name for p in policies])
 
+    if ope.fqe_source == "stream" and where:
+        raise ValueError("ope.fqe_source=stream fits on the whole split of the pinned table "
+                         "version and cannot apply a row filter; use ope.fqe_source=sample")
     fit_data = collect_fit_data(split_df, n_rows, ope, cfg.seed, len(features), len(tasks))
     t_collect = time.perf_counter()
-    fits = fit_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
+    if ope.fqe_source == "stream":
+        fits = streamed_fits(spark, split_df, path, version, fit_data, policies, ope,
+                             gamma=gamma, seed=cfg.seed, state_dim=len(features),
+                             action_dim=len(tasks))
+    else:
+        fits = fit_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
     ensemble = fit_ensemble_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
     t_fit = time.perf_counter()
     bundle = scoring_bundle(policies, fits, ope, len(features), len(tasks))
@@ -191,7 +224,9 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
 
     meta = {"path": "spark", "table_path": path, "table_version": version, "split": ope.split,
             "where": where,
-            "n_rows": n_rows, "n_sessions": n_sessions, "fit_rows": len(fit_data),
+            "n_rows": n_rows, "n_sessions": n_sessions, "fqe_source": ope.fqe_source,
+            "fit_rows": n_rows if ope.fqe_source == "stream" else len(fit_data),
+            "sample_rows": len(fit_data),
             "gamma": gamma, "seed": cfg.seed, "feature_names": features, "action_tasks": tasks,
             "spark_master": spark.sparkContext.master, "mtf_version": __version__,
             "seconds": {"collect": t_collect - t0, "fqe_fit": t_fit - t_collect,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtf.configtools import to_dict
-from mtf.ope.config import ENSEMBLE, REPORTED_ESTIMATORS, OpeConfig
+from mtf.ope.config import ENSEMBLE, REPORTED_ESTIMATORS, EnsembleConfig, OpeConfig
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,6 +95,8 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ref_name = next((r["policy"] for r in report["results"]
                      if not r["diff_vs_logging"]), None)
     ref_dist = rows[ref_name]["diagnostics"].get("action_distance") if ref_name else None
+    cap = (report.get("config", {}).get("ope", {}).get("ensemble", {})
+           .get("max_spread", EnsembleConfig().max_spread))
     out: dict[str, dict[str, Any]] = {}
     for d in report["decisions"]:
         r = rows[d["policy"]]
@@ -141,6 +143,11 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             else:
                 notes.append(f"its fusion weights stay close to the logged ones ({ratio:.1f}x "
                              f"the exploration noise)")
+        spread = diag.get("ensemble_spread")
+        if spread is not None and cap and spread > cap:
+            low = True
+            notes.append(f"the ensemble's members disagree about its gain by {spread:.0%} of "
+                         f"the logging value (sd): the data do not pin it down")
         if diag.get("ensemble_converged") == 0.0:
             low = True
             notes.append("the ensemble's value had not settled when the fit stopped")

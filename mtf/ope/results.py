@@ -162,10 +162,20 @@ def with_ensemble(results: list[PolicyEstimates], fit: "EnsembleFit", cfg: OpeCo
         diag = dict(r.diagnostics)
         diag.update({"ensemble_lower": float(s["lower"]),
                      "ensemble_diff_lower": float(s["diff_lower"]),
+                     "ensemble_spread": float(s["spread"]),
                      "ensemble_converged": 1.0 if s["converged"] else 0.0,
                      "ensemble_backups": float(fit.backups)})
         out.append(PolicyEstimates(r.policy, est, diffs, diag))
     return out
+
+
+def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: float) -> bool:
+    """The ensemble gate: the lower quantile of V(pi) - V(logging) is above ``-margin`` and
+    the members agree (their sd of the difference, as a fraction of |V(logging)|, is at most
+    ``max_spread``; 0 = no spread guard). Members that disagree that much are fitting
+    extrapolation, not data, and a wide spread lets a large mean pass the bound
+    (docs/ope.md section 9)."""
+    return bool(diff_lower > -margin and (max_spread <= 0 or spread <= max_spread))
 
 
 def decide(results: list[PolicyEstimates], cfg: OpeConfig,
@@ -173,8 +183,10 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
     """The go / no-go decision of every policy other than the logging one (module docstring).
 
     With ``ope.gate = fqe_ensemble`` the bound is the ensemble's one-sided lower quantile of
-    the paired difference (``ensemble_diff_lower``); its disagreement across members already
-    grows where the data do not support the policy, so the penalty guard is not applied.
+    the paired difference (``ensemble_diff_lower``), and the spread guard
+    (``ope.ensemble.max_spread``, :func:`mtf.ope.ensemble.ensemble_go`) replaces the
+    conservative estimator's penalty guard: members that disagree about the gain are fitting
+    extrapolation.
 
     Raises:
         ValueError: the logging policy is not among ``results`` or its conservative estimate
@@ -201,12 +213,19 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
                              f"policy is not a number ({d.note or 'NaN replicates'})")
         if gate == ENSEMBLE:
             low = r.diagnostics["ensemble_diff_lower"]
+            spread = r.diagnostics["ensemble_spread"]
+            cap = cfg.ensemble.max_spread
             bound_ok = low > -margin
+            go = ensemble_go(low, spread, margin, cap)
             reason = (f"{cfg.ensemble.lower_quantile:.0%} quantile of the ensemble's "
                       f"V({r.policy}) - V(logging) = {low:.4g} {'>' if bound_ok else '<='} "
                       f"-margin = {-margin:.4g}")
-            out.append(Decision(r.policy, bound_ok, gate, d.value, low, margin, reason,
-                                _warnings(r, margin, bound_ok)))
+            if bound_ok and not go:
+                reason += (f", but the spread guard fails: the members' sd of the difference "
+                           f"is {spread:.0%} of |V(logging)| > {cap:.0%} (they disagree: the "
+                           f"estimate rests on extrapolation, not on the logged data)")
+            out.append(Decision(r.policy, go, gate, d.value, low, margin, reason,
+                                _warnings(r, margin, go)))
             continue
         bound_ok = d.ci_low > -margin
         reason = (f"lower {cfg.ci_level:.0%} bound of V_cons({r.policy}) - V_cons(logging) = "

@@ -109,6 +109,31 @@ def test_the_ensemble_gate_decides_on_its_lower_quantile(values: list[list[float
     assert "quantile of the ensemble" in d.reason
 
 
+def test_the_spread_guard_stops_members_that_agree_only_on_a_large_mean() -> None:
+    """Diffs 1, 2, 3 (mean 2, sd 1): the 10% quantile 0.72 passes the bound, but the members'
+    sd is 1 / 5 = 20% of the logging value, above the 12% cap; with the guard off it is GO."""
+    import dataclasses
+
+    from mtf.ope.results import ensemble_go, with_ensemble
+
+    assert ensemble_go(0.5, 0.12, 0.05, 0.12) and not ensemble_go(0.5, 0.1201, 0.05, 0.12)
+    assert ensemble_go(0.5, 9.0, 0.05, 0.0) and not ensemble_go(-0.06, 0.0, 0.05, 0.12)
+    cfg = OpeConfig(go_margin=0.01, gate="fqe_ensemble")
+    assert cfg.ensemble.max_spread == 0.12
+    fit = _ensemble_fit([[5.0, 5.0, 5.0], [6.0, 7.0, 8.0]])
+    rows = with_ensemble([policy("logging", 5.0, 0.0), policy("cand", 5.0, 0.1)], fit, cfg)
+    assert rows[1].diagnostics["ensemble_spread"] == pytest.approx(0.2)
+    assert rows[1].diagnostics["ensemble_diff_lower"] == pytest.approx(2.0 - 1.2815515655446004)
+    [d] = decide(rows, cfg)
+    assert not d.go and "spread guard fails" in d.reason and "20%" in d.reason
+    off = dataclasses.replace(cfg, ensemble=dataclasses.replace(cfg.ensemble, max_spread=0.0))
+    [d_off] = decide(with_ensemble([policy("logging", 5.0, 0.0), policy("cand", 5.0, 0.1)],
+                                   dataclasses.replace(fit, settings=off.ensemble), off), off)
+    assert d_off.go
+    with pytest.raises(ValueError, match="max_spread must be >= 0"):
+        dataclasses.replace(cfg.ensemble, max_spread=-0.1)
+
+
 def test_an_unconverged_ensemble_and_a_disagreeing_one_are_warnings() -> None:
     from mtf.ope.results import with_ensemble
 
