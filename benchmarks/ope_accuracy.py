@@ -30,7 +30,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--conf-file", type=str, default="conf/local.yaml",
                    help="base config (default conf/local.yaml: the demo's learners)")
     p.add_argument("--worlds", type=str, default="",
-                   help="comma-separated world names (default: all of WORLDS)")
+                   help="comma-separated world names (default: DEFAULT_WORLDS, the tuning world "
+                        "tune-101 and the held-out worlds)")
     p.add_argument("--users", type=int, default=4000, help="simulated users per world (4000)")
     p.add_argument("--days", type=int, default=4, help="simulated days; the last is the test "
                    "split (4)")
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging("WARNING")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    names = [w for w in args.worlds.split(",") if w] or [w.name for w in ob.WORLDS]
+    names = [w for w in args.worlds.split(",") if w] or list(ob.DEFAULT_WORLDS)
     known = {w.name: w for w in ob.WORLDS}
     unknown = [w for w in names if w not in known]
     if unknown:

@@ -35,6 +35,11 @@ def test_learned_fusion_beats_the_baseline_by_5_percent_and_the_best_fixed_weigh
     assert learned["vs_baseline_ci"][0] > 0.0, learned
     assert learned["vs_best_fixed_ci"][0] > 0.0, (learned, fixed)
     assert learned["true_return"] > fixed["true_return"]
-    # The closed loop deployed its candidates and they, too, beat the baseline on ground truth.
-    last = summary["days"][-1]
-    assert last["decision"] == "go" and last["true_candidate"] > 1.04 * last["true_baseline"]
+    # The day-by-day candidates, too, beat the baseline on ground truth, and the loop deployed
+    # exactly what the offline gate passed (with its spread guard the default gate keeps the
+    # baseline here: the ensemble's members disagree about the gain, docs/ope.md section 9).
+    days = summary["days"]
+    assert days[-1]["true_candidate"] > 1.04 * days[-1]["true_baseline"]
+    for before, after in zip(days[1:], days[2:]):
+        assert after["deployed"] == (before["candidate"] if before["decision"] == "go"
+                                     else before["deployed"])

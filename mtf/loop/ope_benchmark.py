@@ -68,16 +68,29 @@ class BenchWorld:
 
 WORLDS: tuple[BenchWorld, ...] = (
     BenchWorld("tune-101", TUNING, 101, (), "default structure"),
-    BenchWorld("held-202", HELDOUT, 202, (), "default structure, another seed"),
-    BenchWorld("held-303-mix", HELDOUT, 303,
+    # Held out in the first run (2026-12-03); the ensemble gate's spread guard was designed
+    # after looking at their results, so they are tuning worlds since.
+    BenchWorld("held-202", TUNING, 202, (), "default structure, another seed"),
+    BenchWorld("held-303-mix", TUNING, 303,
                ("sim.population.bait_sensitivity_pivot=0.35",
                 "sim.satisfaction.persistence=0.7", "sim.satisfaction.finish_gain=0.08"),
                "fewer casual users (pivot 0.35), slower satisfaction dynamics"),
-    BenchWorld("held-404-long", HELDOUT, 404,
+    BenchWorld("held-404-long", TUNING, 404,
                ("sim.satisfaction.leave_bias=-4.5", "sim.satisfaction.fatigue=0.0",
                 "sim.satisfaction.leave_floor=0.01"),
                "long sessions (23 requests on average under the logging policy)"),
+    # Fresh held-out worlds, fixed before any of their results were seen.
+    BenchWorld("held-505", HELDOUT, 505, (), "default structure, another seed"),
+    BenchWorld("held-606-mix", HELDOUT, 606,
+               ("sim.population.bait_sensitivity_pivot=0.65",
+                "sim.satisfaction.skip_penalty=0.15", "sim.satisfaction.pref_gain=0.15"),
+               "more casual users (pivot 0.65), stronger preference and skip effects"),
+    BenchWorld("held-707-long", HELDOUT, 707,
+               ("sim.satisfaction.leave_bias=-5.0", "sim.satisfaction.fatigue=0.01",
+                "sim.satisfaction.leave_floor=0.01", "sim.satisfaction.carryover=0.5"),
+               "long sessions, another mechanism (a lower leave logit, a little fatigue)"),
 )
+DEFAULT_WORLDS = ("tune-101", "held-505", "held-606-mix", "held-707-long")
 
 
 @dataclass(frozen=True)
