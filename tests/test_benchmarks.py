@@ -44,6 +44,7 @@ SMOKES = {
     "train": ("bench_train.py", "--smoke", "--json", "{out}/train.json"),
     "ope": ("bench_ope.py", "--smoke", "--json", "{out}/ope.json"),
     "sim": ("bench_sim.py", "--smoke", "--json", "{out}/sim.json"),
+    "fqe_scale": ("bench_fqe_scale.py", "--smoke", "--json", "{out}/fqe_scale.json"),
     "sweep": ("policy_sweep.py", "smoke", "--workdir", "{out}/work", "--json", "{out}/sweep.json"),
 }
 
@@ -120,6 +121,25 @@ def test_bench_ope_smoke(smokes: Any) -> None:
         "write_s", "ope_scoring_spark_rows_per_s", "ope_scoring_torch_rows_per_s",
         "ope_scoring_ratio_spark_over_torch"})
     assert record["details"]["rows"] == record["sizes"]["rows"] == 5000
+
+
+def test_bench_fqe_scale_smoke(smokes: Any) -> None:
+    folder, job = smokes["fqe_scale"]
+    out = folder / "fqe_scale.json"
+    _ran(job.result())
+    record = _record(out, "bench_fqe_scale", {
+        "stream_peak_ratio_big_over_1x", "sample_peak_ratio_big_over_1x",
+        "stream_over_sample_peak_big", "stream_over_sample_fit_rate_big",
+        "stream_fit_rate_ratio_big_over_1x"})
+    cases = record["details"]["cases"]
+    assert set(cases) == {"sample.1x", "stream.1x", "sample.2x", "stream.2x"}
+    for label, rows in (("1x", 2000), ("2x", 4000)):
+        # the collected baseline holds the whole split; the stream fits on it all from a
+        # bounded driver sample (about --sample-rows, whole sessions)
+        assert cases[f"sample.{label}"]["split_rows"] == rows
+        assert cases[f"sample.{label}"]["sample_rows"] == rows
+        assert cases[f"stream.{label}"]["split_rows"] == rows
+        assert 0 < cases[f"stream.{label}"]["sample_rows"] < 1000
 
 
 def test_bench_sim_smoke(smokes: Any) -> None:
