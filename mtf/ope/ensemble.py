@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mtf.ope.config import EnsembleConfig
-from mtf.ope.results import ensemble_go
+from mtf.ope.rules import ensemble_go
 
 _MAX_HORIZON = 100.0
 

@@ -30,6 +30,7 @@ import numpy as np
 from mtf.ope.bootstrap import percentile_interval
 from mtf.ope.config import ENSEMBLE, ESTIMATORS, LOGGING_POLICY, OpeConfig
 from mtf.ope.estimators import diagnostics_from_sums, estimates_from_sums
+from mtf.ope.rules import ensemble_go
 
 if TYPE_CHECKING:
     from mtf.ope.ensemble import EnsembleFit
@@ -169,22 +170,13 @@ def with_ensemble(results: list[PolicyEstimates], fit: "EnsembleFit", cfg: OpeCo
     return out
 
 
-def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: float) -> bool:
-    """The ensemble gate: the lower quantile of V(pi) - V(logging) is above ``-margin`` and
-    the members agree (their sd of the difference, as a fraction of |V(logging)|, is at most
-    ``max_spread``; 0 = no spread guard). Members that disagree that much are fitting
-    extrapolation, not data, and a wide spread lets a large mean pass the bound
-    (docs/ope.md section 9)."""
-    return bool(diff_lower > -margin and (max_spread <= 0 or spread <= max_spread))
-
-
 def decide(results: list[PolicyEstimates], cfg: OpeConfig,
            logging_name: str = LOGGING_POLICY) -> list[Decision]:
     """The go / no-go decision of every policy other than the logging one (module docstring).
 
     With ``ope.gate = fqe_ensemble`` the bound is the ensemble's one-sided lower quantile of
     the paired difference (``ensemble_diff_lower``), and the spread guard
-    (``ope.ensemble.max_spread``, :func:`mtf.ope.ensemble.ensemble_go`) replaces the
+    (``ope.ensemble.max_spread``, :func:`mtf.ope.rules.ensemble_go`) replaces the
     conservative estimator's penalty guard: members that disagree about the gain are fitting
     extrapolation.
 

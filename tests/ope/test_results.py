@@ -114,7 +114,8 @@ def test_the_spread_guard_stops_members_that_agree_only_on_a_large_mean() -> Non
     sd is 1 / 5 = 20% of the logging value, above the 12% cap; with the guard off it is GO."""
     import dataclasses
 
-    from mtf.ope.results import ensemble_go, with_ensemble
+    from mtf.ope.results import with_ensemble
+    from mtf.ope.rules import ensemble_go
 
     assert ensemble_go(0.5, 0.12, 0.05, 0.12) and not ensemble_go(0.5, 0.1201, 0.05, 0.12)
     assert ensemble_go(0.5, 9.0, 0.05, 0.0) and not ensemble_go(-0.06, 0.0, 0.05, 0.12)
