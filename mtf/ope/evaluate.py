@@ -79,8 +79,8 @@ def fqe_settings(ope: OpeConfig, gamma: float, seed: int, alpha: float) -> FqeSe
                        seed=seed, device=ope.resolved_device())
 
 
-def policy_actions(module: Any, states: np.ndarray,
-                   batch_rows: int = _SCORE_BATCH_ROWS) -> np.ndarray:
+def policy_actions(module: Any, states: np.ndarray, batch_rows: int = _SCORE_BATCH_ROWS,
+                   name: str = "") -> np.ndarray:
     """``pi(states)`` as float32 ``(N, k)``, in batches, validated to lie in [-1, 1]."""
     import torch
 
@@ -91,7 +91,8 @@ def policy_actions(module: Any, states: np.ndarray,
                 states[lo:lo + batch_rows], dtype=np.float32))).numpy())
     out = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
     if out.size and (not np.all(np.isfinite(out)) or np.abs(out).max() > 1.0 + 1e-6):
-        raise ValueError("a target policy returned actions outside [-1, 1] or non-finite")
+        who = f"policy {name!r}" if name else "a target policy"
+        raise ValueError(f"{who} returned actions outside [-1, 1] or non-finite")
     return out
 
 
@@ -105,7 +106,8 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
     plain fits (e.g. when only alpha changes).
     """
     is_initial = data.position() == 0
-    fits: dict[str, tuple[FqeFit, FqeFit]] = {}
+    sample = plot_sample(len(data), ope, seed)
+    fits = {}
     for p in policies:
         module = p.module()
         pi_s = policy_actions(module, data.state)
@@ -115,25 +117,22 @@ def fit_policies(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: 
         cons = fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, ope.alpha), name=p.name)
         plain_fit = plain[p.name].plain if plain and p.name in plain else \
             fit_fqe(fqe_data, fqe_settings(ope, gamma, seed, 0.0), name=p.name)
-        fits[p.name] = (cons, plain_fit)
-    return policy_fits(data, policies, fits, ope, seed)
+        fits[p.name] = with_actions(p.name, cons, plain_fit, pi_s, data.action, sample)
+    return fits
 
 
-def policy_fits(data: TransitionArrays, policies: Sequence[TargetPolicy],
-                fits: Mapping[str, tuple[FqeFit, FqeFit]], ope: OpeConfig,
-                seed: int) -> dict[str, PolicyFits]:
-    """Each policy's (conservative, plain) fits with its actions on a sample of ``data``'s
-    states (for the plots) and their RMS distance from the logged actions."""
+def plot_sample(n_rows: int, ope: OpeConfig, seed: int) -> np.ndarray:
+    """Sorted row indices of the action-distribution plots (``ope.plot_sample_rows``)."""
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(data), size=min(ope.plot_sample_rows, len(data)),
-                                replace=False))
-    out = {}
-    for p in policies:
-        pi_s = policy_actions(p.module(), data.state)
-        distance = float(np.sqrt(np.mean((pi_s - data.action) ** 2)))
-        cons, plain_fit = fits[p.name]
-        out[p.name] = PolicyFits(p.name, cons, plain_fit, pi_s[sample], distance)
-    return out
+    return np.sort(rng.choice(n_rows, size=min(ope.plot_sample_rows, n_rows), replace=False))
+
+
+def with_actions(name: str, cons: FqeFit, plain: FqeFit, pi_s: np.ndarray,
+                 logged: np.ndarray, sample: np.ndarray) -> PolicyFits:
+    """A policy's two fits with its actions ``pi_s`` on the plot sample and their RMS
+    distance from the ``logged`` actions of the same rows."""
+    distance = float(np.sqrt(np.mean((pi_s - logged) ** 2)))
+    return PolicyFits(name, cons, plain, pi_s[sample], distance)
 
 
 def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolicy],

@@ -195,11 +195,8 @@ class FqeStats:
                         float(data.reward.abs().mean()), int(data.action.shape[1]))
 
 
-def make_q(stats: "FqeStats | FqeData", hidden: Sequence[int], gamma: float,
-           seed: int) -> QNetwork:
+def make_q(stats: FqeStats, hidden: Sequence[int], gamma: float, seed: int) -> QNetwork:
     """A fresh Q network with state statistics and scale from ``stats``, seeded init."""
-    if isinstance(stats, FqeData):
-        stats = FqeStats.of(stats)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         return QNetwork(stats.state_mean.shape[0], stats.action_dim, hidden, stats.state_mean,

@@ -132,13 +132,12 @@ def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: i
     return TransitionArrays.from_arrow(table, state_dim, action_dim)
 
 
-def streamed_fits(spark: "SparkSession", split_df: "DataFrame", path: str, version: int,
-                  sample: TransitionArrays, policies: Sequence["TargetPolicy"], ope: OpeConfig,
-                  *, gamma: float, seed: int, state_dim: int,
-                  action_dim: int) -> dict[str, "PolicyFits"]:
+def streamed_fits(split_df: "DataFrame", path: str, version: int, sample: TransitionArrays,
+                  policies: Sequence["TargetPolicy"], ope: OpeConfig, *, gamma: float,
+                  seed: int, state_dim: int, action_dim: int) -> dict[str, "PolicyFits"]:
     """Plain and conservative FQE of every policy over the whole split, streamed by petastorm
     from the pinned snapshot (:mod:`mtf.ope.stream`); diagnostics from the driver's sample."""
-    from mtf.ope.evaluate import policy_fits
+    from mtf.ope.evaluate import plot_sample, policy_actions, with_actions
     from mtf.ope.fqe import CURVE_STATES
     from mtf.ope.stream import initial_states, split_stats, stream_fits
     from mtf.rl.loader import open_transitions
@@ -150,9 +149,10 @@ def streamed_fits(spark: "SparkSession", split_df: "DataFrame", path: str, versi
                 path, version, table.n_rows, table.n_row_groups)
     fits = stream_fits(table, policies, ope, stats=stats, initial=initial, gamma=gamma,
                        seed=seed)
-    return policy_fits(sample, policies, {p.name: (fits[p.name, "conservative"],
-                                                   fits[p.name, "plain"]) for p in policies},
-                       ope, seed)
+    rows = plot_sample(len(sample), ope, seed)
+    return {p.name: with_actions(p.name, fits[p.name, "conservative"], fits[p.name, "plain"],
+                                 policy_actions(p.module(), sample.state), sample.action, rows)
+            for p in policies}
 
 
 def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | None = None, *,
@@ -204,7 +204,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     fit_data = collect_fit_data(split_df, n_rows, ope, cfg.seed, len(features), len(tasks))
     t_collect = time.perf_counter()
     if ope.fqe_source == "stream":
-        fits = streamed_fits(spark, split_df, path, version, fit_data, policies, ope,
+        fits = streamed_fits(split_df, path, version, fit_data, policies, ope,
                              gamma=gamma, seed=cfg.seed, state_dim=len(features),
                              action_dim=len(tasks))
     else:

@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_ACTION_TOL = 1e-6
-
 
 def split_stats(split_df: "DataFrame", state_dim: int, action_dim: int) -> FqeStats:
     """Per-feature mean and (population) std of ``state`` and mean |reward| over the split,
@@ -67,12 +65,11 @@ def initial_states(split_df: "DataFrame", n: int, seed: int, state_dim: int) -> 
     return list_column_to_matrix(table[STATE], state_dim, STATE).astype(np.float32)
 
 
-@torch.no_grad()
 def _actions(module: Any, state: torch.Tensor, name: str) -> torch.Tensor:
-    out = module(state)
-    if not bool(torch.isfinite(out).all()) or float(out.abs().max()) > 1.0 + _ACTION_TOL:
-        raise ValueError(f"policy {name!r} returned actions outside [-1, 1] or non-finite")
-    return out
+    """``pi(state)`` for a CPU batch, validated (:func:`mtf.ope.evaluate.policy_actions`)."""
+    from mtf.ope.evaluate import policy_actions
+
+    return torch.from_numpy(policy_actions(module, state.numpy(), name=name))
 
 
 def fit_fqe_stream(batches: Iterator["TransitionBatch"], policies: Sequence["TargetPolicy"],

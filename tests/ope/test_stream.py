@@ -74,6 +74,21 @@ def test_lockstep_fits_need_one_step_budget() -> None:
                         "b": FqeSettings(alpha=0.0, gamma=0.9, n_iterations=20)})
 
 
+class _TooFar(torch.nn.Module):
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.full((state.shape[0], 2), 1.5)
+
+
+def test_a_policy_leaving_the_action_box_stops_the_fit_with_its_name() -> None:
+    from mtf.ope.policies import module_policy
+
+    s, a, r, s2, term = chain_arrays(10, seed=2)
+    data = FqeData.from_numpy(s, a, r, s2, term, a, a, np.ones(10, dtype=bool))
+    with pytest.raises(ValueError, match=r"policy 'far' returned actions outside \[-1, 1\]"):
+        fit_fqe_stream(iter(()), [module_policy("far", _TooFar())], FqeStats.of(data), s,
+                       {"a": FqeSettings(alpha=0.0, gamma=0.9, n_iterations=10)})
+
+
 def one_step_sessions(n: int, reward: float, seed: int) -> TransitionArrays:
     """Terminal one-step sessions with a constant reward: every policy's value is ``reward``."""
     rng = np.random.default_rng(seed)
