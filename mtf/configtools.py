@@ -7,6 +7,8 @@ that names the dotted key, and applies ``section.key=value`` overrides from the 
 """
 from __future__ import annotations
 
+from mtf.errors import UserError
+
 import dataclasses
 import datetime as dt
 import json
@@ -23,7 +25,7 @@ T = TypeVar("T")
 _FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the dotted key."""
 
 

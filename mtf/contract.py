@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pyarrow as pa
 
+from mtf.errors import UserError
 from mtf.fusion import DEFAULT_TASKS
 
 if TYPE_CHECKING:  # pyspark is imported only when a Spark schema is built
@@ -221,7 +222,7 @@ def profile_contract(profile_columns: Sequence[str]) -> tuple[ColumnSpec, ...]:
             *(ColumnSpec(c, "double", numeric + ("decimal",)) for c in profile_columns))
 
 
-class SchemaMismatchError(ValueError):
+class SchemaMismatchError(UserError, ValueError):
     """A required input column is missing or has the wrong type; nothing was written."""
 
 
