@@ -7,8 +7,6 @@ that names the dotted key, and applies ``section.key=value`` overrides from the 
 """
 from __future__ import annotations
 
-from mtf.errors import UserError
-
 import dataclasses
 import datetime as dt
 import json
@@ -18,6 +16,8 @@ import typing
 from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
+
+from mtf.errors import UserError
 
 T = TypeVar("T")
 # Scientific notation YAML 1.1 leaves as a string ("1e-3", "-2E+4"); plain float() would also
