@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+import random
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_delta_table(path: str) -> bool:
@@ -77,6 +80,67 @@ def write_delta(df: "DataFrame", path: str, *, mode: str,
     version = table_version(spark, path)
     logger.info("wrote Delta table %s (%s) -> version %d", path, mode, version)
     return version
+
+
+# Delta's commit conflicts (optimistic concurrency): another writer committed to the table
+# between this transaction's read and its commit. Java class names, so that the check works
+# whether or not delta-spark's Python exception conversion is installed.
+_CONFLICT_CLASSES = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
+                     "ConcurrentDeleteDeleteException", "MetadataChangedException",
+                     "ProtocolChangedException", "ConcurrentWriteException",
+                     "ConcurrentTransactionException", "DeltaConcurrentModificationException")
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` is a Delta commit conflict (a concurrent writer won the race).
+
+    Delta raises these instead of committing, so the table is unchanged by the failed
+    transaction; re-running the whole (idempotent) job on the new table version is safe.
+    """
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & set(_CONFLICT_CLASSES):
+        return True
+    text = str(exc)
+    return any(f"io.delta.exceptions.{c}" in text or f"delta.exceptions.{c}" in text
+               for c in _CONFLICT_CLASSES)
+
+
+def retry_on_conflict(run: Callable[[], T], *, what: str, retries: int,
+                      backoff_s: float = 2.0, seed: int | None = None) -> T:
+    """``run()``, re-run up to ``retries`` times when it fails with a Delta commit conflict.
+
+    ``run`` must be idempotent (each attempt re-reads the tables and replaces exactly what it
+    owns). Waits ``backoff_s * attempt`` seconds plus jitter between attempts, so that two jobs
+    that collided do not collide again. After the last attempt the conflict is raised as a
+    :class:`CommitConflictError` that says nothing was lost and the job can be re-run.
+    """
+    rng = random.Random(seed)
+    for attempt in range(retries + 1):
+        try:
+            return run()
+        except Exception as exc:  # noqa: BLE001 - only conflicts are retried, others re-raised
+            if not is_commit_conflict(exc):
+                raise
+            if attempt == retries:
+                raise CommitConflictError(
+                    f"{what}: another job committed to the same Delta table {retries + 1} times "
+                    f"while this one ran; this run's failed commits changed nothing, re-run it "
+                    f"(or raise the retry count)") from exc
+            wait = backoff_s * (attempt + 1) * (1.0 + rng.random())
+            logger.warning("%s: Delta commit conflict (%s); retrying in %.1f s (attempt %d of "
+                           "%d)", what, _first_line(exc), wait, attempt + 2, retries + 1)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+class CommitConflictError(RuntimeError):
+    """A job lost every retry of its Delta commit to concurrent writers; nothing was written by
+    the failed attempts."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 # Derived from the table's protocol, not settable as ordinary properties.
@@ -161,3 +225,22 @@ def delta_snapshot(path: str, version: int | None = None) -> tuple[int, list[str
 def active_file_uris(path: str, version: int | None = None) -> list[str]:
     """The Parquet files of table ``path`` at ``version`` (latest when None)."""
     return delta_snapshot(path, version)[1]
+
+
+def void_columns(path: str) -> frozenset[str]:
+    """Top-level columns that table ``path`` declares void (every value null).
+
+    Writers such as ``deltalake.write_deltalake`` declare an all-null pandas column void, and
+    Spark leaves void columns out of what it reads, so they look missing; the table's own schema
+    (read here without Spark) tells them apart from a truly missing column. Empty when the
+    ``deltalake`` package cannot read the store.
+    """
+    from deltalake import DeltaTable
+
+    try:
+        schema = json.loads(DeltaTable(path).schema().to_json())
+    except Exception as exc:  # noqa: BLE001 - deltalake raises its own types per store
+        logger.info("cannot read the schema of %s without Spark (%s: %s); void columns unknown",
+                    path, type(exc).__name__, str(exc).strip()[:200])
+        return frozenset()
+    return frozenset(f["name"] for f in schema.get("fields", []) if f.get("type") == "void")
