@@ -38,7 +38,7 @@ from mtf.ope.accuracy import estimator_accuracy
 from mtf.ope.config import (ENSEMBLE, GATES, LOGGING_POLICY, REPORTED_ESTIMATORS,
                             EnsembleConfig, OpeConfig)
 from mtf.ope.evaluate import evaluate_arrays
-from mtf.ope.gate import pessimistic_value, select_policy
+from mtf.ope.rules import pessimistic_value, select_policy
 from mtf.ope.results import decide
 from mtf.ope.policies import TargetPolicy, ThresholdModule, module_policy
 from mtf.sim.evaluate import evaluate_many, paired_difference

@@ -1,8 +1,8 @@
 """The offline gate: named policies in, pessimistic values, go / no-go and a choice out.
 
 What the closed loop (:mod:`mtf.loop.closed_loop`) and a daily job call before deploying;
-:func:`select_policy` picks among several candidates (seeds, checkpoints, settings) without a
-simulator.
+:func:`mtf.ope.rules.select_policy` picks among several candidates (seeds, checkpoints,
+settings) without a simulator.
 
 Example:
     >>> out = evaluate_policies(spark, cfg, {"baseline": None, "bcq-2026-01-03": export_dir},
@@ -16,9 +16,9 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
-from mtf.ope.config import ENSEMBLE
 from mtf.ope.job import evaluate_table
 from mtf.ope.policies import baseline_action, fixed_policy, load_exported
+from mtf.ope.rules import pessimistic_value, select_policy
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -26,27 +26,6 @@ if TYPE_CHECKING:
     from mtf.config import MtfConfig
     from mtf.ope.results import Decision, PolicyEstimates
     from mtf.ope.truth import GroundTruth
-
-
-def pessimistic_value(row: "PolicyEstimates", gate: str) -> float:
-    """The value the gate ranks by: the ensemble's one-sided lower quantile, or the
-    conservative FQE estimate (already pessimistic by construction)."""
-    if gate == ENSEMBLE:
-        return float(row.diagnostics["ensemble_lower"])
-    return float(row.estimates["conservative_fqe"].value)
-
-
-def select_policy(results: "list[PolicyEstimates]", decisions: "list[Decision]",
-                  candidates: "list[str] | None" = None) -> str | None:
-    """Model selection without a simulator: among ``candidates`` (default: every policy with a
-    decision) that got GO, the one with the highest pessimistic value under the gate that
-    decided; None when none got GO (keep the deployed policy)."""
-    by_name = {r.policy: r for r in results}
-    allowed = [d for d in decisions if d.go and (candidates is None or d.policy in candidates)]
-    if not allowed:
-        return None
-    best = max(allowed, key=lambda d: pessimistic_value(by_name[d.policy], d.estimator))
-    return best.policy
 
 
 def evaluate_policies(spark: "SparkSession", cfg: "MtfConfig",

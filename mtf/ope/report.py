@@ -165,6 +165,13 @@ def _present(results: Any) -> list[str]:
     return [x for x in REPORTED_ESTIMATORS if all(x in r.estimates for r in results)]
 
 
+def _selected(result: "OpeResult") -> str | None:
+    """The policy ``mtf deploy`` would deploy: the GO policy with the highest pessimistic value
+    (model selection, :func:`mtf.ope.rules.select_policy`); None when nothing got GO."""
+    from mtf.ope.rules import select_policy
+    return select_policy(result.results, result.decisions)
+
+
 def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, Any]:
     """Everything in the report, JSON-able."""
 
@@ -181,6 +188,7 @@ def report_dict(result: "OpeResult", ope: OpeConfig, run_id: str) -> dict[str, A
         "decision_rule": decision_rule(ope),
         "policies": [p.describe() for p in result.policies],
         "decisions": [d.to_dict() for d in result.decisions],
+        "selected": _selected(result),
         "results": [r.to_dict() for r in result.results],
         "fqe": fqe,
         "ensemble": None if result.ensemble is None else {

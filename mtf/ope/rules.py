@@ -1,5 +1,11 @@
-"""Decision rules shared by the estimators and the gate, as plain functions of numbers."""
+"""Decision rules shared by the estimators, the gate and the report: plain functions of
+numbers and result rows (no estimator or job imports, so any of them can use the rules)."""
 from __future__ import annotations
+
+from mtf.ope.config import ENSEMBLE
+
+# Rows are mtf.ope.results.PolicyEstimates / Decision; not imported, since results uses
+# these rules (the package has no import cycles, typing-only ones included).
 
 
 def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: float) -> bool:
@@ -9,3 +15,24 @@ def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: flo
     extrapolation, not data, and a wide spread lets a large mean pass the bound
     (docs/ope.md section 9)."""
     return bool(diff_lower > -margin and (max_spread <= 0 or spread <= max_spread))
+
+
+def pessimistic_value(row: "PolicyEstimates", gate: str) -> float:
+    """The value the gate ranks by: the ensemble's one-sided lower quantile, or the
+    conservative FQE estimate (already pessimistic by construction)."""
+    if gate == ENSEMBLE:
+        return float(row.diagnostics["ensemble_lower"])
+    return float(row.estimates["conservative_fqe"].value)
+
+
+def select_policy(results: "list[PolicyEstimates]", decisions: "list[Decision]",
+                  candidates: "list[str] | None" = None) -> str | None:
+    """Model selection without a simulator: among ``candidates`` (default: every policy with a
+    decision) that got GO, the one with the highest pessimistic value under the gate that
+    decided; None when none got GO (keep the deployed policy)."""
+    by_name = {r.policy: r for r in results}
+    allowed = [d for d in decisions if d.go and (candidates is None or d.policy in candidates)]
+    if not allowed:
+        return None
+    best = max(allowed, key=lambda d: pessimistic_value(by_name[d.policy], d.estimator))
+    return best.policy

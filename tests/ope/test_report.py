@@ -36,6 +36,8 @@ def test_report_round_trip_with_ground_truth(tmp_path) -> None:
         assert e["available"] is False or e["ci_low"] <= e["ci_high"]
         assert est in far["diff_vs_logging"]
     assert report["decisions"][0]["policy"] == "far"
+    # What mtf deploy would deploy: the GO policy with the highest pessimistic value.
+    assert report["selected"] == ("far" if report["decisions"][0]["go"] else None)
     assert report["config"]["ope"]["alpha"] == 0.5e-3
     assert len(report["fqe"]["far"]["conservative"]["curve"]) == 2
     assert report["validation"]["estimators"]["conservative_fqe"]["policies"] == ["logging", "far"]

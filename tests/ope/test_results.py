@@ -154,7 +154,7 @@ def test_the_gate_setting_is_validated() -> None:
 
 
 def test_model_selection_takes_the_go_candidate_with_the_best_pessimistic_value() -> None:
-    from mtf.ope.gate import select_policy
+    from mtf.ope.rules import select_policy
 
     rows = [policy("logging", 5.0, 0.0), policy("a", 5.3, 0.1), policy("b", 5.6, 0.2),
             policy("c", 6.0, -1.0)]
