@@ -67,6 +67,7 @@ INTERACTION_COLUMNS = (LIKED, SHARED, COMMENTED, FOLLOWED)
 
 # ---- user profiles ---------------------------------------------------------------------------
 PROFILE_COLUMNS = ("age", "activity", "tenure", "gender")  # numeric, ~[0, 1]
+SNAPSHOT_DS = "snapshot_ds"    # optional: the day a profile row describes (point-in-time join)
 
 DEFAULT_TASK_NAMES = tuple(t.name for t in DEFAULT_TASKS)
 
@@ -215,10 +216,14 @@ def impression_contract(task_names: Sequence[str]) -> tuple[ColumnSpec, ...]:
     )
 
 
-def profile_contract(profile_columns: Sequence[str]) -> tuple[ColumnSpec, ...]:
-    """user_id + the configured numeric profile columns (cast to double)."""
+def profile_contract(profile_columns: Sequence[str], *,
+                     snapshots: bool = False) -> tuple[ColumnSpec, ...]:
+    """user_id (+ ``snapshot_ds``, a date, when ``snapshots``; mtf.etl.pipeline.read_profiles
+    reads text and timestamps as dates) + the configured numeric profile columns (cast to
+    double). docs/contract.md section 4."""
     numeric = ("float", "int", "bigint", "smallint", "tinyint", "boolean")
-    return (ColumnSpec(USER_ID, "string"),
+    snapshot = (ColumnSpec(SNAPSHOT_DS, "date"),) if snapshots else ()
+    return (ColumnSpec(USER_ID, "string"), *snapshot,
             *(ColumnSpec(c, "double", numeric + ("decimal",)) for c in profile_columns))
 
 

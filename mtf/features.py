@@ -14,7 +14,9 @@ play_time_norm      min(play_time_s / play_cap_s, 1)
 
 State vector (``FEATURE_VERSION``), in this order:
 
-1. ``profile_<c>`` for each configured profile column (already numeric; null -> 0).
+1. ``profile_<c>`` for each configured profile column (already numeric; null -> 0). With a
+   ``snapshot_ds`` column in the profiles: the user's newest snapshot dated strictly before the
+   request's day (UTC date of its ts); none -> 0 (docs/contract.md section 4).
 2. ``hist_count``: log1p(n) / log1p(history_len), n = impressions in the history window
    H = the last ``history_len`` impressions before the request.
 3. ``hist_mean_<b>`` for each behaviour: mean over H (0 when H is empty).
@@ -37,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from mtf.contract import SNAPSHOT_DS
 
 FEATURE_VERSION = "v1"
 BEHAVIOURS = ("liked", "shared", "commented", "followed", "finished", "skipped",
@@ -174,7 +178,10 @@ def compute_states(cfg: FeatureConfig, impressions: pd.DataFrame,
     Args:
         impressions: columns user_id, request_id, session_id, step, ts (datetime64),
             position, play_time_s, duration_s, liked, shared, commented, followed.
-        profiles: user_id + the configured profile columns (missing users/nulls -> 0).
+        profiles: user_id + the configured profile columns (missing users/nulls -> 0); with a
+            ``snapshot_ds`` column (dates, 'YYYY-MM-DD' text or timestamps): point-in-time, the
+            newest snapshot strictly before the request's day; several rows of one
+            (user_id, snapshot_ds) resolve to the per-column maximum (nulls ignored).
     Returns:
         DataFrame with user_id, request_id, session_id, step and ``state`` (float32 arrays),
         ordered by user then request order.
@@ -205,7 +212,8 @@ def compute_states(cfg: FeatureConfig, impressions: pd.DataFrame,
                                       ureq["step"].to_numpy(), gap_h))
     hist = np.vstack(out_parts) if out_parts else np.zeros((0, len(feature_names(cfg)) -
                                                                 len(cfg.profile_columns)))
-    prof = _profile_matrix(cfg, req["user_id"].to_numpy(), profiles)
+    prof = _profile_matrix(cfg, req["user_id"].to_numpy(), profiles,
+                           _epoch_us(req["ts"]) // 86_400_000_000)
     states = np.hstack([prof, hist]).astype(np.float32)
     out = req[["user_id", "request_id", "session_id", "step"]].reset_index(drop=True)
     out["state"] = list(states)
@@ -220,7 +228,8 @@ def _epoch_us(ts: pd.Series) -> np.ndarray:
 
 
 def _profile_matrix(cfg: FeatureConfig, user_ids: np.ndarray,
-                    profiles: pd.DataFrame | None) -> np.ndarray:
+                    profiles: pd.DataFrame | None, days: np.ndarray) -> np.ndarray:
+    """``(R, P)`` profile features of requests by ``user_ids`` on ``days`` (days since epoch)."""
     if not cfg.profile_columns:
         return np.zeros((len(user_ids), 0))
     if profiles is None:
@@ -228,6 +237,24 @@ def _profile_matrix(cfg: FeatureConfig, user_ids: np.ndarray,
     missing = [c for c in ("user_id", *cfg.profile_columns) if c not in profiles.columns]
     if missing:
         raise ValueError(f"user profiles lack columns {missing}")
-    table = profiles.drop_duplicates("user_id").set_index("user_id")[list(cfg.profile_columns)]
-    got = table.reindex(user_ids).to_numpy(dtype=np.float64)
+    if SNAPSHOT_DS in profiles.columns:
+        got = _profiles_as_of(profiles, list(cfg.profile_columns), user_ids, days)
+    else:
+        table = profiles.drop_duplicates("user_id").set_index("user_id")[
+            list(cfg.profile_columns)]
+        got = table.reindex(user_ids).to_numpy(dtype=np.float64)
     return np.nan_to_num(got)
+
+
+def _profiles_as_of(profiles: pd.DataFrame, cols: list[str], user_ids: np.ndarray,
+                    days: np.ndarray) -> np.ndarray:
+    """Each request's values from its user's newest snapshot dated strictly before its day."""
+    snap_day = pd.to_datetime(profiles[SNAPSHOT_DS], utc=True)
+    snaps = (profiles.assign(_day=_epoch_us(snap_day) // 86_400_000_000)
+             .groupby(["user_id", "_day"], as_index=False)[cols].max()
+             .sort_values("_day", kind="mergesort"))
+    req = pd.DataFrame({"user_id": user_ids, "_day": np.asarray(days, dtype=np.int64),
+                        "_row": np.arange(len(user_ids))}).sort_values("_day", kind="mergesort")
+    got = pd.merge_asof(req, snaps, on="_day", by="user_id", allow_exact_matches=False,
+                        direction="backward")
+    return got.sort_values("_row")[cols].to_numpy(dtype=np.float64)

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from mtf import contract as S
 from mtf.configtools import to_dict
 from mtf.delta import is_delta_table, json_property, read_delta, table_properties, write_delta
+from mtf.errors import UserError
 from mtf.etl.config import EtlConfig, parse_ds
-from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE, add_profile_state
+from mtf.etl.state import NEXT_CORE, NEXT_DS, PREV_TS, STATE_CORE, add_profile_state
 from mtf.etl.steps import (EXPLORE_IDX, action_array, action_col, add_impression_feedback,
                            add_reward, explore_group_col)
 from mtf.etl.transitions import (active_users, add_sentinels, add_split, fix_previous_rows,
@@ -159,20 +160,24 @@ def build_requests(valid: "DataFrame", *, etl: EtlConfig, features: FeatureConfi
 
 
 def finish_transitions(requests: "DataFrame", profiles: "DataFrame | None", *,
-                       etl: EtlConfig, features: FeatureConfig,
-                       fusion: FusionConfig) -> "DataFrame":
+                       etl: EtlConfig, features: FeatureConfig, fusion: FusionConfig,
+                       window: RunWindow | None = None) -> "DataFrame":
     """Request rows -> transition columns (+ ``session_start_ts``; no split yet).
 
-    Prepends the profile features to state and next state, casts them to array<float>
-    (next_state of a terminal step: zeros), builds the action array, decodes explore_group.
+    Prepends the profile features to state and next state (as of the request's ds and the
+    next request's ds: point-in-time when the profiles have snapshots; ``window``, when given,
+    prunes the snapshots to those its days can use), casts them to array<float> (next_state of
+    a terminal step: zeros), builds the action array, decodes explore_group.
     """
     from pyspark.sql import functions as F
 
     n = len(features.feature_names)
+    # Lookup days: the output days, and the day after for the truncated rows' next state.
+    days = (window.start, window.data_end.date()) if window is not None else None
     steps = (requests.withColumnRenamed(STATE_CORE, S.STATE)
              .withColumnRenamed(NEXT_CORE, S.NEXT_STATE)
              .transform(add_profile_state, profiles, features=features,
-                        state_cols=(S.STATE, S.NEXT_STATE)))
+                        state_days={S.STATE: S.DS, S.NEXT_STATE: NEXT_DS}, days=days))
     return steps.select(
         S.SESSION_ID, S.USER_ID, S.STEP, S.TS, S.DS,
         F.col(S.STATE).cast("array<float>").alias(S.STATE),
@@ -260,8 +265,14 @@ def day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.date
 
 def read_profiles(spark: "SparkSession", path: str, features: FeatureConfig,
                   etl: EtlConfig) -> "DataFrame | None":
-    """The profile table at ``path`` conformed to its contract, one row per user (None when no
-    profile columns are configured; a missing table is an error)."""
+    """The profile table at ``path`` conformed to its contract (None when no profile columns are
+    configured; a missing table is an error): user_id, ``snapshot_ds`` when the table has one
+    (or etl.column_map maps it), the profile columns. Duplicates are resolved by
+    :func:`mtf.etl.state.add_profile_state` (docs/contract.md section 4).
+
+    Raises:
+        UserError: a ``snapshot_ds`` is null (or text that is not YYYY-MM-DD).
+    """
     from pyspark.sql import functions as F
 
     cols = list(features.profile_columns)
@@ -275,10 +286,24 @@ def read_profiles(spark: "SparkSession", path: str, features: FeatureConfig,
             "write the table (mtf simulate writes it for simulated logs), point "
             "lake.user_profiles at it, or set features.profile_columns=[] to build states "
             "without profile features")
-    prof = S.conform(read_delta(spark, path), S.profile_contract(cols),
+    table = read_delta(spark, path)
+    source = etl.column_map.get(S.SNAPSHOT_DS, S.SNAPSHOT_DS)
+    snapshots = source in table.columns or S.SNAPSHOT_DS in etl.column_map
+    kind, day = dict(table.dtypes).get(source), F.col(f"`{source}`")
+    if snapshots and kind in ("timestamp", "timestamp_ntz"):
+        table = table.withColumn(source, F.to_date(day))       # its day (sessions run in UTC)
+    elif snapshots and kind == "string":                      # exactly YYYY-MM-DD, else null
+        table = table.withColumn(source, F.when(day.rlike(r"^\d{4}-\d{2}-\d{2}$"),
+                                                day.try_cast("date")))
+    prof = S.conform(table, S.profile_contract(cols, snapshots=snapshots),
                      where=f"user_profiles {path!r}", column_map=etl.column_map)
-    # One row per user: duplicates (if any) resolve to the per-column max, deterministically.
-    return prof.groupBy(S.USER_ID).agg(*(F.max(c).alias(c) for c in cols))
+    # A snapshot without a day cannot be placed in time: refuse it rather than guess (cheap:
+    # Delta's null counts skip every file of a date column without nulls).
+    if snapshots and prof.where(F.col(S.SNAPSHOT_DS).isNull()).limit(1).count():
+        raise UserError(f"user_profiles {path!r}: rows with a null (or not YYYY-MM-DD) "
+                        f"{source} cannot be placed in time; fill in the day each row "
+                        f"describes, or drop the column for a static table")
+    return prof
 
 
 def validation_context(raw: "DataFrame", window: RunWindow) -> "DataFrame":
@@ -441,7 +466,7 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
         requests = build_requests(valid, etl=cfg.etl, features=cfg.features, fusion=cfg.fusion,
                                   reward=cfg.reward, window=window, open_users=open_users)
         current = finish_transitions(requests, profiles, etl=cfg.etl, features=cfg.features,
-                                     fusion=cfg.fusion) \
+                                     fusion=cfg.fusion, window=window) \
             .persist(StorageLevel.MEMORY_AND_DISK)
         stats = current.agg(
             F.count(F.lit(1)).alias("steps"),

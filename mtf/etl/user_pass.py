@@ -15,8 +15,9 @@ emits per request:
   :func:`mtf.features.state_from_sums`): the last ``history_len`` (running sums with a lagged
   difference), the decayed last ``recent_len`` (the reference's loop over ages), the session's
   earlier requests;
-* ``next_core``, ``is_terminal``, ``is_truncated`` from the user's next request
-  (:mod:`mtf.etl.transitions` has the rules).
+* ``next_core``, ``next_ds``, ``is_terminal``, ``is_truncated`` from the user's next request
+  (:mod:`mtf.etl.transitions` has the rules; ``next_ds``, that request's ds, is the day whose
+  profile :func:`mtf.etl.state.add_profile_state` prepends to the next state).
 
 Why not Spark window functions: they needed 48 running aggregates per impression, an
 aggregation to requests, a second shuffle and three more window operators over the requests;
@@ -36,7 +37,7 @@ import numpy as np
 
 from mtf import contract as S
 from mtf.etl.sessionize import PrevRequest, assign_sessions, session_id
-from mtf.etl.state import NEXT_CORE, PREV_TS, STATE_CORE
+from mtf.etl.state import NEXT_CORE, NEXT_DS, PREV_TS, STATE_CORE
 from mtf.features import BEHAVIOURS, FeatureConfig, impression_behaviours, state_from_sums
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ RAW_PLAY_TIME_NORM = "fb_play_time_norm"  # per impression: play time at the rew
 # Per-page feedback sums: the reward's regressors, in the order of the reward weights.
 FEEDBACK = ("play_time_norm", "play_ratio", *S.INTERACTION_COLUMNS)
 # Impression columns the pass reads besides the pass-through ones.
-PASS_INPUT = (S.USER_ID, S.TS, S.REQUEST_ID, IS_SENTINEL, APP_SID_HASH, S.PLAY_TIME_S,
+PASS_INPUT = (S.USER_ID, S.TS, S.DS, S.REQUEST_ID, IS_SENTINEL, APP_SID_HASH, S.PLAY_TIME_S,
               S.DURATION_S, *S.INTERACTION_COLUMNS, RAW_PLAY_TIME_NORM)
 
 
@@ -141,6 +142,7 @@ def _process(table: "pa.Table", carry: _Carry | None, *, features: FeatureConfig
     complete and its next state is known) or at the end of the partition (``final``).
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = table.num_rows
     H, W, d = features.history_len, features.recent_len, float(features.decay)
@@ -212,6 +214,9 @@ def _process(table: "pa.Table", carry: _Carry | None, *, features: FeatureConfig
         sentinel = table.column(IS_SENTINEL).to_numpy()[reqs]
         truncated = nxt & np.r_[sentinel[1:], False][done]
         next_core = np.r_[core[1:], np.zeros((1, core.shape[1]))][done]
+        ds = table.column(S.DS).combine_chunks()
+        next_ds = pc.if_else(pa.array(nxt), ds.take(pa.array(np.r_[reqs[1:], reqs[-1]][done])),
+                             pa.scalar(None, ds.type))
         out = _request_batch(table, reqs[done], ends[done], play, beh, passthrough, {
             S.SESSION_ID: pa.array(sess.session_id[done], pa.string()),
             S.STEP: pa.array(sess.step[done].astype(np.int32)),
@@ -219,6 +224,7 @@ def _process(table: "pa.Table", carry: _Carry | None, *, features: FeatureConfig
             PREV_TS: _timestamps(sess.prev_ts_us[done], table, ~sess.has_prev[done]),
             STATE_CORE: _lists(core[done], None),
             NEXT_CORE: _lists(next_core, ~nxt),
+            NEXT_DS: next_ds,
             S.IS_TERMINAL: pa.array(~nxt),
             S.IS_TRUNCATED: pa.array(truncated),
         })
@@ -292,7 +298,8 @@ def impressions_to_requests(imps: "DataFrame", *, features: FeatureConfig, gap_s
     Returns the ``passthrough`` columns (values of the request's first impression),
     ``n_items``, ``dwell_s``, the ``fb_*`` page sums, session_id, step, ``session_start_ts``,
     ``prev_ts``, ``state_core``, ``next_core`` (array<double>, null when terminal),
-    is_terminal and is_truncated. One shuffle by user and a sort, then the ordered pass.
+    ``next_ds`` (the next request's ds, null when terminal), is_terminal and is_truncated.
+    One shuffle by user and a sort, then the ordered pass.
     """
     from pyspark.sql.types import (ArrayType, BooleanType, DoubleType, IntegerType, LongType,
                                    StringType, StructField, StructType)
@@ -312,6 +319,7 @@ def impressions_to_requests(imps: "DataFrame", *, features: FeatureConfig, gap_s
            StructField(S.STEP, IntegerType(), False),
            StructField(SESSION_START_TS, ts_type, False), StructField(PREV_TS, ts_type, True),
            StructField(STATE_CORE, core, False), StructField(NEXT_CORE, core, True),
+           StructField(NEXT_DS, ordered.schema[S.DS].dataType, True),
            StructField(S.IS_TERMINAL, BooleanType(), False),
            StructField(S.IS_TRUNCATED, BooleanType(), False)])
     return ordered.mapInArrow(RequestPass(features, float(gap_s), tuple(passthrough)), schema)
