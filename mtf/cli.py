@@ -48,6 +48,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtf",
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="config override (repeatable)")
         p.add_argument("overrides", nargs="*", type=str, metavar="KEY=VALUE",
                        help="config overrides, e.g. train.batch_size=512")
-        p.add_argument("--log-level", type=str, default="INFO")
+        p.add_argument("--log-level", type=str.upper, default="INFO", choices=LOG_LEVELS,
+                       help="DEBUG also prints the traceback of a user error")
     return parser
 
 
@@ -73,19 +77,22 @@ def _version() -> str:
 
 
 def resolve(target: str) -> Callable[..., int]:
+    from mtf.errors import UserError
+
     module, func = target.split(":")
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name and module.startswith(exc.name):
-            raise SystemExit(f"mtf: this command is not available in this build ({module} "
-                             f"is missing)") from None
+            raise UserError(f"this command is not available in this build ({module} "
+                            f"is missing)") from None
         raise
     return getattr(mod, func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mtf.configtools import ConfigError
+    """Run one command; a user mistake (:class:`mtf.errors.UserError`) exits 2 with one line."""
+    from mtf.errors import EXIT_USER_ERROR, UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -100,11 +107,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, rank=int(rank) if rank is not None else None)
     try:
         cfg = load_config(args.conf_file, [*args.set, *args.overrides])
-    except ConfigError as exc:
-        print(f"mtf {args.command}: config error: {exc}", file=sys.stderr)
-        return 2
-    run = resolve(COMMANDS[args.command].target)
-    return int(run(cfg) or 0)
+        run = resolve(COMMANDS[args.command].target)
+        return int(run(cfg) or 0)
+    except UserError as exc:
+        report_user_error(args.command, exc)
+        return EXIT_USER_ERROR
+
+
+def report_user_error(command: str, exc: BaseException) -> None:
+    """``mtf <command>: error: <message>`` on stderr, in one line; the traceback (above it)
+    only at --log-level debug: the message names what to fix, a traceback is for bugs."""
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("traceback of the error below", exc_info=exc)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"mtf {command}: error: {message}", file=sys.stderr)
 
 
 def show_config(cfg: object) -> int:
@@ -114,12 +130,8 @@ def show_config(cfg: object) -> int:
 
 
 def print_jars(cfg: object) -> int:
-    from mtf.spark import delta_jars, jars_dir
-    jars = delta_jars()
-    if not jars:
-        print(f"no Delta jars in {jars_dir()}; run scripts/setup.sh", file=sys.stderr)
-        return 1
-    print(",".join(jars))
+    from mtf.spark import require_delta_jars
+    print(",".join(require_delta_jars()))
     return 0
 
 

@@ -140,8 +140,21 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        # __post_init__ range checks: re-raise with the section name so users can find the key.
-        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+        # __post_init__ range checks raise plain ValueErrors (the dataclasses are also built
+        # in code); from a config they become one ConfigError line naming the dotted key.
+        raise ConfigError(_validation_message(prefix or cls.__name__, str(exc))) from exc
+
+
+def _validation_message(section: str, message: str) -> str:
+    """One line naming the key: 'train.bcq' + 'bcq.lam must ...' -> 'train.bcq.lam must ...';
+    a message without the section's name gets it in front ('etl: session_gap_s must ...')."""
+    message = " ".join(message.split())
+    last = section.rsplit(".", 1)[-1]
+    if message.startswith(f"{section}."):
+        return message
+    if message.startswith(f"{last}."):
+        return f"{section}{message[len(last):]}"
+    return f"{section}: {message}"
 
 
 def check_moved(data: Mapping[str, Any], moved: Mapping[str, str]) -> None:
@@ -176,7 +189,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
-    return path, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a YAML date like 2026-13-01
+        raise ConfigError(f"override {text!r}: the value is not valid YAML "
+                          f"({_yaml_problem(exc)}); fix it, or quote a string value") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -214,7 +231,17 @@ def read_yaml(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path!r} is not valid YAML: {_yaml_problem(exc)}") \
+            from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping at top level")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: the problem and where (line, column; 1-based)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())

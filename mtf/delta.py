@@ -14,6 +14,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
+from mtf.errors import MissingInputError, TableVersionError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -32,14 +34,36 @@ def _local(path: str) -> str | None:
     return None if "://" in path else path
 
 
-def read_delta(spark: "SparkSession", path: str, version: int | None = None) -> "DataFrame":
-    """Read table ``path``, optionally as of ``version`` (time travel)."""
+def require_table(path: str) -> None:
+    """Raise MissingInputError when the local ``path`` holds no Delta table (a remote path is
+    left to the reader, which names it)."""
     if _local(path) is not None and not is_delta_table(path):
-        raise FileNotFoundError(f"no Delta table at {path!r} (missing _delta_log)")
+        raise MissingInputError(f"no Delta table at {path!r} (missing _delta_log)")
+
+
+def _no_version(path: str, version: int, latest: int) -> TableVersionError:
+    return TableVersionError(f"Delta table {path!r} has no version {version}; its latest "
+                             f"version is {latest}", latest=latest)
+
+
+def read_delta(spark: "SparkSession", path: str, version: int | None = None) -> "DataFrame":
+    """Read table ``path``, optionally as of ``version`` (time travel).
+
+    Raises:
+        MissingInputError: no Delta table at the local ``path``.
+        TableVersionError: ``version`` is newer than the table's latest version.
+    """
+    require_table(path)
     reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", int(version))
-    return reader.load(path)
+    if version is None:
+        return reader.load(path)
+    try:
+        return reader.option("versionAsOf", int(version)).load(path)
+    except Exception as exc:  # Delta's own error is a multi-line JVM stack
+        latest = table_version(spark, path)
+        if version > latest:
+            raise _no_version(path, version, latest) from exc
+        raise
 
 
 def write_delta(df: "DataFrame", path: str, *, mode: str,
@@ -185,6 +209,7 @@ def table_version(spark: "SparkSession", path: str) -> int:
     """The latest committed version of table ``path``."""
     from delta.tables import DeltaTable
 
+    require_table(path)
     row = DeltaTable.forPath(spark, path).history(1).select("version").first()
     if row is None:
         raise ValueError(f"Delta table {path!r} has no history")
@@ -210,9 +235,16 @@ def delta_snapshot(path: str, version: int | None = None) -> tuple[int, list[str
     """
     from deltalake import DeltaTable
 
-    if _local(path) is not None and not is_delta_table(path):
-        raise FileNotFoundError(f"no Delta table at {path!r} (missing _delta_log)")
-    table = DeltaTable(path, version=version)
+    require_table(path)
+    try:
+        table = DeltaTable(path, version=version)
+    except Exception as exc:  # deltalake's error does not name the versions there are
+        if version is None:
+            raise
+        latest = DeltaTable(path).version()
+        if version > latest:
+            raise _no_version(path, version, latest) from exc
+        raise
     uris = []
     for uri in table.file_uris():
         if "://" not in uri:

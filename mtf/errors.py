@@ -13,3 +13,19 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
     """A mistake the user can fix; the message says what and how (one line)."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A table, file or directory that the config or the command line names does not exist."""
+
+
+class TableVersionError(UserError, ValueError):
+    """A pinned Delta table version that the table does not have; ``latest`` is its newest."""
+
+    def __init__(self, message: str, latest: int | None = None) -> None:
+        super().__init__(message)
+        self.latest = latest
+
+
+class NoGpuError(UserError, ValueError):
+    """The config asks for a CUDA device but torch sees none."""

@@ -23,6 +23,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from mtf.config import SparkConfig
+from mtf.errors import UserError
 
 if TYPE_CHECKING:  # pyspark is imported lazily so `mtf --help` stays fast
     from pyspark.sql import SparkSession
@@ -54,6 +55,16 @@ def delta_jars() -> list[str]:
     return sorted(glob.glob(os.path.join(jars_dir(), "*.jar")))
 
 
+def require_delta_jars() -> list[str]:
+    """The cached Delta jar files; a UserError saying how to fetch them when there are none."""
+    jars = delta_jars()
+    if not jars:
+        raise UserError(f"no Delta Lake jars in {jars_dir()} (MTF_JARS_DIR): run "
+                        f"scripts/setup.sh or `python -m mtf.spark --fetch-jars` once to "
+                        f"download {DELTA_PACKAGE}")
+    return jars
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was started by spark-submit (the JVM already runs)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -66,11 +77,7 @@ def get_spark(app_name: str, cfg: "SparkConfig | None" = None) -> "SparkSession"
     cfg = cfg or SparkConfig()
     builder = SparkSession.builder.appName(app_name)
     if not under_spark_submit():
-        jars = delta_jars()
-        if not jars:
-            raise RuntimeError(
-                f"Delta Lake jars not found in {jars_dir()}. Run scripts/setup.sh (or "
-                f"`python -m mtf.spark --fetch-jars`) once to download {DELTA_PACKAGE}.")
+        jars = require_delta_jars()
         # Executors (standalone cluster, local mode) must run this interpreter, not the
         # system python (docs/stack.md).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -96,9 +103,9 @@ def _check_delta_on_classpath(spark: "SparkSession") -> None:
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         loader.loadClass("io.delta.sql.DeltaSparkSessionExtension")
     except Exception as exc:  # py4j wraps ClassNotFoundException
-        raise RuntimeError(
-            "Delta Lake classes are not on the classpath. Pass them to spark-submit, e.g. "
-            f"`--packages {DELTA_PACKAGE}` or `--jars $(mtf jars)`.") from exc
+        raise UserError(
+            "Delta Lake classes are not on the classpath: pass them to spark-submit, e.g. "
+            f"`--packages {DELTA_PACKAGE}` or `--jars $(mtf jars)`") from exc
 
 
 def fetch_jars(dest: str | None = None) -> list[str]:

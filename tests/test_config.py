@@ -64,8 +64,11 @@ def test_scientific_notation_without_a_dot_is_a_float() -> None:
     ("train.batch_size=abc", r"train\.batch_size: expected int, got str 'abc'"),
     ("spark.conf=3", r"spark\.conf: expected a mapping, got int 3"),
     ("train=5", r"train: expected a mapping for section TrainConfig, got int 5"),
-    ("mdp.gamma=0", r"mdp: .*gamma must be in \(0, 1\], got 0\.0"),
-    ("fusion.tasks=[]", r"fusion: fusion\.tasks must list at least one task"),
+    # __post_init__ checks: the dotted key once, not "mdp: mdp.gamma"
+    ("mdp.gamma=0", r"^mdp\.gamma must be in \(0, 1\], got 0\.0$"),
+    ("fusion.tasks=[]", r"^fusion\.tasks must list at least one task$"),
+    ("train.bcq.lam=2", r"^train\.bcq\.lam must be in \[0, 1\], got 2\.0$"),
+    ("etl.files_per_day=0", r"^etl: files_per_day must be > 0, got 0$"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mtf.configtools import check_non_negative, check_positive
+from mtf.errors import NoGpuError
 
 # Estimators in report order. ``conservative_fqe`` is the paper's Conservative-OPEstimator, the
 # one the go / no-go decision uses; the others are references fitted on the same data.
@@ -184,8 +185,11 @@ class OpeConfig:
 
     def resolved_device(self) -> str:
         """``cuda`` for ``auto`` when torch sees a GPU, else ``cpu``; other values as set."""
-        if self.device != "auto":
-            return self.device
         import torch
 
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise NoGpuError("ope.device='cuda' but torch.cuda.is_available() is False (no GPU "
+                             "or CUDA driver here): set ope.device=auto or cpu")
+        if self.device != "auto":
+            return self.device
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -36,6 +36,7 @@ from mtf import __version__
 from mtf.configtools import to_dict
 from mtf.contract import PROP_ACTION_TASKS, PROP_FEATURE_NAMES
 from mtf.delta import delta_snapshot, read_delta, table_properties, table_version
+from mtf.errors import MissingInputError, TableVersionError
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
@@ -48,6 +49,7 @@ from mtf.ope.report import write_report
 from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
                            session_statistics_df)
 from mtf.ope.truth import compare_with_truth
+from mtf.rl.loader import no_transitions_table
 from mtf.spark import get_spark
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ def run(cfg: "MtfConfig") -> int:
     import torch
 
     ope = cfg.ope
+    ope.resolved_device()   # ope.device=cuda without a GPU stops before any Spark work
     if ope.threads:
         torch.set_num_threads(ope.threads)
     spark = get_spark("mtf-evaluate", cfg.spark)
@@ -102,11 +105,20 @@ def _layout(spark: "SparkSession", path: str, version: int, features_cfg: Featur
 
 def split_frame(spark: "SparkSession", path: str, version: int | None,
                 split: str) -> tuple["DataFrame", int]:
-    """The rows of ``split`` of the pinned table version, and that version."""
+    """The rows of ``split`` of the pinned table version (``ope.table_version``), and that
+    version."""
     from pyspark.sql import functions as F
 
-    pinned = table_version(spark, path) if version is None else int(version)
-    df = read_delta(spark, path, pinned)
+    try:
+        pinned = table_version(spark, path) if version is None else int(version)
+        df = read_delta(spark, path, pinned)
+    except MissingInputError:
+        raise no_transitions_table(path) from None
+    except TableVersionError as exc:
+        raise TableVersionError(
+            f"cannot evaluate transitions table {path!r} at version {version}: its latest "
+            f"version is {exc.latest}; set ope.table_version to a version <= {exc.latest}, or "
+            f"to null for the latest", latest=exc.latest) from None
     require_columns(df.columns, f"transitions table {path!r} (version {pinned})")
     if SPLIT not in df.columns:
         raise ValueError(f"transitions table {path!r} (version {pinned}) has no {SPLIT!r} column")

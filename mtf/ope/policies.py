@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtf.configtools import ConfigError
+from mtf.errors import MissingInputError
 from mtf.ope.config import LOGGING_POLICY
 from mtf.serving.export import ConstantPolicy, torch_policy
 
@@ -241,8 +243,8 @@ def baseline_action(fusion: "FusionConfig", serving: "ServingConfig") -> np.ndar
     k = fusion.k
     action = serving.baseline_action
     if action and len(action) != k:
-        raise ValueError(f"serving.baseline_action has {len(action)} values but fusion.tasks has "
-                         f"{k} ({list(fusion.names)}); set serving.baseline_action")
+        raise ConfigError(f"serving.baseline_action has {len(action)} values but fusion.tasks has "
+                          f"{k} ({list(fusion.names)}); set serving.baseline_action")
     return np.asarray(action, dtype=np.float64) if action else np.zeros(k)
 
 
@@ -292,8 +294,9 @@ def _resolve_export(entry: str, models_dir: str) -> str:
                       os.path.join(models_dir, entry, "export")):
         if os.path.isfile(os.path.join(candidate, POLICY_FILE)):
             return candidate
-    raise FileNotFoundError(f"ope.policies entry {entry!r}: no {POLICY_FILE} in it, nor in "
-                            f"{models_dir}/{entry}[/export]")
+    raise MissingInputError(f"ope.policies entry {entry!r}: no {POLICY_FILE} in it, nor in "
+                            f"{models_dir}/{entry}[/export]; list exported policy directories "
+                            f"or run ids there")
 
 
 # ---- the target density -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mtf.errors import MissingInputError
 from mtf.rl.batch import Normalizer
 from mtf.rl.layout import ActionSpace, TableLayout
 
@@ -114,10 +115,11 @@ def resolve_checkpoint(path: str) -> str:
     if os.path.isdir(path):
         latest = latest_checkpoint(path)
         if latest is None:
-            raise FileNotFoundError(f"run directory {path!r} holds no checkpoints under "
+            raise MissingInputError(f"run directory {path!r} holds no checkpoints under "
                                     f"{CHECKPOINT_DIR}/")
         return latest
-    raise FileNotFoundError(f"no checkpoint file or run directory at {path!r}")
+    raise MissingInputError(f"no checkpoint file or run directory at {path!r}; point "
+                            f"train.export_checkpoint (or train.resume_from) at one")
 
 
 def run_dir_of(checkpoint: str) -> str:

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mtf.errors import NoGpuError
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +68,9 @@ def pick_device(requested: str, info: DistInfo) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but torch.cuda.is_available() is False")
+        raise NoGpuError("train.device='cuda' but torch.cuda.is_available() is False (no GPU "
+                         "or CUDA driver here): set train.device=auto or cpu, or run on a GPU "
+                         "machine")
     return torch.device("cuda", info.local_rank % torch.cuda.device_count())
 
 

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from mtf.config import MtfConfig
-from mtf.configtools import from_dict, to_dict
+from mtf.configtools import ConfigError, from_dict, to_dict
 from mtf.log import setup_logging
 from mtf.rl.batch import STATE, Normalizer
 from mtf.rl.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, run_dir_of
@@ -82,8 +82,8 @@ def run_export(cfg: "MtfConfig") -> int:
 
     where = cfg.train.export_checkpoint
     if not where:
-        raise ValueError("mtf export needs train.export_checkpoint=<checkpoint file or run "
-                         "directory> (a run id under the lake's models directory works too)")
+        raise ConfigError("mtf export needs train.export_checkpoint=<checkpoint file or run "
+                          "directory> (a run id under the lake's models directory works too)")
     if not os.path.exists(where):
         candidate = os.path.join(cfg.lake.path("models"), where)
         where = candidate if os.path.exists(candidate) else where
@@ -91,9 +91,9 @@ def run_export(cfg: "MtfConfig") -> int:
     ckpt = load_checkpoint(path)
     configured = ActionSpace.from_fusion(cfg.fusion)
     if configured != ckpt.action_space:
-        raise ValueError(f"checkpoint {path!r} was trained with fusion tasks/intervals "
-                         f"{ckpt.action_space.to_dict()} but the config has "
-                         f"{configured.to_dict()}")
+        raise ConfigError(f"checkpoint {path!r} was trained with fusion tasks/intervals "
+                          f"{ckpt.action_space.to_dict()} but the config has "
+                          f"{configured.to_dict()}; set fusion.tasks as in training")
     exported = export_policy(path, os.path.join(run_dir_of(path), EXPORT_DIR))
     logger.info("exported policy: %s (sidecar %s)", exported.policy_path, exported.sidecar_path)
     return 0

@@ -26,6 +26,7 @@ import torch
 from numpy.typing import NDArray
 
 from mtf.delta import delta_snapshot
+from mtf.errors import MissingInputError, TableVersionError
 from mtf.rl.batch import (ACTION, EXPLORE_GROUP, GROUP, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS,
                           REWARD, SPLIT, STATE, TransitionBatch, group_codes)
 
@@ -55,23 +56,29 @@ class TransitionTable:
 
 
 def open_transitions(path: str, version: int | None = None, *, start_ds: str = "",
-                     end_ds: str = "") -> TransitionTable:
+                     end_ds: str = "", version_key: str = "train.table_version"
+                     ) -> TransitionTable:
     """Pin ``version`` (latest when None) of the transitions table at ``path`` and check it.
 
     ``start_ds`` / ``end_ds`` (inclusive, YYYY-MM-DD) keep only the files of those ``ds``
     partitions (the paper retrains daily on the last 3 days); files are chosen by their
-    ``ds=`` partition directory, so no row is read to filter.
+    ``ds=`` partition directory, so no row is read to filter. ``version_key`` is the config key
+    that pinned ``version`` (named in the error for a version the table does not have).
 
     Raises:
-        FileNotFoundError: no Delta table at ``path``.
+        MissingInputError: no Delta table at ``path``.
+        TableVersionError: ``version`` is newer than the table's latest.
         ValueError: unreadable version, missing layout properties, missing columns, no rows.
     """
     try:
         pinned, uris, props = delta_snapshot(path, version)
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no transitions table at {path!r} (no _delta_log); build it first with "
-            f"`mtf build-transitions`, or point lake.transitions at it") from None
+        raise no_transitions_table(path) from None
+    except TableVersionError as exc:
+        raise TableVersionError(
+            f"cannot open transitions table {path!r} at version {version}: its latest version "
+            f"is {exc.latest}; set {version_key} to a version <= {exc.latest}, or to null for "
+            f"the latest", latest=exc.latest) from None
     except Exception as exc:  # deltalake raises its own error types for bad versions/paths
         raise ValueError(f"cannot open transitions table {path!r} at version "
                          f"{'latest' if version is None else version}: {exc}") from exc
@@ -98,6 +105,13 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
                 "%d features (version %s), tasks %s", path, pinned, n_rows, len(uris), n_groups,
                 layout.state_dim, layout.feature_version, list(layout.action_tasks))
     return TransitionTable(layout, tuple(uris), n_rows, n_groups, optional)
+
+
+def no_transitions_table(path: str) -> MissingInputError:
+    """The error for a missing transitions table: where it was looked for, how to make one."""
+    return MissingInputError(f"no transitions table at {path!r} (no _delta_log); build it "
+                             f"first with `mtf build-transitions`, or point lake.transitions "
+                             f"at it")
 
 
 def select_days(uris: Sequence[str], start_ds: str, end_ds: str, where: str) -> list[str]:

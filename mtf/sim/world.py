@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mtf.configtools import ConfigError
 from mtf.contract import PROFILE_COLUMNS
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
@@ -112,19 +113,19 @@ class World:
             raise ValueError(f"mdp.gamma must be in (0, 1], got {gamma!r}")
         unknown = [t for t in fusion.names if t not in KNOWN_TASKS]
         if unknown:
-            raise ValueError(f"fusion.tasks {unknown} have no simulated ground truth; the "
-                             f"simulator knows {list(KNOWN_TASKS)}")
+            raise ConfigError(f"fusion.tasks {unknown} have no simulated ground truth; the "
+                              f"simulator knows {list(KNOWN_TASKS)}")
         unknown = [c for c in features.profile_columns if c not in PROFILE_COLUMNS]
         if unknown:
-            raise ValueError(f"features.profile_columns {unknown} are not simulated; the "
-                             f"simulator writes {list(PROFILE_COLUMNS)}")
+            raise ConfigError(f"features.profile_columns {unknown} are not simulated; the "
+                              f"simulator writes {list(PROFILE_COLUMNS)}")
         base = serving.baseline_action
         if base and len(base) != fusion.k:
-            raise ValueError(f"serving.baseline_action has {len(base)} values but "
-                             f"fusion.tasks has {fusion.k} ({list(fusion.names)})")
+            raise ConfigError(f"serving.baseline_action has {len(base)} values but "
+                              f"fusion.tasks has {fusion.k} ({list(fusion.names)})")
         resp = sim.response
         if resp.min_watch_s < features.skip_s or resp.skip_play_max_s >= features.skip_s:
-            raise ValueError(
+            raise ConfigError(
                 f"sim.response.min_watch_s ({resp.min_watch_s}) must be >= features.skip_s "
                 f"({features.skip_s}) > sim.response.skip_play_max_s ({resp.skip_play_max_s}), "
                 "so that 'click' in the simulator is 'not skipped' in the features")
