@@ -31,6 +31,9 @@ COMMANDS: dict[str, Command] = {
                         "simulate impression logs + user profiles into Delta (Spark)"),
     "build-transitions": Command("mtf.etl.job:run",
                                  "validate, sessionize, featurize, reward -> transitions (Spark)"),
+    "check-logs": Command("mtf.etl.check:run",
+                          "check the impression logs against the input contract; writes "
+                          "nothing (Spark)"),
     "calibrate-rewards": Command("mtf.etl.calibrate:run",
                                  "fit reward weights against future dwell time (Spark ML)"),
     "train": Command("mtf.rl.job:run",

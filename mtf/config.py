@@ -16,7 +16,7 @@ from typing import Sequence
 
 from mtf.configtools import (ConfigError, apply_overrides, check_moved, from_dict, read_yaml,
                              to_dict)
-from mtf.etl.config import EtlConfig
+from mtf.etl.config import CheckConfig, EtlConfig
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
 from mtf.loop.config import PipelineConfig
@@ -90,6 +90,7 @@ class MtfConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     etl: EtlConfig = field(default_factory=EtlConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mtf import contract as S
-from mtf.delta import read_delta
+from mtf.etl.ingest import read_raw_logs
 from mtf.etl.pipeline import (BUILD_SESSION_CONF, RunWindow, Validator, build_requests, day_range,
                               session_conf, validation_context)
 from mtf.etl.steps import REWARD_WEIGHT_NAMES, reward_weights
@@ -120,8 +120,7 @@ def _run_calibration(spark: "SparkSession", cfg: "MtfConfig") -> Calibration:
     from pyspark.sql import functions as F
 
     raw_path = cfg.lake.path("raw_logs")
-    raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
-                    where=f"raw_logs {raw_path!r}", column_map=cfg.etl.column_map)
+    raw = read_raw_logs(spark, raw_path, cfg.fusion.names, cfg.etl)
     first_ds, last_ds = (day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
                          if cfg.etl.is_full_rebuild else (None, None))
     window = RunWindow.resolve(cfg.etl, first_ds, last_ds)

@@ -9,11 +9,25 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from mtf.contract import EXPLORE_GROUPS
+from mtf.contract import EXPLORE_GROUPS, TS_UNITS
 
 # The largest inactivity gap we accept: a session must be decidable as ended within one day, so
 # that a daily run only ever has to revisit the previous day's last rows (docs/etl.md).
 MAX_SESSION_GAP_S = 86_399
+
+
+def _check_zone(name: str) -> None:
+    """ValueError unless ``name`` is a time-zone name (IANA, e.g. 'Europe/Paris', or 'UTC')."""
+    import zoneinfo
+
+    if name == "UTC":
+        return
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        if zoneinfo.available_timezones():   # without a zone database nothing can be checked
+            raise ValueError(f"ts_timezone must be a time-zone name like 'UTC' or "
+                             f"'Europe/Paris', got {name!r}") from None
 
 
 def parse_ds(value: str, key: str) -> dt.date:
@@ -52,6 +66,9 @@ class EtlConfig:
     # --- input ---
     column_map: dict[str, str] = field(default_factory=dict)  # contract name -> column name in
                                        # the logs, e.g. {ts: event_time}; unmapped = same name
+    ts_timezone: str = "UTC"           # zone of a timestamp_ntz ts (a wall clock), IANA name
+    ts_unit: str = ""                  # unit of an integer epoch ts: s, ms, us or ns; "" =
+                                       # refuse an integer ts (docs/contract.md section 1)
     # --- reward calibration (mtf.etl.calibrate) ---
     calibration_drop_last_step: bool = True  # leave out each session's last step (its future
                                              # dwell is 0 by construction or unknown)
@@ -91,6 +108,10 @@ class EtlConfig:
                                  f"'2026-01-03T00:00:00', got {self.test_start_ts!r}") from None
         if self.files_per_day <= 0:
             raise ValueError(f"files_per_day must be > 0, got {self.files_per_day}")
+        if self.ts_unit not in ("", *TS_UNITS):
+            raise ValueError(f"ts_unit must be one of {list(TS_UNITS)} or '' (no epoch ts), "
+                             f"got {self.ts_unit!r}")
+        _check_zone(self.ts_timezone)
         bad = {k: v for k, v in self.column_map.items() if not k or not v}
         if bad:
             raise ValueError(f"column_map entries must be non-empty names, got {bad}")
@@ -99,3 +120,11 @@ class EtlConfig:
     def is_full_rebuild(self) -> bool:
         """True when no day range is given: every day in the logs is (re)built."""
         return not self.start_ds
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """``mtf check-logs`` (mtf.etl.check): where its report goes besides the console."""
+
+    json_out: str = ""        # also write the report as JSON to this file ("" = none)
+    print_json: bool = False  # print the report as JSON on stdout instead of the text report

@@ -26,6 +26,7 @@ from mtf.configtools import to_dict
 from mtf.delta import is_delta_table, json_property, read_delta, table_properties, write_delta
 from mtf.errors import UserError
 from mtf.etl.config import EtlConfig, parse_ds
+from mtf.etl.ingest import read_raw_logs
 from mtf.etl.state import NEXT_CORE, NEXT_DS, PREV_TS, STATE_CORE, add_profile_state
 from mtf.etl.steps import (EXPLORE_IDX, action_array, action_col, add_impression_feedback,
                            add_reward, explore_group_col)
@@ -431,8 +432,7 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
 
     raw_path = cfg.lake.path("raw_logs")
     trans_path = cfg.lake.path("transitions")
-    raw = S.conform(read_delta(spark, raw_path), S.impression_contract(cfg.fusion.names),
-                    where=f"raw_logs {raw_path!r}", column_map=cfg.etl.column_map)
+    raw = read_raw_logs(spark, raw_path, cfg.fusion.names, cfg.etl)
     profiles = read_profiles(spark, cfg.lake.path("user_profiles"), cfg.features, cfg.etl)
     first_ds, last_ds = (day_range(raw, cfg.etl.column_map.get(S.DS, S.DS))
                          if cfg.etl.is_full_rebuild else (None, None))

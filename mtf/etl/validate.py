@@ -3,7 +3,10 @@
 Stage :func:`add_reject_reason` adds the nullable string column ``reject_reason`` (the first rule
 that fails, in the order of :data:`REASONS`) instead of raising: bad rows are data, routed to the
 quarantine table by the job. Schema problems (a missing or mistyped column) are not row rules;
-they fail the job before anything is written (:func:`mtf.contract.conform`).
+they fail the job before anything is written (:func:`mtf.contract.conform`). A value that does
+not fit its column's canonical type (a bigint position above the int range) is a row problem:
+conform nulls it and names it in ``cast_reject_reason``, which comes first here
+(``out_of_range_<column>``).
 
 Duplicates: rows that pass every other rule and share an ``event_id`` within one ``ds``
 partition are duplicates; the first by (ts, user_id, request_id, position, item_id, play_time_s,
@@ -42,10 +45,14 @@ FUSION_WEIGHTS_OUT_OF_RANGE = "fusion_weights_out_of_range"  # null/NaN element 
 UNKNOWN_EXPLORE_GROUP = "unknown_explore_group"
 DUPLICATE_EVENT_ID = "duplicate_event_id"
 
-REASONS = (*(f"null_{c}" for c in ID_COLUMNS), NULL_TS, NULL_POSITION, DS_MISMATCH, NULL_FEEDBACK,
-           NEGATIVE_PLAY_TIME, ABSURD_PLAY_TIME, INVALID_DURATION, PLAY_TIME_EXCEEDS_DURATION,
-           INVALID_INTERACTION, NULL_FUSION_WEIGHTS, FUSION_WEIGHTS_LENGTH,
-           FUSION_WEIGHTS_OUT_OF_RANGE, UNKNOWN_EXPLORE_GROUP, DUPLICATE_EVENT_ID)
+# A value outside its canonical type (mtf.contract.conform): first, since its value is now null.
+OUT_OF_RANGE = tuple(S.out_of_range_reason(c) for c in S.RANGE_CHECKED_COLUMNS)
+
+REASONS = (*OUT_OF_RANGE, *(f"null_{c}" for c in ID_COLUMNS), NULL_TS, NULL_POSITION,
+           DS_MISMATCH, NULL_FEEDBACK, NEGATIVE_PLAY_TIME, ABSURD_PLAY_TIME, INVALID_DURATION,
+           PLAY_TIME_EXCEEDS_DURATION, INVALID_INTERACTION, NULL_FUSION_WEIGHTS,
+           FUSION_WEIGHTS_LENGTH, FUSION_WEIGHTS_OUT_OF_RANGE, UNKNOWN_EXPLORE_GROUP,
+           DUPLICATE_EVENT_ID)
 
 # Order that picks the kept copy among duplicates (deterministic for differing copies).
 DEDUP_ORDER = (S.TS, S.USER_ID, S.REQUEST_ID, S.POSITION, S.ITEM_ID, S.PLAY_TIME_S, S.DURATION_S)
@@ -122,7 +129,8 @@ def _row_rules(rules: RowRules) -> list[tuple["Column", str]]:
 def add_row_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
     """Add ``reject_reason`` from the per-row rules only (no duplicate check; narrow).
 
-    Requires the impression-contract columns (:func:`mtf.contract.impression_contract`).
+    Requires the impression-contract columns (:func:`mtf.contract.impression_contract`);
+    consumes conform's ``cast_reject_reason`` when present (it wins over the rules).
     """
     from pyspark.sql import functions as F
 
@@ -130,7 +138,11 @@ def add_row_reason(df: "DataFrame", *, rules: RowRules) -> "DataFrame":
     reason = F.when(rule_list[0][0], F.lit(rule_list[0][1]))
     for cond, name in rule_list[1:]:  # one flat CASE WHEN: the first failing rule wins
         reason = reason.when(cond, F.lit(name))
-    return df.withColumn(S.REJECT_REASON, reason.otherwise(F.lit(None).cast("string")))
+    reason = reason.otherwise(F.lit(None).cast("string"))
+    if S.CAST_REJECT_REASON in df.columns:
+        reason = F.coalesce(F.col(S.CAST_REJECT_REASON), reason)
+        return df.withColumn(S.REJECT_REASON, reason).drop(S.CAST_REJECT_REASON)
+    return df.withColumn(S.REJECT_REASON, reason)
 
 
 def _rank_copies(flagged: "DataFrame") -> "DataFrame":

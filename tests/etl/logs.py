@@ -54,3 +54,23 @@ def write_profiles(spark: Any, rows: Sequence[dict], path: str,
     ddl = ", ".join([f"{S.USER_ID} string", *(f"{c} double" for c in columns)])
     spark.createDataFrame([tuple(r.get(c) for c in (S.USER_ID, *columns)) for r in rows],
                           schema=ddl).write.format("delta").mode("overwrite").save(path)
+
+
+def pandas_logs(rows: Sequence[dict], **columns: Any) -> Any:
+    """``rows`` as pandas makes them from Python values, the way other tools write logs: int64
+    integers, naive ``datetime64[ns]`` ts (the UTC wall clock), NaN for a missing float.
+    ``columns`` replace whole columns (e.g. ``app_session_id=pd.array([None] * n, "Int64")``)."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows))
+    df[S.TS] = pd.to_datetime(df[S.TS], utc=True).dt.tz_localize(None)
+    for name, values in columns.items():
+        df[name] = values
+    return df
+
+
+def write_logs_deltalake(df: Any, path: str) -> None:
+    """A pandas frame -> a Delta table, written by ``deltalake`` (delta-rs), not Spark."""
+    from deltalake import write_deltalake
+
+    write_deltalake(path, df, partition_by=[S.DS], mode="overwrite")
