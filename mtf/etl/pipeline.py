@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from mtf import contract as S
 from mtf.configtools import to_dict
 from mtf.delta import is_delta_table, json_property, read_delta, table_properties, write_delta
-from mtf.errors import UserError
+from mtf.errors import MissingInputError, UserError
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.ingest import read_raw_logs
 from mtf.etl.state import NEXT_CORE, NEXT_DS, PREV_TS, STATE_CORE, add_profile_state
@@ -282,7 +282,7 @@ def read_profiles(spark: "SparkSession", path: str, features: FeatureConfig,
     if not is_delta_table(path):
         # Fatal, not a warning: zero profile features train a policy that cannot personalise
         # and then sees real profiles at serving time (it happened to the closed loop).
-        raise ValueError(
+        raise MissingInputError(
             f"no user-profile table at {path!r}, but features.profile_columns={cols} need it: "
             "write the table (mtf simulate writes it for simulated logs), point "
             "lake.user_profiles at it, or set features.profile_columns=[] to build states "

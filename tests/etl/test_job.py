@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from mtf.config import load_config
 from mtf import contract as S
+from mtf.errors import MissingInputError
 from mtf.etl.pipeline import run_build_transitions
 from mtf.features import FEATURE_VERSION
 from tests.etl.logs import DAY1, at, imp, write_logs, write_profiles
@@ -232,7 +233,7 @@ def test_missing_profile_table_fails_before_writing(spark, tmp_path) -> None:
     # Zero profile features would silently train a policy that cannot personalise.
     write_logs(spark, good_rows(), str(tmp_path / "raw_impressions"))
     cfg = load_config(None, overrides(tmp_path))
-    with pytest.raises(ValueError, match="no user-profile table at .*user_profiles.*"
+    with pytest.raises(MissingInputError, match="no user-profile table at .*user_profiles.*"
                                          r"features.profile_columns=\[\]"):
         run_build_transitions(spark, cfg)
     assert not (tmp_path / "quarantine").exists() and not (tmp_path / "transitions").exists()
