@@ -63,6 +63,8 @@ class EtlConfig:
                                        # starting at/after it are 'test' and train_fraction is
                                        # ignored: a split that is stable across daily runs
     files_per_day: int = 8             # output Parquet files per ds partition (trainer shards)
+    commit_retries: int = 3            # re-runs after a Delta commit conflict with a concurrent
+                                       # job on the same lake (docs/etl.md, concurrent runs)
     # --- input ---
     column_map: dict[str, str] = field(default_factory=dict)  # contract name -> column name in
                                        # the logs, e.g. {ts: event_time}; unmapped = same name
@@ -108,6 +110,8 @@ class EtlConfig:
                                  f"'2026-01-03T00:00:00', got {self.test_start_ts!r}") from None
         if self.files_per_day <= 0:
             raise ValueError(f"files_per_day must be > 0, got {self.files_per_day}")
+        if self.commit_retries < 0:
+            raise ValueError(f"commit_retries must be >= 0, got {self.commit_retries}")
         if self.ts_unit not in ("", *TS_UNITS):
             raise ValueError(f"ts_unit must be one of {list(TS_UNITS)} or '' (no epoch ts), "
                              f"got {self.ts_unit!r}")

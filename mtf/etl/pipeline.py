@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mtf import contract as S
 from mtf.configtools import to_dict
-from mtf.delta import is_delta_table, json_property, read_delta, table_properties, write_delta
+from mtf.delta import (is_delta_table, json_property, read_delta, retry_on_conflict,
+                       table_properties, write_delta)
 from mtf.errors import MissingInputError, UserError
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.ingest import read_raw_logs
@@ -359,6 +360,20 @@ class Validator:
             self.copies.unpersist()
 
 
+def warn_if_later_days(spark: "SparkSession", path: str, window: RunWindow) -> None:
+    """Warn when the table already holds days after the run's: this run replaces its last
+    day's rows, so the sessions open at its end stay truncated until the next day is re-run
+    (only a run of day D + 1 fixes day D's open sessions; docs/etl.md, concurrent runs)."""
+    from pyspark.sql import functions as F
+
+    later = read_delta(spark, path).where(F.col(S.DS) > F.lit(window.end)).select(S.DS).limit(1)
+    if later.count():
+        following = window.end + dt.timedelta(days=1)
+        logger.warning("the transitions table already holds days after %s: re-run %s after "
+                       "this run so that the sessions open at the end of %s are continued",
+                       window.end, following, window.end)
+
+
 def _write_quarantine(flagged: "DataFrame", path: str, window: RunWindow
                       ) -> tuple[int, int, dict[str, int]]:
     """Write the rejected rows of the output days; (version, rows_in, count per reason)."""
@@ -421,8 +436,14 @@ def run_build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary
         ValueError: the existing transitions table has another layout (incremental run).
         RuntimeError: the row accounting does not add up (rows_in != valid + quarantined).
     """
-    with session_conf(spark, BUILD_SESSION_CONF):
-        return _build_transitions(spark, cfg)
+    def attempt() -> JobSummary:
+        with session_conf(spark, BUILD_SESSION_CONF):
+            return _build_transitions(spark, cfg)
+
+    # Two daily runs on one lake (a backfill beside the scheduled day) can collide in Delta's
+    # optimistic commit; the loser's commit changed nothing, so it re-runs on the new version.
+    return retry_on_conflict(attempt, what="build-transitions",
+                             retries=cfg.etl.commit_retries)
 
 
 def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
@@ -442,6 +463,7 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
     incremental_on_table = not window.full_rebuild and bool(existing)
     if incremental_on_table:
         check_compatible(existing, props, trans_path)
+        warn_if_later_days(spark, trans_path, window)
     logger.info("building transitions for %s..%s (%s) from %s", window.start, window.end,
                 "full rebuild" if window.full_rebuild else
                 f"context from {window.context_start or 'the first day'}", raw_path)
