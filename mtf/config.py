@@ -26,6 +26,7 @@ from mtf.reward import RewardConfig
 from mtf.rl.config import TrainConfig
 from mtf.serving.exploration import ServingConfig
 from mtf.sim.config import SimConfig
+from mtf.tracking import TrackingConfig
 
 __all__ = ["ConfigError", "LakeConfig", "MtfConfig", "SparkConfig", "default_config_path",
            "load_config", "to_dict"]
@@ -94,6 +95,7 @@ class MtfConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # Keys that moved when each setting went to the section that owns it: old key -> new key.

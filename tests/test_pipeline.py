@@ -1,6 +1,7 @@
 """The closed loop end to end at a tiny scale: logs -> transitions -> train -> OPE -> deploy."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -25,7 +26,8 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
         "train.max_steps=40", "train.log_every=20", "train.checkpoint_every=40",
         "train.common.hidden=[16, 16]", "train.bcq.vae_hidden=[16, 16]",
         "ope.n_iterations=30", "ope.n_initial_states=100", "ope.hidden=[16]",
-        "ope.n_bootstrap=20", "etl.files_per_day=2"])
+        "ope.n_bootstrap=20", "etl.files_per_day=2",
+        f"tracking.mlflow={'auto' if importlib.util.find_spec('mlflow') else 'false'}"])
     summary = run_pipeline(spark, cfg)
     days = summary["days"]
     assert [d["day"] for d in days] == ["2026-01-01", "2026-01-02"]
@@ -82,6 +84,34 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
     assert os.path.isfile(os.path.join(out, "ope-2026-01-02", "report.html"))
     md = render_tables(summary)
     assert "| 2026-01-02 |" in md and "BatchRL-MTF (BCQ)" in md
+    if cfg.tracking.mlflow:
+        _check_tracked(str(tmp_path), summary)
+
+
+def _check_tracked(root: str, summary: dict) -> None:
+    """One MLflow run for the loop (each day a step), its trainings and OPE runs children."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient("sqlite:///" + os.path.join(root, "mlruns", "mlflow.db"))
+    runs = client.search_runs([client.get_experiment_by_name("mtf").experiment_id])
+    (loop,) = [r for r in runs if r.data.tags["mtf.command"] == "pipeline"]
+    children = sorted((r.data.tags["mtf.command"], r.info.run_name) for r in runs
+                      if r.data.tags.get("mlflow.parentRunId") == loop.info.run_id)
+    stamp = loop.info.run_name.removeprefix("pipeline-")
+    assert children == [("evaluate", "ope-2026-01-02"),
+                        ("train", f"{stamp}-final-bcq"), ("train", f"{stamp}-final-iql_quadratic"),
+                        ("train", f"{stamp}-iql-2026-01-02"),
+                        ("train", f"{stamp}-iql-2026-01-02-s1")]
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    days = summary["days"]
+    history = client.get_metric_history(loop.info.run_id, "day/true_deployed")
+    assert [(m.step, m.value) for m in history] == [(0, days[0]["true_deployed"]),
+                                                    (1, days[1]["true_deployed"])]
+    go = client.get_metric_history(loop.info.run_id, "day/go")
+    assert [(m.step, m.value) for m in go] == [(1, float(days[1]["decision"] == "go"))]
+    assert loop.data.metrics["compare/logging_baseline/vs_baseline_pct"] == 0.0
+    assert sorted(a.path for a in client.list_artifacts(loop.info.run_id, "summary")) == [
+        "summary/summary.json", "summary/summary.md"]
 
 
 def test_pipeline_config_validation() -> None:

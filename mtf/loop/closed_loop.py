@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -63,6 +64,7 @@ from mtf.sim.job import write_profiles
 from mtf.sim.policies import FixedPolicy
 from mtf.sim.world import World
 from mtf.spark import get_spark
+from mtf.tracking import Tracker, check_available, start_run
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -171,14 +173,34 @@ def _load_policy(export_dir: str) -> Policy:
 
 def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
                  offline_eval: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run the closed loop and the final comparison; returns the summary written to disk."""
+    """Run the closed loop and the final comparison; returns the summary written to disk.
+
+    With ``tracking.mlflow`` on, one MLflow run holds the config, the values of each day (step
+    = day index), the comparison and the summary; the trainings and OPE runs of the loop are
+    its child runs (:mod:`mtf.tracking`).
+    """
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    tracker = start_run(cfg.tracking, lake_root=cfg.lake.root, kind="pipeline",
+                        name=f"pipeline-{stamp}", config=to_dict(cfg))
+    with tracker:   # FAILED in MLflow when the loop raises
+        summary = _closed_loop(spark, cfg, stamp, offline_eval, tracker)
+        tracker.log_metrics(comparison_metrics(summary["comparison"]))
+        for name in ("summary.json", "summary.md"):
+            tracker.log_artifact(os.path.join(summary["report_dir"], name), "summary")
+    return summary
+
+
+def _closed_loop(spark: "SparkSession", cfg: "MtfConfig", stamp: str,
+                 offline_eval: Callable[..., dict[str, Any]] | None,
+                 tracker: Tracker) -> dict[str, Any]:
+    """The days of the loop and the comparison (``run_pipeline``); each day goes to
+    ``tracker``."""
     pcfg: PipelineConfig = cfg.pipeline
     cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, n_days=pcfg.days))
     world = World.from_config(cfg)
     baseline = FixedPolicy(world.baseline_action)
     serving = SwitchablePolicy(baseline, "baseline")
     logs = DailyLogs(world, serving)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = os.path.join(cfg.lake.path("reports"), f"pipeline-{stamp}")
     os.makedirs(out_dir, exist_ok=True)
     offline_eval = offline_eval or _offline_eval
@@ -221,6 +243,7 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
         row.seconds = time.perf_counter() - t0
         days.append(row)
         logger.info("day %s: %s", day, _fmt_day(row))
+        tracker.log_metrics(day_metrics(row), step=d)
     comparison = compare_baselines(cfg, world, baseline, out_dir, stamp,
                                    last_day=cfg.sim.start + dt.timedelta(days=pcfg.days - 1))
     summary = {"days": [dataclasses.asdict(r) for r in days], "comparison": comparison,
@@ -230,6 +253,29 @@ def run_pipeline(spark: "SparkSession", cfg: "MtfConfig",
     with open(os.path.join(out_dir, "summary.md"), "w") as fh:
         fh.write(render_tables(summary))
     return summary
+
+
+def day_metrics(row: DayRow) -> dict[str, float]:
+    """One day of the loop as ``day/<value>`` metrics (``day/go``: 1 go, 0 no-go; NaN values
+    of a day without a candidate are left out by the tracker)."""
+    out = {f"day/{k}": float(getattr(row, k)) for k in (
+        "impressions", "transitions", "true_deployed", "true_baseline", "true_candidate",
+        "ope_candidate", "ope_baseline", "selection_regret", "seconds")}
+    if row.decision:
+        out["day/go"] = float(row.decision == "go")
+    return out
+
+
+def comparison_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The final comparison as ``compare/<policy>/<value>`` metrics (policy labels in snake
+    case: ``compare/best_fixed_weights_cem/true_return``)."""
+    out = {}
+    for r in rows:
+        slug = re.sub(r"\W+", "_", r["policy"]).strip("_").lower()
+        for key in ("true_return", "vs_baseline_pct", "vs_best_fixed"):
+            if key in r:
+                out[f"compare/{slug}/{key}"] = float(r[key])
+    return out
 
 
 def _export_serving(serving: ServingConfig, fusion: FusionConfig, export_dir: str, out_dir: str,
@@ -329,6 +375,7 @@ def render_tables(summary: dict[str, Any]) -> str:
 
 def run(cfg: "MtfConfig") -> int:
     """Entry point of ``mtf pipeline``: prints the tables and the report directory."""
+    check_available(cfg.tracking)   # a required MLflow that is missing: before Spark starts
     spark = get_spark("mtf-pipeline", cfg.spark)
     try:
         t0 = time.perf_counter()

@@ -21,6 +21,8 @@ Steps (:func:`evaluate_table`):
 5. Estimates, intervals, decisions; with a ``truth`` (:class:`mtf.ope.truth.GroundTruth`, e.g.
    the simulator, passed in by the closed loop or a validation run) the estimates are compared
    with the true values; ``report.json`` + ``report.html`` under ``<lake reports>/<run id>/``.
+6. With ``tracking.mlflow`` on, an MLflow run holds the config, the estimates, the decisions
+   and the report (:mod:`mtf.tracking`).
 """
 from __future__ import annotations
 
@@ -46,11 +48,13 @@ from mtf.ope.evaluate import (assemble, fit_ensemble_policies, fit_policies, ini
                               scoring_bundle)
 from mtf.ope.policies import baseline_action, check_policy, resolve_policies
 from mtf.ope.report import write_report
+from mtf.ope.results import flat_metrics
 from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
                            session_statistics_df)
 from mtf.ope.truth import compare_with_truth
 from mtf.rl.loader import no_transitions_table
 from mtf.spark import get_spark
+from mtf.tracking import check_available, start_run
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -72,6 +76,7 @@ def run(cfg: "MtfConfig") -> int:
     ope.resolved_device()   # ope.device=cuda without a GPU stops before any Spark work
     if ope.threads:
         torch.set_num_threads(ope.threads)
+    check_available(cfg.tracking)   # a required MLflow that is missing: before Spark starts
     spark = get_spark("mtf-evaluate", cfg.spark)
     result, paths = evaluate_table(spark, cfg, ope)
     go = [d.policy for d in result.decisions if d.go]
@@ -187,7 +192,8 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     from pyspark.sql import functions as F
 
     ope = ope or cfg.ope
-    t0 = time.perf_counter()
+    check_available(cfg.tracking)   # a required MLflow that is missing stops before the work
+    t0, started = time.perf_counter(), time.time()
     gamma = cfg.mdp.gamma
     path = cfg.lake.path("transitions")
     split_df, version = split_frame(spark, path, ope.table_version, ope.split)
@@ -256,4 +262,21 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     out_dir = out_dir or os.path.join(cfg.lake.path("reports"), run_id)
     result.meta["seconds"]["total"] = time.perf_counter() - t0
     paths = write_report(result, ope, out_dir, run_id=run_id)
+    _track(cfg, ope, result, paths, run_id, started=started)
     return result, paths
+
+
+def _track(cfg: "MtfConfig", ope: OpeConfig, result: "OpeResult", paths: "ReportPaths",
+           run_id: str, started: float) -> None:
+    """Log the run to MLflow when ``tracking`` asks for it (:mod:`mtf.tracking`): the
+    resolved config, every estimate and the gate's decisions, the report."""
+    tracker = start_run(cfg.tracking, lake_root=cfg.lake.root, kind="evaluate", name=run_id,
+                        config=to_dict(replace(cfg, ope=ope)), start_time=started,
+                        tags={"mtf.report_dir": paths.directory, "mtf.gate": ope.gate,
+                              "mtf.table_version": str(result.meta["table_version"]),
+                              "mtf.go": ",".join(d.policy for d in result.decisions if d.go)
+                              or "none"})
+    with tracker:
+        tracker.log_metrics(flat_metrics(result.results, result.decisions))
+        tracker.log_artifact(paths.json, "report")
+        tracker.log_artifact(paths.html, "report")

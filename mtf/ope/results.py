@@ -264,3 +264,28 @@ def _warnings(r: PolicyEstimates, margin: float, go: bool) -> list[str]:
     if math.isfinite(clipped) and clipped > _MAX_CLIPPED_SHARE:
         w.append(f"{clipped:.1%} of importance weights hit ope.max_weight (IS family biased)")
     return w
+
+
+def flat_metrics(results: list[PolicyEstimates], decisions: list[Decision]) -> dict[str, float]:
+    """The figures of a run as flat scalars (MLflow metrics, :mod:`mtf.tracking`).
+
+    ``ope/<policy>/<estimator>`` (+ ``/ci_low``, ``/ci_high``) for every available estimate,
+    ``ope/<policy>/diff/<estimator>`` for the paired difference to the logging policy, and
+    per candidate ``gate/<policy>/go`` (1 = go, 0 = no-go), ``gate/<policy>/diff``,
+    ``gate/<policy>/diff_low`` and ``gate/<policy>/margin``.
+    """
+    out: dict[str, float] = {}
+    for r in results:
+        for name, e in r.estimates.items():
+            if e.available:
+                out[f"ope/{r.policy}/{name}"] = e.value
+                out[f"ope/{r.policy}/{name}/ci_low"] = e.ci_low
+                out[f"ope/{r.policy}/{name}/ci_high"] = e.ci_high
+        for name, e in r.diff_vs_logging.items():
+            if e.available:
+                out[f"ope/{r.policy}/diff/{name}"] = e.value
+    for d in decisions:
+        out.update({f"gate/{d.policy}/go": float(d.go), f"gate/{d.policy}/diff": d.diff,
+                    f"gate/{d.policy}/diff_low": d.diff_low,
+                    f"gate/{d.policy}/margin": d.margin})
+    return {k: float(v) for k, v in out.items()}

@@ -30,7 +30,8 @@ from mtf.rl.distributed import (DistInfo, barrier, broadcast_str, configure_thre
 from mtf.rl.export import export_policy
 from mtf.rl.layout import ActionSpace
 from mtf.rl.loader import PetastormSource, TransitionTable, open_transitions, read_split
-from mtf.rl.train import TrainResult, train
+from mtf.rl.train import RUN_FILE, TrainResult, train
+from mtf.tracking import Tracker, check_available, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,22 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
 
     info = dist_info_from_env()
     tcfg = cfg.train
+    check_available(cfg.tracking)   # a required MLflow that is missing stops before the work
     device = pick_device(tcfg.device, info)
     configure_threads(tcfg.num_threads, info, device)
     created = init_distributed(info, device)
+    tracker = Tracker()   # an MLflow run once the run directory is known (rank 0)
     try:
         table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version,
                                  start_ds=tcfg.start_ds, end_ds=tcfg.end_ds)
         table.layout.require_request(cfg.fusion.names, tcfg.feature_version)
         run_dir, resume_from = _run_dir(cfg.train, cfg.lake.path("models"), info)
+        tracker = start_run(cfg.tracking, lake_root=cfg.lake.root, kind="train",
+                            name=os.path.basename(run_dir), config=to_dict(cfg),
+                            tags={"mtf.run_dir": run_dir,
+                                  "mtf.table_path": table.layout.table_path,
+                                  "mtf.table_version": str(table.layout.table_version)},
+                            enabled=info.is_main)
         normalizer, n_train_rows = None, None
         if not resume_from:
             normalizer, n_train_rows = fit_normalizer(table, tcfg.split, tcfg.normalizer_rows,
@@ -66,14 +75,19 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
         result = train(tcfg, source, gamma=cfg.mdp.gamma, layout=table.layout,
                        action_space=ActionSpace.from_fusion(cfg.fusion), run_dir=run_dir,
                        seed=cfg.seed, normalizer=normalizer, info=info, device=device,
-                       resume_from=resume_from, n_train_rows=n_train_rows)
+                       resume_from=resume_from, n_train_rows=n_train_rows,
+                       on_record=tracker.log_metrics)
         if info.is_main:
             exported = export_policy(result.checkpoint, os.path.join(run_dir, EXPORT_DIR))
             logger.info("trained %s for %d steps; exported policy: %s (sidecar %s)",
                         tcfg.algo, result.step, exported.policy_path, exported.sidecar_path)
+            tracker.log_artifact(os.path.dirname(exported.policy_path), "policy")
+            tracker.log_artifact(os.path.join(run_dir, RUN_FILE))
         barrier()  # other ranks leave only once rank 0 has written the export
+        tracker.finish()
         return result
     finally:
+        tracker.finish("FAILED")   # no-op after a successful finish
         destroy_distributed(created)
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -49,7 +49,8 @@ def train(cfg: TrainConfig, source: BatchSource, *, gamma: float, layout: TableL
           action_space: ActionSpace, run_dir: str, seed: int,
           normalizer: Normalizer | None = None, info: DistInfo = DistInfo(),
           device: torch.device = torch.device("cpu"), resume_from: str = "",
-          n_train_rows: int | None = None) -> TrainResult:
+          n_train_rows: int | None = None,
+          on_record: Callable[[dict[str, float], int], None] | None = None) -> TrainResult:
     """Train ``cfg.algo`` for ``cfg.max_steps`` steps on batches from ``source``.
 
     Args:
@@ -61,6 +62,8 @@ def train(cfg: TrainConfig, source: BatchSource, *, gamma: float, layout: TableL
         normalizer: state mean/std; required unless resuming (the checkpoint's is used then).
         resume_from: checkpoint file or run directory; training continues from its step.
         n_train_rows: size of the training split, only to report ``data/epoch``.
+        on_record: called on rank 0 with each metrics record and its step, after it is
+            written to ``metrics.jsonl`` (MLflow tracking: :mod:`mtf.tracking`).
     Raises:
         ValueError: a checkpoint of another algorithm or layout, or no normaliser.
     """
@@ -121,6 +124,8 @@ def train(cfg: TrainConfig, source: BatchSource, *, gamma: float, layout: TableL
                 t_last, step_last = now, done
                 if writer is not None:
                     writer.write(done, record)
+                    if on_record is not None:
+                        on_record(record, done)
                     rate = (done - start_step) / max(now - t_start, 1e-9)
                     logger.info("%s", progress_line(done, cfg.max_steps, record,
                                                     (cfg.max_steps - done) / rate))

@@ -1,6 +1,7 @@
 """`mtf train` / `mtf export` on a transitions table written with Spark + Delta."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -87,7 +88,7 @@ def test_torchrun_two_ranks_through_jobs_train(tmp_path: Any, transitions_path: 
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone",
            "--nproc_per_node", "2", os.path.join(REPO, "jobs", "train.py"),
            *_overrides(tmp_path, transitions_path, "train.max_steps=6", "train.run_id=ddp",
-                       "train.log_every=3")]
+                       "train.log_every=3", "tracking.mlflow=auto")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = os.path.join(str(tmp_path), "models", "ddp")
@@ -95,6 +96,15 @@ def test_torchrun_two_ranks_through_jobs_train(tmp_path: Any, transitions_path: 
     assert [r["step"] for r in records] == [3, 6]
     assert json.load(open(os.path.join(run_dir, "run.json")))["world_size"] == 2
     assert os.path.isfile(os.path.join(run_dir, "export", "policy.pt"))
+    if importlib.util.find_spec("mlflow") is not None:   # rank 0 alone logged one MLflow run
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient("sqlite:///" + os.path.join(str(tmp_path), "mlruns", "mlflow.db"))
+        (run,) = client.search_runs([client.get_experiment_by_name("mtf").experiment_id])
+        assert (run.info.run_name, run.info.status) == ("ddp", "FINISHED")
+        history = client.get_metric_history(run.info.run_id, "loss/critic")
+        assert [(m.step, m.value) for m in history] == [(r["step"], r["loss/critic"])
+                                                        for r in records]
 
 
 @pytest.mark.slow
