@@ -29,3 +29,8 @@ class TableVersionError(UserError, ValueError):
 
 class NoGpuError(UserError, ValueError):
     """The config asks for a CUDA device but torch sees none."""
+
+
+class InputDataError(UserError, ValueError):
+    """The input exists but cannot serve the request: no rows for the configured days or split,
+    or a table built with another layout than the config describes."""

@@ -132,6 +132,14 @@ def test_evaluate_at_a_version_the_table_lacks(spark: Any, capsys: Any,
                "its latest version is 1", "set ope.table_version to a version <= 1")
 
 
+def test_train_for_days_the_table_does_not_have(spark: Any, capsys: Any, tmp_path: Any) -> None:
+    from tests.rl.tables import write_transitions
+    write_transitions(spark, str(tmp_path / "transitions"), n_sessions=20, n_files=1)
+    capsys.readouterr()       # set-up output (its log lines) is not the command's
+    user_error(capsys, ["train", f"lake.root={tmp_path}", "train.start_ds=2026-02-01"],
+               "no data files for ds in [2026-02-01, -]", "check train.start_ds / train.end_ds")
+
+
 # ---- environment: Delta jars, GPU ------------------------------------------------------------
 
 def test_missing_delta_jars(capsys: Any, tmp_path: Any, monkeypatch: Any) -> None:

@@ -25,7 +25,7 @@ from mtf import contract as S
 from mtf.configtools import to_dict
 from mtf.delta import (is_delta_table, json_property, read_delta, retry_on_conflict,
                        table_properties, write_delta)
-from mtf.errors import MissingInputError, UserError
+from mtf.errors import InputDataError, MissingInputError, UserError
 from mtf.etl.config import EtlConfig, parse_ds
 from mtf.etl.ingest import read_raw_logs
 from mtf.etl.state import NEXT_CORE, NEXT_DS, PREV_TS, STATE_CORE, add_profile_state
@@ -242,10 +242,10 @@ def check_compatible(existing: dict[str, str], wanted: dict[str, str], path: str
                 problems.append(f"{S.PROP_CONFIG} section '{section}': table has "
                                 f"{old.get(section)}, this config gives {new.get(section)}")
     if problems:
-        raise ValueError(f"transitions table {path!r} was built with a different layout or "
-                         f"reward, so new days would not match the old ones: "
-                         f"{'; '.join(problems)}. Rebuild every day (etl.start_ds='') or write "
-                         f"to another lake.transitions path.")
+        raise InputDataError(f"transitions table {path!r} was built with a different layout "
+                             f"or reward, so new days would not match the old ones: "
+                             f"{'; '.join(problems)}. Rebuild every day (etl.start_ds='') or "
+                             f"write to another lake.transitions path.")
 
 
 def day_range(raw: "DataFrame", ds_column: str) -> tuple[dt.date | None, dt.date | None]:

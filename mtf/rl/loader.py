@@ -26,7 +26,7 @@ import torch
 from numpy.typing import NDArray
 
 from mtf.delta import delta_snapshot
-from mtf.errors import MissingInputError, TableVersionError
+from mtf.errors import InputDataError, MissingInputError, TableVersionError
 from mtf.rl.batch import (ACTION, EXPLORE_GROUP, GROUP, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS,
                           REWARD, SPLIT, STATE, TransitionBatch, group_codes)
 
@@ -86,8 +86,8 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
     if start_ds or end_ds:
         uris = select_days(uris, start_ds, end_ds, where=f"transitions table {path!r}")
     if not uris:
-        raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
-                         f"it has no data files")
+        raise InputDataError(f"transitions table {path!r} (version {pinned}) is empty: "
+                            f"it has no data files")
     n_rows, n_groups = 0, 0
     optional: tuple[str, ...] = ()
     for i, uri in enumerate(uris):
@@ -99,8 +99,8 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
             _require_columns(names, path, pinned, uri)
             optional = tuple(c for c in (EXPLORE_GROUP,) if c in names)
     if n_rows == 0:
-        raise ValueError(f"transitions table {path!r} (version {pinned}) is empty: "
-                         f"{len(uris)} files hold 0 rows")
+        raise InputDataError(f"transitions table {path!r} (version {pinned}) is empty: "
+                            f"{len(uris)} files hold 0 rows")
     logger.info("transitions table %s version %d: %d rows in %d files, %d row groups; "
                 "%d features (version %s), tasks %s", path, pinned, n_rows, len(uris), n_groups,
                 layout.state_dim, layout.feature_version, list(layout.action_tasks))
@@ -126,8 +126,8 @@ def select_days(uris: Sequence[str], start_ds: str, end_ds: str, where: str) -> 
         if (not start_ds or day >= start_ds) and (not end_ds or day <= end_ds):
             kept.append(uri)
     if not kept:
-        raise ValueError(f"{where}: no data files for ds in [{start_ds or '-'}, "
-                         f"{end_ds or '-'}]")
+        raise InputDataError(f"{where}: no data files for ds in [{start_ds or '-'}, "
+                             f"{end_ds or '-'}]; check train.start_ds / train.end_ds")
     return kept
 
 
@@ -343,11 +343,12 @@ class _SplitRows:
             if n == 0:
                 empty_in_a_row += 1
                 if empty_in_a_row > self.give_up_after:
-                    raise ValueError(f"{self.where}: no rows with split={self.split!r}"
-                                     + (f" in exploration groups {list(self.groups)}"
-                                        if len(self.groups) else "")
-                                     + f" in {empty_in_a_row} row groups in a row (a full "
-                                     f"pass); check train.split / train.explore_groups")
+                    raise InputDataError(f"{self.where}: no rows with split={self.split!r}"
+                                         + (f" in exploration groups {list(self.groups)}"
+                                            if len(self.groups) else "")
+                                         + f" in {empty_in_a_row} row groups in a row (a "
+                                         f"full pass); check train.split / "
+                                         f"train.explore_groups")
                 continue
             empty_in_a_row = 0
             out = {}
