@@ -43,6 +43,12 @@ COMMANDS: dict[str, Command] = {
                       "export a checkpoint as a TorchScript policy for serving"),
     "evaluate": Command("mtf.ope.job:run",
                         "conservative off-policy evaluation + reference estimators (Spark)"),
+    "deploy": Command("mtf.serving.deploy:run",
+                      "act on the gate of report ope.run_id: GO deploys the selected policy "
+                      "(wrapped for exploration), NO-GO keeps the deployed one"),
+    "maintain": Command("mtf.maintenance.job:run",
+                        "compact the lake's Delta tables and VACUUM them, keeping every "
+                        "pinned version readable (Spark)"),
     "pipeline": Command("mtf.loop.closed_loop:run",
                         "closed loop: simulate -> build -> train -> evaluate -> deploy, per day"),
     "show-config": Command("mtf.cli:show_config", "print the resolved config as JSON"),

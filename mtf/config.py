@@ -20,6 +20,7 @@ from mtf.etl.config import CheckConfig, EtlConfig
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
 from mtf.loop.config import PipelineConfig
+from mtf.maintenance.config import MaintenanceConfig
 from mtf.mdp import MdpConfig
 from mtf.ope.config import OpeConfig
 from mtf.reward import RewardConfig
@@ -43,6 +44,8 @@ class LakeConfig:
     transitions: str = ""     # "" means <root>/transitions
     models: str = ""          # checkpoints and exported policies; "" means <root>/models
     reports: str = ""         # OPE reports; "" means <root>/reports
+    serving: str = ""         # deployed exploration policies (mtf deploy); "" means
+                              # <root>/serving
 
     def path(self, name: str) -> str:
         """Absolute path of table/artefact ``name`` (a field of this class other than root)."""
@@ -96,6 +99,7 @@ class MtfConfig:
     ope: OpeConfig = field(default_factory=OpeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
 
 # Keys that moved when each setting went to the section that owns it: old key -> new key.

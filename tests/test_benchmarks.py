@@ -46,15 +46,21 @@ SMOKES = {
     "sim": ("bench_sim.py", "--smoke", "--json", "{out}/sim.json"),
     "fqe_scale": ("bench_fqe_scale.py", "--smoke", "--json", "{out}/fqe_scale.json"),
     "sweep": ("policy_sweep.py", "smoke", "--workdir", "{out}/work", "--json", "{out}/sweep.json"),
+    "scale": ("bench_scale.py", "--smoke", "--json", "{out}/scale.json"),
 }
+# The test that reads each smoke: only the smokes of the selected tests start (-k scale runs
+# one smoke, not all of them).
+TEST_OF = {**{name: f"test_bench_{name}_smoke" for name in SMOKES},
+           "sweep": "test_policy_sweep_smoke_export_signal_and_run"}
 
 
 @pytest.fixture(scope="module")
-def smokes(tmp_path_factory: Any) -> Iterator[dict[str, tuple[Any, Future[Any]]]]:
+def smokes(request: Any, tmp_path_factory: Any) -> Iterator[dict[str, tuple[Any, Future[Any]]]]:
     out = tmp_path_factory.mktemp("smokes")
+    selected = {getattr(item, "originalname", item.name) for item in request.session.items}
     with ThreadPoolExecutor(max_workers=3) as pool:
         yield {name: (out, pool.submit(_bench, *(a.format(out=out) for a in args)))
-               for name, args in SMOKES.items()}
+               for name, args in SMOKES.items() if TEST_OF[name] in selected}
 
 
 def _record(path: Any, benchmark: str, figures: set[str]) -> dict[str, Any]:
@@ -140,6 +146,33 @@ def test_bench_fqe_scale_smoke(smokes: Any) -> None:
         assert cases[f"sample.{label}"]["sample_rows"] == rows
         assert cases[f"stream.{label}"]["split_rows"] == rows
         assert 0 < cases[f"stream.{label}"]["sample_rows"] < 1000
+
+
+def test_bench_scale_smoke(smokes: Any) -> None:
+    folder, job = smokes["scale"]
+    out = folder / "scale.json"
+    _ran(job.result())
+    stages = ("simulate", "build", "loader", "ope")
+    record = _record(out, "bench_scale", {
+        "impressions_smallest", "impressions_largest", "data_ratio_largest_over_smallest",
+        *(f"{s}_{k}" for s in stages for k in (
+            "s_per_million_smallest", "s_per_million_largest", "cost_ratio_largest_over_smallest",
+            "marginal_s_per_million", "impressions_per_core_s_largest",
+            "python_peak_ratio_largest_over_smallest")),
+        *(f"{p}_{k}" for p in ("python", "jvm") for k in (
+            "peak_mib_smallest", "peak_mib_largest", "peak_ratio_largest_over_smallest"))})
+    runs = record["details"]["runs"]
+    assert [r["target"] for r in runs] == record["sizes"]["sizes"] == [4000, 8000]
+    for r in runs:                      # each size in its own process, every stage measured
+        build, loader, ope = (r["stages"][s] for s in ("build", "loader", "ope"))
+        assert r["impressions"] > 0 and r["cores"] == 2
+        assert 0 < build["train_rows"] < build["transitions"]
+        # one epoch: the train split's rows in whole batches of train.batch_size (256)
+        assert loader["rows"] == -(-build["train_rows"] // 256) * 256
+        assert ope["test_rows"] + build["train_rows"] == build["transitions"]
+        assert all(r["stages"][s]["python_peak_mib"] > 0 and r["stages"][s]["jvm_peak_mib"] > 0
+                   for s in stages)
+    assert record["figures"]["impressions_largest"] == runs[1]["impressions"]
 
 
 def test_bench_sim_smoke(smokes: Any) -> None:
