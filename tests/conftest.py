@@ -1,9 +1,55 @@
 """Shared fixtures: one session-scoped local SparkSession with real Delta Lake."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
+
+
+# The longest modules (minutes each on 2 cores), longest first; see pytest_collection_modifyitems.
+LONGEST_FIRST = ("tests.test_target", "tests.test_pipeline", "tests.test_cluster",
+                 "tests.test_benchmarks", "tests.test_ope_accuracy")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """The longest modules first, then the others with slow tests, then the rest (collection
+    order within each group; deterministic, as pytest-xdist requires).
+
+    scripts/test.sh runs two xdist workers that take whole modules in this order: starting the
+    long ones first lets the short ones fill the gaps, instead of one worker running a long
+    module alone at the end.
+    """
+    def module(item: Any) -> str:
+        return getattr(getattr(item, "module", None), "__name__", "")
+
+    slow = {module(item) for item in items if item.get_closest_marker("slow") is not None}
+    order = {id(item): i for i, item in enumerate(items)}
+
+    def rank(item: Any) -> tuple[int, int]:
+        name = module(item)
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name), order[id(item)]
+        return len(LONGEST_FIRST) + (name not in slow), order[id(item)]
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_added_by_the_test() -> Iterator[None]:
+    """``mtf.cli.main`` points the root logger at the sys.stderr of its moment, in a test
+    capsys's buffer, which is closed after that test: later log lines would fail to write."""
+    import logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

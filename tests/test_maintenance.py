@@ -253,9 +253,9 @@ def test_a_pin_older_than_a_week_becomes_readable_again(spark, tmp_path) -> None
         _rows(spark, path, 0)
 
     (report,) = maintain(spark, cfg)
-    # 240 h (and the seconds since) back to v0's commit + the 1 h margin, rounded up: 242 h;
-    # the log's 30 days cover that already
-    assert report.retention_hours == 242 and report.files_deleted == 0
+    # 240 h (and the seconds since; the log keeps milliseconds, so possibly none) back to
+    # v0's commit + the 1 h margin, rounded up: 241 or 242 h; the log's 30 days cover that
+    assert report.retention_hours in (241, 242) and report.files_deleted == 0
     assert report.properties_set == {"delta.deletedFileRetentionDuration": "interval 18 days"}
     assert _rows(spark, path, 0) == [(i, _day(i)) for i in range(10)]
     (again,) = maintain(spark, cfg)
