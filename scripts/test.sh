@@ -6,6 +6,8 @@ bash scripts/setup.sh
 export PYSPARK_PYTHON="$PWD/.venv/bin/python"
 # Idle OpenMP threads sleep instead of spinning: torch and Spark share 2 cores here.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-# Two workers (pytest-xdist), a module per worker at a time: most tests wait on JVM start-up,
-# Spark scheduling and small Delta commits, so two share the 2 cores well. -n 0 runs serially.
-exec .venv/bin/python -m pytest -q -n "${MTF_TEST_WORKERS:-2}" --dist loadfile "$@"
+# MTF_TEST_WORKERS=2 runs two pytest-xdist workers by module (longest first, tests/conftest.py).
+# Serial by default: under two workers the closed-loop target test's training saw a different
+# batch order and fell just short of its +5% margin (4.97%) once.
+workers="${MTF_TEST_WORKERS:-0}"
+exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"
