@@ -97,8 +97,8 @@ def test_deploy_on_go_switches_serving_and_no_go_keeps_it(tmp_path, capsys) -> N
     code, out = _deploy(lake, "daily-2026-01-07", capsys)
     assert code == 0 and (out["action"], out["policy"]) == ("deployed", "bcq")
     current = json.loads((lake / "serving" / "current.json").read_text())
-    assert (current["policy"], current["path"]) == ("bcq", str(lake / "serving" /
-                                                             "daily-2026-01-07"))
+    assert (current["policy"], current["path"]) == (
+        "bcq", str(lake / "serving" / "daily-2026-01-07"))
     explore = torch.jit.load(str(lake / "serving" / "daily-2026-01-07" / "explore.pt"))
     action, logp = explore(torch.zeros(3, 2), torch.tensor([0, 0, 0]))   # exploit group
     assert torch.allclose(action, torch.full((3, 6), 0.25)) and torch.isnan(logp).all()

@@ -52,7 +52,7 @@ from mtf.ope.results import flat_metrics
 from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
                            session_statistics_df)
 from mtf.ope.truth import compare_with_truth
-from mtf.rl.loader import no_transitions_table
+from mtf.rl.loader import no_transitions_table, unknown_transitions_version
 from mtf.spark import get_spark
 from mtf.tracking import check_available, start_run
 
@@ -120,10 +120,8 @@ def split_frame(spark: "SparkSession", path: str, version: int | None,
     except MissingInputError:
         raise no_transitions_table(path) from None
     except TableVersionError as exc:
-        raise TableVersionError(
-            f"cannot evaluate transitions table {path!r} at version {version}: its latest "
-            f"version is {exc.latest}; set ope.table_version to a version <= {exc.latest}, or "
-            f"to null for the latest", latest=exc.latest) from None
+        raise unknown_transitions_version(path, version, exc.latest, "ope.table_version",
+                                          verb="evaluate") from None
     require_columns(df.columns, f"transitions table {path!r} (version {pinned})")
     if SPLIT not in df.columns:
         raise ValueError(f"transitions table {path!r} (version {pinned}) has no {SPLIT!r} column")

@@ -75,10 +75,7 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
     except FileNotFoundError:
         raise no_transitions_table(path) from None
     except TableVersionError as exc:
-        raise TableVersionError(
-            f"cannot open transitions table {path!r} at version {version}: its latest version "
-            f"is {exc.latest}; set {version_key} to a version <= {exc.latest}, or to null for "
-            f"the latest", latest=exc.latest) from None
+        raise unknown_transitions_version(path, version, exc.latest, version_key) from None
     except Exception as exc:  # deltalake raises its own error types for bad versions/paths
         raise ValueError(f"cannot open transitions table {path!r} at version "
                          f"{'latest' if version is None else version}: {exc}") from exc
@@ -87,7 +84,7 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
         uris = select_days(uris, start_ds, end_ds, where=f"transitions table {path!r}")
     if not uris:
         raise InputDataError(f"transitions table {path!r} (version {pinned}) is empty: "
-                            f"it has no data files")
+                             f"it has no data files")
     n_rows, n_groups = 0, 0
     optional: tuple[str, ...] = ()
     for i, uri in enumerate(uris):
@@ -100,7 +97,7 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
             optional = tuple(c for c in (EXPLORE_GROUP,) if c in names)
     if n_rows == 0:
         raise InputDataError(f"transitions table {path!r} (version {pinned}) is empty: "
-                            f"{len(uris)} files hold 0 rows")
+                             f"{len(uris)} files hold 0 rows")
     logger.info("transitions table %s version %d: %d rows in %d files, %d row groups; "
                 "%d features (version %s), tasks %s", path, pinned, n_rows, len(uris), n_groups,
                 layout.state_dim, layout.feature_version, list(layout.action_tasks))
@@ -112,6 +109,16 @@ def no_transitions_table(path: str) -> MissingInputError:
     return MissingInputError(f"no transitions table at {path!r} (no _delta_log); build it "
                              f"first with `mtf build-transitions`, or point lake.transitions "
                              f"at it")
+
+
+def unknown_transitions_version(path: str, version: int | None, latest: int | None, key: str,
+                                verb: str = "open") -> TableVersionError:
+    """The error for a pinned version the transitions table lacks: the latest one and the
+    config key (``train.table_version``, ``ope.table_version``) to set."""
+    return TableVersionError(
+        f"cannot {verb} transitions table {path!r} at version {version}: its latest version "
+        f"is {latest}; set {key} to a version <= {latest}, or to null for the latest",
+        latest=latest)
 
 
 def select_days(uris: Sequence[str], start_ds: str, end_ds: str, where: str) -> list[str]:
