@@ -57,6 +57,8 @@ if ROOT not in sys.path:
 
 from result import write_result  # noqa: E402
 
+from mtf.errors import UserError  # noqa: E402
+
 GROUPS = ("exploit", "noise", "random")
 COLUMNS = ("state", "action", "reward", "next_state", "is_terminal")
 
@@ -187,6 +189,19 @@ def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
         return {"tag": args[0], "error": f"{type(exc).__name__}: {exc}"}
 
 
+def refuse_heldout(variants: list[tuple[Any, ...]]) -> None:
+    """A sweep chooses settings, so it may only score on tuning worlds: stop (UserError, exit 2)
+    when a variant's world seed, truth seed or training seed belongs to a held-out world of
+    the config's ``protocol`` (mtf/loop/protocol.py)."""
+    from mtf.config import load_config
+    from mtf.loop.protocol import require_tuning
+
+    for tag, _, overrides, *_ in variants:
+        tseed = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("TSEED=")]
+        cfg = load_config(None, [o for o in overrides if not o.startswith("TSEED=")])
+        require_tuning(cfg, f"policy_sweep variant {tag!r}", seeds=tseed)
+
+
 def run(ns: argparse.Namespace, common: list[str], smoke: bool = False,
         details: dict[str, Any] | None = None) -> int:
     variants = []
@@ -196,6 +211,7 @@ def run(ns: argparse.Namespace, common: list[str], smoke: bool = False,
             raise SystemExit(f"--run {spec!r}: expected 'tag: key=value ...'")
         variants.append((tag.strip(), ns.data, [*common, *rest.split()], ns.steps, ns.sessions,
                          ns.device, ns.threads, ns.out_dir))
+    refuse_heldout(variants)
     print(f"{len(variants)} variants, {ns.parallel} at a time, {ns.steps} steps each, "
           f"{ns.sessions} evaluation sessions", flush=True)
     ctx = mp.get_context("spawn")   # CUDA and torch threads do not survive fork
@@ -305,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.cmd == "smoke":
         return smoke(ns, common)
-    return run(ns, common)
+    try:
+        return run(ns, common)
+    except UserError as exc:      # a held-out world, a bad override: one line, exit 2
+        print(f"policy_sweep: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from mtf.etl.config import CheckConfig, EtlConfig
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
 from mtf.loop.config import PipelineConfig
+from mtf.loop.protocol import ProtocolConfig
 from mtf.maintenance.config import MaintenanceConfig
 from mtf.mdp import MdpConfig
 from mtf.ope.config import OpeConfig
@@ -100,6 +101,7 @@ class MtfConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
 
 # Keys that moved when each setting went to the section that owns it: old key -> new key.
