@@ -50,9 +50,13 @@ LEARNERS: dict[str, tuple[str, Callable[[TrainConfig], TrainConfig]]] = {
     "bcq_random": ("BCQ, random exploration only",
                    lambda t: dataclasses.replace(t, algo="bcq", explore_groups=("random",))),
     "iql": ("IQL (in-sample critic, weighted actor)", lambda t: dataclasses.replace(
-        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=False))),
+        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=False,
+                                               curvature="diagonal"))),
     "iql_quadratic": ("IQL, quadratic critic", lambda t: dataclasses.replace(
-        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=True))),
+        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=True,
+                                               curvature="diagonal"))),
+    "iql_full": ("IQL, quadratic critic with weight interactions", lambda t: dataclasses.replace(
+        t, algo="iql", iql=dataclasses.replace(t.iql, quadratic_critic=True, curvature="full"))),
 }
 
 

@@ -18,6 +18,7 @@ from mtf.contract import EXPLORE_GROUPS
 ALGORITHMS = ("bcq", "td3", "cql", "bc", "iql")
 DEVICES = ("auto", "cpu", "cuda")
 READER_POOLS = ("thread", "process", "dummy")
+CURVATURES = ("diagonal", "full")          # iql.curvature: the quadratic critic's Hessian
 
 
 def _hidden(section: str, name: str, sizes: tuple[int, ...]) -> None:
@@ -153,6 +154,9 @@ class IQLConfig:
             w = min(exp(beta (min_j Q'_j(s, a) - V(s))), max_weight)
     quadratic_critic: Q_j = v_j(s) + g_j(s).a - 0.5 sum_i p_ji(s) a_i^2, p >= min_curvature;
             no actor, the policy is mean_j clip(g_j / p_j, -1, 1)
+    curvature: diagonal (above) or full: Q_j = v_j + g_j.a - 0.5 a^T P_j a,
+            P_j = L_j L_j^T + min_curvature I (L_j lower-triangular, NAF), the policy is the mean
+            of each critic's maximiser in the box [-1, 1]^k (mtf.rl.iql.box_maximiser)
     policy_ema: the exported policy uses an exponential moving average of the networks it is
             made of (the actor, or the quadratic critics), decay min(policy_ema, (1+t)/(10+t))
     Shared fields (tau, target schedule, widths) come from ``train.common``, gamma from ``mdp``.
@@ -166,11 +170,18 @@ class IQLConfig:
     actor_groups: tuple[str, ...] = ("random",)  # exploration groups the actor regresses on
     quadratic_critic: bool = False       # critics quadratic in a; policy = their maximiser
     min_curvature: float = 0.1           # lower bound of the quadratic critic's curvatures
+    curvature: str = "diagonal"          # diagonal | full (interactions between the weights)
     n_heads: int = 2                     # quadratic critics; the policy averages their maximisers
     policy_ema: float = 0.999            # exported policy = this EMA of the trained nets; 0 = off
 
     def __post_init__(self) -> None:
         check_positive("iql", min_curvature=self.min_curvature)
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"iql.curvature must be one of {list(CURVATURES)}, "
+                             f"got {self.curvature!r}")
+        if self.curvature != "diagonal" and not self.quadratic_critic:
+            raise ValueError(f"iql.curvature={self.curvature} shapes the quadratic critic; set "
+                             f"iql.quadratic_critic=true or iql.curvature=diagonal")
         if self.n_heads < 2:
             raise ValueError(f"iql.n_heads must be >= 2, got {self.n_heads!r}")
         if not 0.0 <= self.policy_ema < 1.0:

@@ -24,6 +24,11 @@ expectile of their minimum), and the policy is the critics' explicit maximiser
 estimate a slope and a curvature per weight and state from the random group's wide actions,
 which averages the return noise over many rows instead of letting an actor search the
 critic's errors. ``min_curvature`` bounds how far a flat, uncertain slope can push the policy.
+``iql.curvature = "full"`` gives each critic a full curvature matrix,
+``Q = v + g.a - 0.5 a^T P a`` with ``P = L L^T + min_curvature I`` (NAF), and the policy is each
+critic's maximiser in the box (:class:`FullQuadraticHead`): the fusion formula ranks alike for
+``alpha`` and ``c * alpha``, so the true Q has strong interactions between the weights that a
+diagonal curvature cannot represent.
 
 ``policy_ema``: the exported policy is made of an exponential moving average of the trained
 networks (Polyak averaging over about ``1 / (1 - policy_ema)`` steps). On noisy session returns
@@ -95,15 +100,132 @@ class QuadraticHead(nn.Module):
         return (g / p).clamp(-1.0, 1.0)
 
 
-class QuadraticQ(nn.Module):
-    """``n`` :class:`QuadraticHead` critics. Same interface as
-    :class:`~mtf.rl.networks.EnsembleQ` (``forward -> (n, B, 1)``, ``q1_value``) plus
-    :meth:`maximiser`."""
+# FullQuadraticHead.best solves max_{a in [-1, 1]^k} g.a - 0.5 a^T P a in three fixed stages
+# (no data-dependent loop, so it scripts and runs in the same time for every state):
+# BOX_ACTIVE_SET_STEPS primal-dual active-set steps (guess which weights sit on which face from
+# the gradient, solve exactly for the rest; keep the best point in the box), BOX_SWEEPS projected
+# coordinate-ascent sweeps (a_j <- the best a_j with the others held, clipped; never lower Q),
+# then one exact solve for the weights the sweeps left off the faces. Measured for k = 6 in
+# float32 against enumerating all 3^6 face patterns in float64, on P = L L^T + 0.1 I with L's
+# entries N(0, s^2) (s = 0.3, 1, 3, 10) and on P flat along a ray (the fusion's scale
+# invariance), about 1000 cases: all within 1e-4 (worst 5e-5). Without the active-set steps
+# (sweeps from clip(P^-1 g), then the solve) actions were off by up to 1.5 (0.6 with 40 sweeps)
+# for s >= 3, where P is badly conditioned.
+BOX_ACTIVE_SET_STEPS = 8
+BOX_SWEEPS = 20
+
+
+class FullQuadraticHead(nn.Module):
+    """One critic ``v(s) + g(s).a - 0.5 a^T P(s) a`` with ``P = L L^T + min_curvature I``, ``L``
+    lower-triangular with a softplus diagonal (NAF, Gu et al. 2016): unlike
+    :class:`QuadraticHead` it can represent interactions between the weights."""
 
     def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...],
-                 min_curvature: float, n: int = 2) -> None:
+                 min_curvature: float) -> None:
         super().__init__()
-        self.heads = nn.ModuleList(QuadraticHead(state_dim, action_dim, hidden, min_curvature)
+        k = action_dim
+        self.k = k
+        self.min_curvature = min_curvature
+        # attributes, not globals: TorchScript compiles them as constants
+        self.active_set_steps = BOX_ACTIVE_SET_STEPS
+        self.sweeps = BOX_SWEEPS
+        # outputs: v, g (k), L's diagonal (k, through softplus), L's strict lower part
+        self.net = mlp(state_dim, hidden, 1 + 2 * k + k * (k - 1) // 2)
+        lower = torch.tril_indices(k, k, offset=-1)
+        diag = torch.arange(k) * (k + 1)
+        # flat positions in the (k * k) matrix of the diagonal, then the strict lower entries
+        self.register_buffer("l_index", torch.cat([diag, lower[0] * k + lower[1]]),
+                             persistent=False)
+
+    def parts(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``v (B, 1)``, ``g (B, k)``, ``L (B, k, k)``."""
+        out = self.net(state)
+        k = self.k
+        entries = torch.cat([F.softplus(out[:, 1 + k:1 + 2 * k]), out[:, 1 + 2 * k:]], dim=1)
+        flat = torch.zeros(out.shape[0], k * k, dtype=out.dtype, device=out.device)
+        flat = flat.scatter(1, self.l_index.unsqueeze(0).expand(out.shape[0], -1), entries)
+        return out[:, :1], out[:, 1:1 + k], flat.view(-1, k, k)
+
+    def curvature(self, chol: torch.Tensor) -> torch.Tensor:
+        """``P = L L^T + min_curvature I``, ``(B, k, k)``."""
+        eye = torch.eye(self.k, dtype=chol.dtype, device=chol.device)
+        return chol @ chol.transpose(1, 2) + self.min_curvature * eye
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        v, g, chol = self.parts(state)
+        lt_a = (chol * action.unsqueeze(2)).sum(1)                         # L^T a, (B, k)
+        quad = lt_a.pow(2).sum(1, keepdim=True) + self.min_curvature * action.pow(2).sum(
+            1, keepdim=True)                                                # a^T P a
+        return v + (g * action).sum(1, keepdim=True) - 0.5 * quad
+
+    def best(self, state: torch.Tensor) -> torch.Tensor:
+        """The maximiser of the concave quadratic in ``[-1, 1]^k`` (:func:`box_maximiser`)."""
+        _, g, chol = self.parts(state)
+        return box_maximiser(self.curvature(chol), g, self.active_set_steps, self.sweeps)
+
+
+def box_quadratic(p: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``g.a - 0.5 a^T P a`` per row, ``(B,)``."""
+    return (g * a).sum(1) - 0.5 * (a * (p @ a.unsqueeze(2)).squeeze(2)).sum(1)
+
+
+def solve_off_faces(p: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
+                    on_face: torch.Tensor) -> torch.Tensor:
+    """Hold the weights where ``on_face`` at their values in ``a`` and maximise over the others
+    exactly: ``P_FF a_F = g_F - P_FA a_A`` as one batched solve (may leave the box)."""
+    free = (~on_face).to(p.dtype)
+    held = on_face.to(p.dtype)
+    # held rows: the identity (a_j = a_j); free rows: P restricted to the free columns
+    system = p * free.unsqueeze(2) * free.unsqueeze(1) + torch.diag_embed(held)
+    rhs = torch.where(on_face, a, g - (p @ (held * a).unsqueeze(2)).squeeze(2))
+    return torch.linalg.solve(system, rhs.unsqueeze(2)).squeeze(2)
+
+
+def keep_better(p: torch.Tensor, g: torch.Tensor, best: torch.Tensor,
+                candidate: torch.Tensor) -> torch.Tensor:
+    """Per row, ``candidate`` clipped to the box where that has the higher value, else ``best``."""
+    candidate = candidate.clamp(-1.0, 1.0)
+    better = box_quadratic(p, g, candidate) > box_quadratic(p, g, best)
+    return torch.where(better.unsqueeze(1), candidate, best)
+
+
+def box_maximiser(p: torch.Tensor, g: torch.Tensor, active_set_steps: int,
+                  sweeps: int) -> torch.Tensor:
+    """``argmax_{a in [-1, 1]^k} g.a - 0.5 a^T P a`` for SPD ``P (B, k, k)`` and ``g (B, k)``
+    (see :data:`BOX_SWEEPS` for the method and how exact it is)."""
+    a = torch.linalg.solve(p, g.unsqueeze(2)).squeeze(2)
+    best = a.clamp(-1.0, 1.0)
+    diag = torch.diagonal(p, dim1=1, dim2=2)
+    ones = torch.ones_like(g)
+    for step in range(active_set_steps):
+        # primal-dual active set: a_j goes to the face its gradient pushes it past
+        push = a + (g - (p @ a.unsqueeze(2)).squeeze(2)) / diag
+        on_face = push.abs() > 1.0
+        a = solve_off_faces(p, g, torch.where(push > 0, ones, -ones), on_face)
+        best = keep_better(p, g, best, a)
+    a = best
+    for sweep in range(sweeps):
+        for j in range(g.shape[1]):
+            rest = (p[:, j, :] * a).sum(1) - diag[:, j] * a[:, j]
+            a = a.clone()   # autograd-safe: no in-place write into a tensor it saved
+            a[:, j] = ((g[:, j] - rest) / diag[:, j]).clamp(-1.0, 1.0)
+    finished = solve_off_faces(p, g, a, a.abs() >= 1.0)
+    inside = (finished.abs() <= 1.0 + 1e-5).all(dim=1, keepdim=True)
+    return keep_better(p, g, a, torch.where(inside, finished, a))
+
+
+class QuadraticQ(nn.Module):
+    """``n`` quadratic critics (:class:`QuadraticHead`, or :class:`FullQuadraticHead` with
+    ``curvature="full"``). Same interface as :class:`~mtf.rl.networks.EnsembleQ`
+    (``forward -> (n, B, 1)``, ``q1_value``) plus :meth:`maximiser`."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...],
+                 min_curvature: float, n: int = 2, curvature: str = "diagonal") -> None:
+        super().__init__()
+        heads = {"diagonal": QuadraticHead, "full": FullQuadraticHead}
+        if curvature not in heads:
+            raise ValueError(f"curvature must be one of {list(heads)}, got {curvature!r}")
+        self.heads = nn.ModuleList(heads[curvature](state_dim, action_dim, hidden, min_curvature)
                                    for _ in range(n))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -145,7 +267,8 @@ class IQLAgent(GreedyCriticAgent):
         super().__init__(common, device, generator, gamma)
         self.iql = iql
         self.critic: nn.Module = (
-            QuadraticQ(state_dim, action_dim, common.hidden, iql.min_curvature, iql.n_heads)
+            QuadraticQ(state_dim, action_dim, common.hidden, iql.min_curvature, iql.n_heads,
+                       iql.curvature)
             if iql.quadratic_critic else EnsembleQ(state_dim, action_dim, common.hidden, 2)
         ).to(device)
         self.critic_target = target_copy(self.critic)
