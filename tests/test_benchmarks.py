@@ -3,6 +3,8 @@ exits 0 and writes a result JSON with the figures the README and docs quote.
 
 policy_sweep.py's smoke also checks what its export, signal and run produce (it simulates and
 builds its own small lake), and a failing variant must not lose the others' results.
+heldout_learning.py's smoke runs where Spark, Delta, petastorm and MLflow cannot be imported
+(:data:`NO_SPARK`), in its main process and its workers.
 """
 from __future__ import annotations
 
@@ -30,10 +32,25 @@ MACHINE_KEYS = {"cpu_count", "platform", "python", "torch", "pyspark", "delta-sp
 CORES = os.cpu_count() or 1
 
 
-def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _bench(script: str, *args: str,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
                           capture_output=True, text=True, timeout=900, cwd=ROOT,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})})
+
+
+# Packages a smoke must run without: a sitecustomize on PYTHONPATH puts None in sys.modules for
+# each, so any import of them fails, in the script and in every process it spawns.
+NO_SPARK = ("pyspark", "py4j", "delta", "deltalake", "petastorm", "mlflow")
+
+
+def _no_spark_env(folder: Any) -> dict[str, str]:
+    site = folder / "no_spark"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nfor _m in {NO_SPARK!r}:\n    sys.modules[_m] = None\n")
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(site) + (os.pathsep + path if path else "")}
 
 
 # Every smoke run, started together when the module's first test asks for one: most of a
@@ -47,7 +64,9 @@ SMOKES = {
     "fqe_scale": ("bench_fqe_scale.py", "--smoke", "--json", "{out}/fqe_scale.json"),
     "sweep": ("policy_sweep.py", "smoke", "--workdir", "{out}/work", "--json", "{out}/sweep.json"),
     "scale": ("bench_scale.py", "--smoke", "--json", "{out}/scale.json"),
+    "heldout": ("heldout_learning.py", "--smoke", "--json", "{out}/heldout.json"),
 }
+NO_SPARK_SMOKES = {"heldout"}
 # The test that reads each smoke: only the smokes of the selected tests start (-k scale runs
 # one smoke, not all of them).
 TEST_OF = {**{name: f"test_bench_{name}_smoke" for name in SMOKES},
@@ -59,7 +78,9 @@ def smokes(request: Any, tmp_path_factory: Any) -> Iterator[dict[str, tuple[Any,
     out = tmp_path_factory.mktemp("smokes")
     selected = {getattr(item, "originalname", item.name) for item in request.session.items}
     with ThreadPoolExecutor(max_workers=3) as pool:
-        yield {name: (out, pool.submit(_bench, *(a.format(out=out) for a in args)))
+        yield {name: (out, pool.submit(_bench, *(a.format(out=out) for a in args),
+                                       env=_no_spark_env(out) if name in NO_SPARK_SMOKES
+                                       else None))
                for name, args in SMOKES.items() if TEST_OF[name] in selected}
 
 
@@ -235,3 +256,45 @@ def test_policy_sweep_smoke_export_signal_and_run(smokes: Any, tmp_path: Any) ->
     assert failed["tag"] == "broken" and "bcq.rho must be in [0, 2]" in failed["error"]
     assert ok["tag"] == "c" and "error" not in ok, ok
     assert set(results["figures"]) == {"c.vs_baseline_pct", "c.train_s", "c.train_steps_per_s"}
+
+
+def test_bench_heldout_smoke(smokes: Any) -> None:
+    folder, job = smokes["heldout"]
+    out, proc = folder / "heldout.json", job.result()
+    _ran(proc)
+    learners = ("default", "bcq", "bcq_small")
+    policies = ("cem", *learners)
+    record = _record(out, "heldout_learning", {
+        "seconds",
+        *(f"{p}.{k}" for p in policies for k in (
+            "return_pct_mean", "dwell_pct_mean", "return_goal_worlds", "dwell_goal_worlds")),
+        *(f"{p}.above_cem_worlds" for p in learners),
+        *(f"tune-7.{p}.{k}" for p in policies for k in ("return_pct", "dwell_pct"))})
+    details = record["details"]
+    assert details["learners"] == {"default": [], "bcq": ["train.algo=bcq"],
+                                   "bcq_small": ["train.algo=bcq", "train.common.hidden=[16,16]"]}
+    (world,) = details["worlds"]
+    assert (world["world"], world["role"], world["seed"], world["truth_seed"]) == \
+        ("tune-7", "tuning", 7, 1234)
+    assert (world["users"], world["days"], world["truth_sessions"]) == (150, 2, 200)
+    assert world["failed"] == {} and world["simulation"]["rows"] > 0
+    assert {n: (r["algo"], r["max_steps"], r["rows"]) for n, r in world["learners"].items()} == {
+        n: (a, 20, world["simulation"]["rows"])
+        for n, a in (("default", "iql"), ("bcq", "bcq"), ("bcq_small", "bcq"))}
+    assert len(world["cem"]["history"]) == 2 and world["cem"]["seed"] == 7 + 500
+    assert list(world["rows"]) == ["logging", *policies]       # logging, CEM, then learners
+    for name, row in world["rows"].items():
+        assert row["return_pct_ci"][0] <= row["return_pct"] <= row["return_pct_ci"][1]
+        assert row["dwell_pct_ci"][0] <= row["dwell_pct"] <= row["dwell_pct_ci"][1]
+        assert set(row["goals"]) == {"return", "dwell", "above_cem"}
+        assert ("vs_cem" in row) == (name != "cem")
+        if name != "logging":
+            assert record["figures"][f"tune-7.{name}.return_pct"] == row["return_pct"]
+    assert world["rows"]["logging"]["return_pct"] == 0.0
+    assert set(details["pooled"]) == {"logging", *policies}
+    chosen = details["chosen"]                  # --choose on the tuning world: the argmax
+    assert chosen["worlds"] == ["tune-7"] and set(chosen["means"]) == set(learners)
+    assert chosen["mean_return_pct"] == max(chosen["means"].values())
+    assert chosen["overrides"] == details["learners"][chosen["name"]]
+    assert "[tune-7] (tuning)" in proc.stdout and "pooled over ['tune-7']" in proc.stdout
+    assert "tune-7: truth of logging (200 sessions)" in proc.stderr

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mtf.config import MtfConfig, load_config
-from mtf.features import FEATURE_VERSION
+from mtf.loop.in_memory_training import frame_columns, train_policy
 from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_arrays, \
     validation_policies
 from mtf.ope.accuracy import estimator_accuracy
@@ -153,39 +153,16 @@ def candidate_policies(world: World) -> list[TargetPolicy]:
 
 def train_learners(cfg: MtfConfig, df: Any, specs: Sequence[LearnerSpec], steps: int,
                    run_root: str, log: Callable[[str], None]) -> list[TargetPolicy]:
-    """Train each learner in memory on the ``train`` split rows; deterministic raw-state
-    policies (:func:`mtf.rl.export.build_policy`)."""
-    from mtf.rl.batch import Normalizer, TransitionBatch, group_codes
-    from mtf.rl.checkpoint import load_checkpoint
-    from mtf.rl.export import build_policy
-    from mtf.rl.layout import ActionSpace, TableLayout
-    from mtf.rl.loader import InMemorySource
-    from mtf.rl.train import train
-
-    rows = df[df["split"] == "train"]
-    if cfg.train.explore_groups:
-        rows = rows[rows["explore_group"].isin(cfg.train.explore_groups)]
-    cols = {"state": np.stack(rows["state"].to_numpy()).astype(np.float32),
-            "next_state": np.stack(rows["next_state"].to_numpy()).astype(np.float32),
-            "action": np.stack(rows["action"].to_numpy()).astype(np.float32),
-            "reward": rows["reward"].to_numpy(np.float32),
-            "is_terminal": rows["is_terminal"].to_numpy(np.float32),
-            "group": group_codes(rows["explore_group"].to_numpy())}
-    batch = TransitionBatch.from_numpy(cols)
-    layout = TableLayout("simulated", 0, tuple(cfg.features.feature_names), FEATURE_VERSION,
-                         tuple(cfg.fusion.names))
+    """Train each learner in memory on the ``train`` split rows
+    (:func:`mtf.loop.in_memory_training.train_policy`); deterministic raw-state policies."""
+    cols = frame_columns(df, "train")
     out = []
     for spec in specs:
         t0 = time.perf_counter()
         n = max(1, int(round(steps * spec.step_share)))
-        c = replace(cfg.train, algo=spec.algo, max_steps=n, log_every=n, checkpoint_every=n,
-                    tensorboard=False, device="cpu")
-        res = train(c, InMemorySource(batch, batch_size=c.batch_size, seed=spec.seed),
-                    gamma=cfg.mdp.gamma, layout=layout,
-                    action_space=ActionSpace.from_fusion(cfg.fusion),
-                    run_dir=os.path.join(run_root, spec.name), seed=spec.seed,
-                    normalizer=Normalizer.fit(cols["state"]))
-        module = build_policy(load_checkpoint(res.checkpoint, map_location="cpu"))
+        c = replace(cfg.train, algo=spec.algo, max_steps=n, log_every=n)
+        module = train_policy(cfg, c, cols, seed=spec.seed,
+                              run_dir=os.path.join(run_root, spec.name))
         out.append(module_policy(spec.name, module, f"{c.algo}, {n} steps, seed {spec.seed}"))
         log(f"  learner {spec.name}: {c.algo} {n} steps in {time.perf_counter() - t0:.0f} s")
     return out

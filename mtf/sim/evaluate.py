@@ -73,6 +73,7 @@ class EvalResult:
     first_rewards: np.ndarray = field(repr=False)  # (n_sessions,)
     first_states: np.ndarray = field(repr=False)   # (n_sessions, S) state at the first
     #                                                request (equal across paired policies)
+    dwells: np.ndarray = field(repr=False)         # (n_sessions,) play time per session, s
 
     def segment(self, mask: np.ndarray) -> float:
         """Mean return over the sessions selected by ``mask`` (e.g. on ``first_states``)."""
@@ -90,6 +91,8 @@ class CompareResult:
     diff_std_err: float
     diff_first_reward: float
     diff_first_reward_ci: tuple[float, float]
+    diff_dwell_s: float                # mean of per-session (dwell_a - dwell_b), seconds
+    diff_dwell_ci: tuple[float, float]
 
 
 def _as_world(world_or_cfg: "World | MtfConfig") -> World:
@@ -164,15 +167,17 @@ def _result(world: World, outcomes: list[Outcome]) -> EvalResult:
     inter = np.concatenate([o.n_interactions for o in outcomes])
     mean, half, se = _interval(ret, level)
     fmean, fhalf, _ = _interval(first, level)
+    dwells = np.concatenate([o.dwell_s for o in outcomes])
     n_imp = steps.sum() * world.sim.session.page_size
     return EvalResult(
         n_sessions=int(ret.shape[0]), mean_return=mean, ci=(mean - half, mean + half),
         std_err=se, mean_first_reward=fmean, first_reward_ci=(fmean - fhalf, fmean + fhalf),
         mean_total_reward=float(np.concatenate([o.total_reward for o in outcomes]).mean()),
-        mean_dwell_s=float(np.concatenate([o.dwell_s for o in outcomes]).mean()),
+        mean_dwell_s=float(dwells.mean()),
         interaction_rate=float(inter.sum() / n_imp) if n_imp else float("nan"),
         mean_session_length=float(steps.mean()), ci_level=level, returns=ret,
-        first_rewards=first, first_states=np.concatenate([o.first_states for o in outcomes]))
+        first_rewards=first, first_states=np.concatenate([o.first_states for o in outcomes]),
+        dwells=dwells)
 
 
 def evaluate_many(world_or_cfg: "World | MtfConfig", policies: Mapping[str, Policy],
@@ -197,15 +202,18 @@ def evaluate(world_or_cfg: "World | MtfConfig", policy: Policy, n_sessions: int,
 
 
 def paired_difference(a: EvalResult, b: EvalResult) -> CompareResult:
-    """Paired ``a - b`` of two results from the same ``(seed, n_sessions)``."""
+    """Paired ``a - b`` of two results from the same ``(seed, n_sessions)``: return, first
+    reward and dwell time per session."""
     if a.n_sessions != b.n_sessions:
         raise ValueError("paired_difference needs results over the same sessions, got "
                          f"{a.n_sessions} and {b.n_sessions} sessions")
     d, half, se = _interval(a.returns - b.returns, a.ci_level)
     fd, fhalf, _ = _interval(a.first_rewards - b.first_rewards, a.ci_level)
+    dd, dhalf, _ = _interval(a.dwells - b.dwells, a.ci_level)
     return CompareResult(a=a, b=b, diff_return=d, diff_ci=(d - half, d + half),
                          diff_std_err=se, diff_first_reward=fd,
-                         diff_first_reward_ci=(fd - fhalf, fd + fhalf))
+                         diff_first_reward_ci=(fd - fhalf, fd + fhalf), diff_dwell_s=dd,
+                         diff_dwell_ci=(dd - dhalf, dd + dhalf))
 
 
 def compare(world_or_cfg: "World | MtfConfig", policy_a: Policy, policy_b: Policy,
