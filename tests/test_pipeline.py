@@ -63,6 +63,9 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
                       "IQL, quadratic critic"]
     base = summary["comparison"][0]
     assert base["vs_baseline_pct"] == 0.0 and base["vs_baseline_ci"] == [0.0, 0.0]
+    # The configured learner's row is the last day's first candidate, not a second training:
+    # the same policy on the same sessions has exactly the same true value.
+    assert summary["comparison"][3]["true_return"] == days[1]["candidates"][names[0]]["true"]
     # The states carry each simulated user's real profile (the profile table is written).
     from mtf.delta import read_delta
     from mtf.sim.generate import shard_users
@@ -99,10 +102,9 @@ def _check_tracked(root: str, summary: dict) -> None:
                       if r.data.tags.get("mlflow.parentRunId") == loop.info.run_id)
     stamp = loop.info.run_name.removeprefix("pipeline-")
     assert children == [("evaluate", "ope-2026-01-02"),
-                        ("train", f"{stamp}-final-bcq"), ("train", f"{stamp}-final-iql_quadratic"),
-                        ("train", f"{stamp}-iql-2026-01-02"),
+                        ("train", f"{stamp}-final-bcq"), ("train", f"{stamp}-iql-2026-01-02"),
                         ("train", f"{stamp}-iql-2026-01-02-s1")]
-    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}
     days = summary["days"]
     history = client.get_metric_history(loop.info.run_id, "day/true_deployed")
     assert [(m.step, m.value) for m in history] == [(0, days[0]["true_deployed"]),
@@ -131,3 +133,19 @@ def test_learners_set_what_distinguishes_them_whatever_the_configured_learner() 
         assert LEARNERS["iql_quadratic"][1](base).iql.quadratic_critic is True
         assert LEARNERS["bcq"][1](base).algo == "bcq"
         assert LEARNERS["bcq_random"][1](base).explore_groups == ("random",)
+
+
+def test_a_comparison_learner_reuses_the_candidate_only_when_it_trains_the_same_policy() -> None:
+    from mtf.loop.closed_loop import _as_trained
+    from mtf.loop.config import LEARNERS
+
+    quad = load_config(None, ["train.algo=iql", "train.iql.quadratic_critic=true",
+                              "train.run_id=x", "train.start_ds=2026-01-01"]).train
+    bcq = load_config(None, ["train.algo=bcq", "train.explore_groups=[noise]"]).train
+    same = {k for k, (_, learner) in LEARNERS.items()
+            if _as_trained(quad, learner) == _as_trained(quad)}
+    assert same == {"iql_quadratic"}
+    # BCQ on random exploration only is not plain BCQ, although _train resets explore_groups.
+    same = {k for k, (_, learner) in LEARNERS.items()
+            if _as_trained(bcq, learner) == _as_trained(bcq)}
+    assert same == {"bcq"}

@@ -165,6 +165,14 @@ def _train(cfg: "MtfConfig", first: dt.date, last: dt.date, run_id: str,
     return os.path.join(result.run_dir, EXPORT_DIR)
 
 
+def _as_trained(train: "TrainConfig", learner: Callable[["TrainConfig"], "TrainConfig"]
+                = lambda t: t) -> "TrainConfig":
+    """The train config :func:`_train` runs for ``learner``, less what it sets itself (the
+    window, the run id, no resume): two learners with equal keys train the same policy."""
+    return dataclasses.replace(learner(dataclasses.replace(train, explore_groups=())),
+                               start_ds="", end_ds="", run_id="", resume_from="")
+
+
 def _load_policy(export_dir: str) -> Policy:
     return torch_policy(torch.jit.load(os.path.join(export_dir, POLICY_FILE)))
 
@@ -244,8 +252,12 @@ def _closed_loop(spark: "SparkSession", cfg: "MtfConfig", stamp: str,
         days.append(row)
         logger.info("day %s: %s", day, _fmt_day(row))
         tracker.log_metrics(day_metrics(row), step=d)
+    # The last day's first candidate was trained exactly as the final comparison would train
+    # the configured learner (same config, seed and window): its row reuses that training.
     comparison = compare_baselines(cfg, world, baseline, out_dir, stamp,
-                                   last_day=cfg.sim.start + dt.timedelta(days=pcfg.days - 1))
+                                   last_day=cfg.sim.start + dt.timedelta(days=pcfg.days - 1),
+                                   trained={cfg.train: next(iter(exports.values()))}
+                                   if pcfg.first_train_day < pcfg.days else {})
     summary = {"days": [dataclasses.asdict(r) for r in days], "comparison": comparison,
                "report_dir": out_dir, "config": to_dict(cfg)}
     with open(os.path.join(out_dir, "summary.json"), "w") as fh:
@@ -295,8 +307,13 @@ def _offline_eval(spark: "SparkSession", cfg: "MtfConfig", policies: dict[str, s
 
 
 def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: str, stamp: str,
-                      last_day: dt.date) -> list[dict[str, Any]]:
-    """Train/search every configured baseline on the final window; paired ground truth."""
+                      last_day: dt.date, trained: dict[Any, str] | None = None
+                      ) -> list[dict[str, Any]]:
+    """Train/search every configured baseline on the final window; paired ground truth.
+
+    ``trained``: train configs already trained on that window with ``cfg.seed`` -> their
+    export directory; a learner whose train config equals one is not trained again."""
+    trained = {_as_trained(t): e for t, e in (trained or {}).items()}
     pcfg: PipelineConfig = cfg.pipeline
     first = max(cfg.sim.start, last_day - dt.timedelta(days=pcfg.train_window_days - 1))
     policies: dict[str, Policy] = {"logging baseline": baseline}
@@ -316,7 +333,11 @@ def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: s
         sessions["ES (state -> weights)"] = res.n_sessions
     for key, (label, learner) in LEARNERS.items():
         if key in pcfg.compare:
-            export = _train(cfg, first, last_day, f"{stamp}-final-{key}", learner)
+            export = trained.get(_as_trained(cfg.train, learner))
+            if export is None:
+                export = _train(cfg, first, last_day, f"{stamp}-final-{key}", learner)
+            else:
+                logger.info("comparison: %s is the last day's candidate (%s)", label, export)
             policies[label] = _load_policy(export)
     truth = _truth(world, policies, pcfg)
     best_fixed = truth.get("best fixed weights (CEM)")
