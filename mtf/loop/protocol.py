@@ -16,12 +16,9 @@ worlds").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 from mtf.errors import UserError
-
-if TYPE_CHECKING:
-    from mtf.config import MtfConfig
 
 TUNING, HELDOUT = "tuning", "heldout"
 
@@ -87,8 +84,9 @@ class ProtocolConfig:
         return {w.seed for w in self.heldout} | {w.truth_seed for w in self.heldout}
 
 
-def require_tuning(cfg: "MtfConfig", what: str, seeds: Sequence[int] = ()) -> None:
-    """Stop ``what`` (a sweep, a search for a default) when the config's world seed, its truth
+def require_tuning(cfg: Any, what: str, seeds: Sequence[int] = ()) -> None:
+    """Stop ``what`` (a sweep, a search for a default) when the config's (an ``MtfConfig``,
+    which nests this section, so not imported here) world seed, its truth
     seed or any of ``seeds`` belongs to a held-out world: settings are chosen on tuning worlds
     only. Raises :class:`mtf.errors.UserError` naming the world and the fix."""
     held = {s: w for w in cfg.protocol.heldout for s in (w.seed, w.truth_seed)}
