@@ -85,6 +85,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--choose", action="store_true",
                    help="tuning worlds only: write the learner with the best mean %% vs "
                         "logging to details.chosen")
+    p.add_argument("--family", action="append", default=[], metavar="'NAME: L1,L2,...'",
+                   help="with --choose: one choice per family among its learners (e.g. "
+                        "\"bcq: bcq,bcq_rho05\"); details.choices holds each, --learners-from "
+                        "runs every chosen variant (default: one family of all learners)")
     p.add_argument("--users", type=int, default=None,
                    help="simulated users per day (default sim.n_users of the config)")
     p.add_argument("--days", type=int, default=None,
@@ -126,6 +130,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
     if args.parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.family and not args.choose:
+        raise UserError("--family only applies with --choose")
     if args.learners_from and (args.learner or args.choose):
         raise UserError("--learners-from runs exactly the chosen variant: drop --learner and "
                         "--choose")
@@ -141,6 +147,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     if unknown:
         raise UserError(f"--learners {unknown} are not among {[s.name for s in learners]}")
     learners = [s for s in learners if not only or s.name in only]
+    if args.choose:
+        lb.parse_families(args.family, learners)       # unknown members: before any job
     sizes = lb.Sizes(users=args.users, days=args.days, train_steps=args.train_steps,
                      truth_sessions=args.truth_sessions, cem_generations=args.cem_generations,
                      cem_population=args.cem_population, cem_sessions=args.cem_sessions)
@@ -185,10 +193,14 @@ def run(args: argparse.Namespace) -> int:
         if failed:
             print("some jobs failed: nothing chosen", file=sys.stderr)
         else:
-            details["chosen"] = lb.choose(reported, learners)
-            c = details["chosen"]
-            print(f"\nchosen on {c['worlds']}: {c['name']} {c['overrides']} "
-                  f"({c['mean_return_pct']:+.2f}% vs logging on average)", flush=True)
+            families = lb.parse_families(args.family, learners)
+            details["choices"] = {f: lb.choose(reported, members)
+                                  for f, members in families.items()}
+            if len(families) == 1:
+                details["chosen"] = next(iter(details["choices"].values()))
+            for f, c in details["choices"].items():
+                print(f"\n{f}: chosen on {c['worlds']}: {c['name']} {c['overrides']} "
+                      f"({c['mean_return_pct']:+.2f}% vs logging on average)", flush=True)
     figures = {"seconds": time.perf_counter() - t0, **lb.figures_of(pool, reported)}
     write_result(args.json, "heldout_learning", figures,
                  {k: v for k, v in vars(args).items() if k not in ("json", "smoke")},

@@ -233,3 +233,24 @@ def test_the_jobs_run_without_spark_delta_petastorm_or_mlflow(tmp_path: Any) -> 
     n_rows, algo, names = proc.stdout.splitlines()[0].split(" ", 2)
     assert int(n_rows) > 32 and algo == "bcq" and names == "['bcq', 'cem', 'logging']"
     assert proc.stdout.splitlines()[1] == "loaded: []"
+
+
+def test_one_choice_per_family_and_learners_from_runs_each(script: ModuleType,
+                                                           tmp_path: Any) -> None:
+    worlds = [_world("tune-7", default=1.0, bcq=0.5, v=2.0, full=1.5),
+              _world("tune-8", default=1.0, bcq=0.9, v=0.5, full=1.4)]
+    full = LearnerSpec("full", ("train.iql.curvature=full",))
+    families = lb.parse_families(["bcq: bcq,v", "iql: default,full"], [*SPECS[:3], full])
+    assert {f: [s.name for s in m] for f, m in families.items()} == {
+        "bcq": ["bcq", "v"], "iql": ["default", "full"]}
+    choices = {f: lb.choose(worlds, m) for f, m in families.items()}
+    assert (choices["bcq"]["name"], choices["bcq"]["mean_return_pct"]) == ("v", 1.25)
+    assert (choices["iql"]["name"], choices["iql"]["mean_return_pct"]) == ("full", 1.45)
+    protocol = load_config(None).protocol
+    assert lb.chosen_learners({"details": {"choices": choices}}, protocol) == [SPECS[2], full]
+    assert lb.parse_families([], SPECS[:2]) == {"all": SPECS[:2]}
+    for bad in ("bcq bcq,v", "bcq: nope", "x:"):
+        with pytest.raises(UserError, match="--family"):
+            lb.parse_families([bad], SPECS[:3])
+    with pytest.raises(UserError, match="--family only applies with --choose"):
+        script.plan(_args(script, "--family", "a: default"))

@@ -55,9 +55,9 @@ def select_groups(cols: dict[str, np.ndarray],
 def train_policy(cfg: "MtfConfig", train_cfg: "TrainConfig", cols: dict[str, np.ndarray], *,
                  seed: int, run_dir: str) -> "nn.Module":
     """Train ``train_cfg`` (algorithm, sizes, ``max_steps``) on the rows of ``cols`` in its
-    ``explore_groups``, on the CPU, one checkpoint at the end; the deterministic raw-state
-    policy (raw state -> action in [-1, 1]). ``cfg`` gives the discount, fusion tasks and
-    feature layout. Run records land in ``run_dir``."""
+    ``explore_groups``, on ``train.device``, one checkpoint at the end; the deterministic
+    raw-state policy (raw state -> action in [-1, 1]). ``cfg`` gives the discount, fusion
+    tasks and feature layout. Run records land in ``run_dir``."""
     from mtf.rl.batch import Normalizer, TransitionBatch
     from mtf.rl.checkpoint import load_checkpoint
     from mtf.rl.export import build_policy
@@ -68,7 +68,7 @@ def train_policy(cfg: "MtfConfig", train_cfg: "TrainConfig", cols: dict[str, np.
     cols = select_groups(cols, train_cfg.explore_groups)
     n = train_cfg.max_steps
     c = replace(train_cfg, log_every=min(train_cfg.log_every, n), checkpoint_every=n,
-                tensorboard=False, device="cpu")
+                tensorboard=False)      # train.device: auto = the GPU where there is one
     batch = TransitionBatch.from_numpy(cols)
     layout = TableLayout("simulated", 0, tuple(cfg.features.feature_names), FEATURE_VERSION,
                          tuple(cfg.fusion.names))

@@ -333,21 +333,48 @@ def choose(worlds: Sequence[Mapping[str, Any]],
                                      for w in worlds}}
 
 
+def parse_families(texts: Sequence[str],
+                   learners: Sequence[LearnerSpec]) -> dict[str, list[LearnerSpec]]:
+    """``"NAME: l1,l2"`` -> {NAME: those learners}; none given -> one family ``all`` of every
+    learner. Unknown or repeated names are a UserError."""
+    by_name = {s.name: s for s in learners}
+    if not texts:
+        return {"all": list(learners)}
+    out: dict[str, list[LearnerSpec]] = {}
+    for text in texts:
+        name, sep, rest = text.partition(":")
+        members = [m.strip() for m in rest.split(",") if m.strip()]
+        if not sep or not name.strip() or not members:
+            raise UserError(f"--family {text!r}: expected 'NAME: learner1,learner2'")
+        unknown = [m for m in members if m not in by_name]
+        if unknown or name.strip() in out:
+            raise UserError(f"--family {text!r}: unknown learners {unknown} (known: "
+                            f"{list(by_name)}) or a repeated family name")
+        out[name.strip()] = [by_name[m] for m in members]
+    return out
+
+
 def chosen_learners(record: Mapping[str, Any], protocol: ProtocolConfig) -> list[LearnerSpec]:
-    """The variant a ``--choose`` run chose (its result JSON), to run on held-out worlds: no
-    extra learner when the choice was ``default`` or ``bcq`` (always trained). The choice must
-    come from tuning worlds of this protocol."""
-    chosen = (record.get("details") or {}).get("chosen")
-    if not chosen:
+    """The variants a ``--choose`` run chose (its result JSON: ``details.choices``, one per
+    family, or the single ``details.chosen``), to run on held-out worlds: no extra learner for
+    a choice of ``default`` or ``bcq`` (always trained). Every choice must come from tuning
+    worlds of this protocol."""
+    details = record.get("details") or {}
+    choices = list((details.get("choices") or {}).values()) or (
+        [details["chosen"]] if details.get("chosen") else [])
+    if not choices:
         raise UserError("--learners-from: the result JSON has no details.chosen; give the JSON "
                         "of a tuning run with --choose")
-    not_tuning = [w for w in chosen["worlds"] if protocol.role(w) != TUNING]
-    if not_tuning:
-        raise UserError(f"--learners-from: the choice was made on {not_tuning}, which are not "
-                        "tuning worlds of this config's protocol; choose on tuning worlds")
-    if chosen["name"] in {s.name for s in BUILTIN_LEARNERS}:
-        return []
-    return [LearnerSpec(chosen["name"], tuple(chosen["overrides"]))]
+    out: list[LearnerSpec] = []
+    for chosen in choices:
+        not_tuning = [w for w in chosen["worlds"] if protocol.role(w) != TUNING]
+        if not_tuning:
+            raise UserError(f"--learners-from: the choice was made on {not_tuning}, which are "
+                            "not tuning worlds of this config's protocol; choose on tuning "
+                            "worlds")
+        if chosen["name"] not in {s.name for s in BUILTIN_LEARNERS} | {s.name for s in out}:
+            out.append(LearnerSpec(chosen["name"], tuple(chosen["overrides"])))
+    return out
 
 
 # ---- the job graph --------------------------------------------------------------------------
