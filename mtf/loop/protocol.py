@@ -102,4 +102,3 @@ def require_tuning(cfg: Any, what: str, seeds: Sequence[int] = ()) -> None:
 
 def world_names(protocol: ProtocolConfig, role: str) -> list[str]:
     return [w.name for w in (protocol.tuning if role == TUNING else protocol.heldout)]
-
