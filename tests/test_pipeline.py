@@ -63,6 +63,10 @@ def test_closed_loop_runs_day_by_day_and_writes_the_tables(spark, tmp_path) -> N
                       "IQL, quadratic critic"]
     base = summary["comparison"][0]
     assert base["vs_baseline_pct"] == 0.0 and base["vs_baseline_ci"] == [0.0, 0.0]
+    assert base["dwell_vs_baseline_pct"] == 0.0 and base["dwell_vs_baseline_ci"] == [0.0, 0.0]
+    for row in summary["comparison"][1:]:      # paired: the CI holds the estimate
+        lo, hi = row["dwell_vs_baseline_ci"]
+        assert lo <= row["dwell_vs_baseline_pct"] <= hi
     # The configured learner's row is the last day's first candidate, not a second training:
     # the same policy on the same sessions has exactly the same true value.
     assert summary["comparison"][3]["true_return"] == days[1]["candidates"][names[0]]["true"]

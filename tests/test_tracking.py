@@ -288,9 +288,10 @@ def test_flattened_params_and_loop_metrics() -> None:
     assert comparison_metrics([
         {"policy": "best fixed weights (CEM)", "true_return": 4.5, "vs_baseline_pct": 0.7},
         {"policy": "ES (state -> weights)", "true_return": 4.6, "vs_baseline_pct": 2.6,
-         "vs_best_fixed": 0.08}]) == {
+         "vs_best_fixed": 0.08, "dwell_vs_baseline_pct": 1.5}]) == {
         "compare/best_fixed_weights_cem/true_return": 4.5,
         "compare/best_fixed_weights_cem/vs_baseline_pct": 0.7,
         "compare/es_state_weights/true_return": 4.6,
         "compare/es_state_weights/vs_baseline_pct": 2.6,
-        "compare/es_state_weights/vs_best_fixed": 0.08}
+        "compare/es_state_weights/vs_best_fixed": 0.08,
+        "compare/es_state_weights/dwell_vs_baseline_pct": 1.5}

@@ -284,7 +284,8 @@ def comparison_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     out = {}
     for r in rows:
         slug = re.sub(r"\W+", "_", r["policy"]).strip("_").lower()
-        for key in ("true_return", "vs_baseline_pct", "vs_best_fixed"):
+        for key in ("true_return", "vs_baseline_pct", "vs_best_fixed", "dwell_s",
+                    "dwell_vs_baseline_pct"):
             if key in r:
                 out[f"compare/{slug}/{key}"] = float(r[key])
     return out
@@ -348,6 +349,9 @@ def compare_baselines(cfg: "MtfConfig", world: Any, baseline: Policy, out_dir: s
         row = {"policy": label, "true_return": res.mean_return, "ci": list(res.ci),
                "vs_baseline_pct": 100.0 * vs_base.diff_return / abs(base.mean_return),
                "vs_baseline_ci": list(vs_base.diff_ci), "dwell_s": res.mean_dwell_s,
+               "dwell_vs_baseline_pct": 100.0 * vs_base.diff_dwell_s / abs(base.mean_dwell_s),
+               "dwell_vs_baseline_ci": [100.0 * x / abs(base.mean_dwell_s)
+                                        for x in vs_base.diff_dwell_ci],
                "interaction_rate": res.interaction_rate,
                "session_length": res.mean_session_length,
                "search_sessions": sessions.get(label, 0)}
@@ -382,14 +386,16 @@ def render_tables(summary: dict[str, Any]) -> str:
                      f"{r['decision'] or '-'} |")
     lines += ["", "## Comparison on ground truth (paired, common random numbers)", "",
               "| policy | true discounted session return [95% CI] | vs logging baseline "
-              "| vs best fixed weights [95% CI] | dwell s / session | interaction rate "
-              "| session length |", "|---|---|---|---|---|---|---|"]
+              "| vs best fixed weights [95% CI] | dwell s / session | dwell vs baseline [95% CI] "
+              "| interaction rate | session length |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["comparison"]:
         fixed = (f"{r['vs_best_fixed']:+.3f} [{r['vs_best_fixed_ci'][0]:+.3f}, "
                  f"{r['vs_best_fixed_ci'][1]:+.3f}]" if "vs_best_fixed" in r else "-")
         lines.append(f"| {r['policy']} | {r['true_return']:.3f} [{r['ci'][0]:.3f}, "
                      f"{r['ci'][1]:.3f}] | {r['vs_baseline_pct']:+.1f}% | {fixed} | "
-                     f"{r['dwell_s']:.0f} | {r['interaction_rate']:.3f} | "
+                     f"{r['dwell_s']:.0f} | {r['dwell_vs_baseline_pct']:+.1f}% "
+                     f"[{r['dwell_vs_baseline_ci'][0]:+.1f}, {r['dwell_vs_baseline_ci'][1]:+.1f}]"
+                     f" | {r['interaction_rate']:.3f} | "
                      f"{r['session_length']:.2f} |")
     return "\n".join(lines) + "\n"
 
