@@ -1,19 +1,21 @@
 """Airflow DAG: the daily mtf loop for the logical date ``ds``, from logs to serving.
 
-    build_transitions -> train -> evaluate -> deploy
+    build_transitions -> train -> evaluate -> deploy -> maintain
 
 ``deploy`` acts on the offline gate: on GO it wraps the selected policy in the exploration
 policy under ``<lake>/serving/daily-<ds>/`` and switches ``<lake>/serving/current.json`` to it;
 on NO-GO it changes nothing, so the deployed policy keeps serving (``mtf deploy``,
-mtf/serving/deploy.py). Serving reads ``current.json``.
+mtf/serving/deploy.py). Serving reads ``current.json``. ``maintain`` then compacts small files
+and VACUUMs the lake's tables, keeping every pinned version readable (the deployed policy's
+included; docs/maintenance.md); it runs after deploy so that it sees the new pin.
 
 Copy this file into your Airflow ``dags/`` folder and set the Airflow Variables
 ``mtf_conf_file`` (a YAML like conf/cluster.yaml), ``mtf_spark_master`` and ``mtf_home`` (where
 mtf's jobs/ live on the workers; ``mtf`` must be installed there). Each task is idempotent:
 re-running a date replaces exactly that date's partitions (build-transitions uses Delta
 replaceWhere on ds), training uses the run id ``bcq-<ds>`` (a retried task resumes from its last
-checkpoint), the evaluation report is written under ``daily-<ds>`` and deploy re-writes the same
-files. Days run in order, one at a time (``depends_on_past``, ``max_active_runs=1``): day D + 1's
+checkpoint), the evaluation report is written under ``daily-<ds>``, deploy re-writes the same
+files and maintain only removes files no pinned version needs. Days run in order, one at a time (``depends_on_past``, ``max_active_runs=1``): day D + 1's
 build continues the sessions open at the end of day D (docs/etl.md). Backfills are
 ``airflow dags backfill -s 2026-01-01 -e 2026-01-07 mtf_daily``.
 
@@ -28,7 +30,7 @@ import datetime as dt
 SPARK_SUBMIT = ("spark-submit --master {master} --deploy-mode client "
                 "--packages io.delta:delta-spark_4.0_2.13:4.4.0 "
                 "--conf spark.pyspark.python=python3")
-TASKS = ("build_transitions", "train", "evaluate", "deploy")
+TASKS = ("build_transitions", "train", "evaluate", "deploy", "maintain")
 TRAIN_DAYS = 3          # the paper retrains daily on the last 3 days
 
 
@@ -50,6 +52,7 @@ def daily_commands(ds: str, first_ds: str, *, conf_file: str, master: str, mtf_h
          f"train.start_ds={first_ds} train.end_ds={ds} train.run_id=bcq-{ds}"),
         ("evaluate", f"{submit} {job('evaluate')} {conf} ope.run_id=daily-{ds}"),
         ("deploy", f"python3 -m mtf.cli deploy {conf} ope.run_id=daily-{ds}"),
+        ("maintain", f"{submit} {job('maintain')} {conf}"),
     ]
 
 

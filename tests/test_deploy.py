@@ -25,7 +25,9 @@ def test_daily_commands_run_the_jobs_in_order_with_valid_overrides() -> None:
     assert dag.DAG is None or hasattr(dag, "dag")     # importable without Airflow
     cmds = dag.daily_commands("2026-01-07", "2026-01-05", conf_file="conf/cluster.yaml",
                               master="spark://m:7077", mtf_home=ROOT)
-    assert [t for t, _ in cmds] == ["build_transitions", "train", "evaluate", "deploy"]
+    assert [t for t, _ in cmds] == ["build_transitions", "train", "evaluate", "deploy",
+                                    "maintain"]
+    assert [t for t, _ in cmds] == list(dag.TASKS)
     for task, command in cmds:
         argv = shlex.split(command)
         if task == "deploy":      # not a Spark job: the mtf CLI acts on the gate's decision
@@ -45,6 +47,8 @@ def test_daily_commands_run_the_jobs_in_order_with_valid_overrides() -> None:
             assert cfg.train.run_id == "bcq-2026-01-07"   # a retry resumes the same run
         if task == "evaluate":
             assert cfg.ope.run_id == "daily-2026-01-07"
+        if task == "maintain":       # after deploy: the VACUUM keeps the new pin readable
+            assert job.endswith("jobs/maintain.py") and overrides == []
 
 
 # ---- mtf deploy: acting on the gate ----------------------------------------------------------
@@ -187,9 +191,9 @@ def test_a_real_airflow_dagbag_loads_the_daily_dag(tmp_path) -> None:
     bag = json.loads(proc.stdout.strip().splitlines()[-1])
     assert bag["import_errors"] == {} and bag["dags"] == ["mtf_daily"]
     tasks = bag["tasks"]
-    assert list(tasks) == ["build_transitions", "train", "evaluate", "deploy"]
+    assert list(tasks) == ["build_transitions", "train", "evaluate", "deploy", "maintain"]
     assert [tasks[t]["upstream"] for t in tasks] == [[], ["build_transitions"], ["train"],
-                                                     ["evaluate"]]
+                                                     ["evaluate"], ["deploy"]]
     assert all(t["depends_on_past"] for t in tasks.values()) and bag["max_active_runs"] == 1
     assert "mtf.cli deploy" in tasks["deploy"]["command"]
     assert "ope.run_id=daily-{{ ds }}" in tasks["deploy"]["command"]
