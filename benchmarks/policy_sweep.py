@@ -198,7 +198,10 @@ def refuse_heldout(variants: list[tuple[Any, ...]]) -> None:
 
     for tag, _, overrides, *_ in variants:
         tseed = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("TSEED=")]
-        cfg = load_config(None, [o for o in overrides if not o.startswith("TSEED=")])
+        try:
+            cfg = load_config(None, [o for o in overrides if not o.startswith("TSEED=")])
+        except UserError:
+            continue      # a broken variant fails alone in its worker, the others still run
         require_tuning(cfg, f"policy_sweep variant {tag!r}", seeds=tseed)
 
 
