@@ -12,6 +12,11 @@ Figures: the driver's peak resident memory (the Python process; the JVM's peak i
 too) and the FQE fits' rows/s, as ratios 10 N / N per source and stream / sample at 10 N.
 "Flat" means the streamed driver's peak at 10 N is close to its peak at N.
 
+``--in-process`` (the default of ``--smoke``) runs the four cases one after another in this
+process on one SparkSession instead, to skip three JVM start-ups: the same code paths and
+record, but each peak is then the shared process's since its case began (earlier cases' heap
+included), so the peak figures are not meaningful in that mode.
+
 Run with:
   .venv/bin/python benchmarks/bench_fqe_scale.py --json benchmarks/results/bench_fqe_scale.json
   .venv/bin/python benchmarks/bench_fqe_scale.py --smoke
@@ -35,7 +40,9 @@ from result import add_result_arguments, parse_with_smoke, write_result  # noqa:
 
 TASKS = ("click", "like", "share", "finish", "watch_time", "exit")
 SMOKE = {"rows": 2000, "scale": 2, "state_dim": 4, "steps": 20, "batch_size": 64,
-         "sample_rows": 500, "hidden": "8"}
+         "sample_rows": 500, "hidden": "8", "in_process": True}
+# The session that writes the tables (and, --in-process, runs the cases).
+SESSION_CONF = {"spark.ui.enabled": "false", "spark.databricks.delta.snapshotPartitions": "2"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-rows", type=int, default=20_000,
                    help="the streamed runs' driver sample (ope.fqe_max_rows)")
     p.add_argument("--workdir", type=str, default="", help="keep the tables here")
+    p.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the cases in this process on one SparkSession (peaks not "
+                        "meaningful; the default of --smoke)")
     p.add_argument("--worker", type=str, default="", help=argparse.SUPPRESS)
     p.add_argument("--table", type=str, default="", help=argparse.SUPPRESS)
     add_result_arguments(p)
@@ -58,16 +68,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---- the table ---------------------------------------------------------------------------------
 
-def write_table(path: str, n_test: int, args: argparse.Namespace, seed: int) -> None:
+def session() -> Any:
+    from mtf.config import SparkConfig
+    from mtf.spark import get_spark
+
+    return get_spark("mtf-bench-fqe-scale", SparkConfig(master="local[2]", conf=SESSION_CONF))
+
+
+def write_table(path: str, n_test: int, args: argparse.Namespace, seed: int,
+                spark: Any = None) -> None:
     """A transitions table in the contract's layout: n_test test rows (+ 10% train rows),
-    sessions of ``--session-length`` steps, written by Spark as a Delta table."""
+    sessions of ``--session-length`` steps, written by Spark (``spark``, or a session of its
+    own) as a Delta table."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mtf.config import SparkConfig
     from mtf.delta import write_delta
-    from mtf.spark import get_spark
 
     staging = path + "-staging"
     os.makedirs(staging, exist_ok=True)
@@ -101,18 +118,18 @@ def write_table(path: str, n_test: int, args: argparse.Namespace, seed: int) -> 
             os.path.join(staging, f"part-{part:05d}.parquet"))
     props = {"mtf.feature_names": json.dumps([f"f{i}" for i in range(s_dim)]),
              "mtf.feature_version": "bench", "mtf.action_tasks": json.dumps(list(TASKS))}
-    spark = get_spark("mtf-bench-fqe-scale", SparkConfig(
-        master="local[2]", conf={"spark.ui.enabled": "false",
-                                 "spark.databricks.delta.snapshotPartitions": "2"}))
+    own = spark is None
+    spark = session() if own else spark
     try:
         files = max(2, n // 50_000)
         write_delta(spark.read.parquet(staging).repartition(files), path, mode="overwrite",
                     properties=props)
     finally:
-        spark.stop()
+        if own:
+            spark.stop()
 
 
-# ---- one case, in its own process ------------------------------------------------------------
+# ---- one case, in its own process (or --in-process, in this one) -----------------------------
 
 def _peak_kib(pid: int) -> int:
     try:
@@ -125,20 +142,29 @@ def _peak_kib(pid: int) -> int:
     return 0
 
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the OPE job once on ``--table`` with ``--worker`` as ope.fqe_source."""
-    import dataclasses
+def _reset_peak(pid: int) -> None:
+    """Reset the process's peak resident set size (VmHWM) to its current size."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
-    import torch
+
+def _jvm_pid(spark: Any) -> int:
+    return int(spark.sparkContext._jvm.ProcessHandle.current().pid())
+
+
+def run_ope(spark: Any, source: str, table: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the OPE job once on ``table`` with ``source`` as ope.fqe_source: the case's figures
+    but its peaks."""
+    import dataclasses
 
     from mtf.config import LakeConfig, MtfConfig, SparkConfig
     from mtf.fusion import FusionConfig, TaskSpec
     from mtf.ope.config import OpeConfig
     from mtf.ope.job import evaluate_table
-    from mtf.spark import get_spark
 
-    torch.set_num_threads(1)
-    source = args.worker
     ope = OpeConfig(
         fqe_source=source, n_iterations=args.steps, batch_size=args.batch_size,
         hidden=tuple(int(h) for h in args.hidden.split(",")), target_update_every=100,
@@ -146,37 +172,63 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         ensemble=dataclasses.replace(OpeConfig().ensemble, members=0),
         fqe_max_rows=args.sample_rows if source == "stream" else 10 * args.rows * args.scale,
         fixed_policies={"c": (0.2,) * len(TASKS)}, run_id=f"bench-{source}")
-    root = os.path.dirname(args.table)
-    cfg = MtfConfig(lake=LakeConfig(root=root, transitions=args.table),
+    cfg = MtfConfig(lake=LakeConfig(root=os.path.dirname(table), transitions=table),
                     fusion=FusionConfig(tasks=tuple(TaskSpec(t) for t in TASKS)),
                     spark=SparkConfig(master="local[2]", conf={"spark.ui.enabled": "false"}),
                     ope=ope)
-    spark = get_spark("mtf-bench-fqe-scale", cfg.spark)
-    try:
-        t0 = time.perf_counter()
-        result, _ = evaluate_table(spark, cfg)
-        total = time.perf_counter() - t0
-        jvm_pid = int(spark.sparkContext._jvm.ProcessHandle.current().pid())
-        jvm_peak = _peak_kib(jvm_pid)
-    finally:
-        spark.stop()
+    t0 = time.perf_counter()
+    result, _ = evaluate_table(spark, cfg)
+    total = time.perf_counter() - t0
     fit_s = result.meta["seconds"]["fqe_fit"]
     n_fits = 2 * len(result.policies)
     return {"source": source, "split_rows": result.meta["n_rows"],
             "sample_rows": result.meta["sample_rows"],
-            "python_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "jvm_peak_mib": jvm_peak / 1024,
             "fit_seconds": fit_s, "fit_rows_per_s": n_fits * args.steps * args.batch_size / fit_s,
             "collect_seconds": result.meta["seconds"]["collect"], "total_seconds": total,
             "fqe_logging": result.estimate("logging", "fqe")}
 
 
-def run_case(source: str, table: str, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, os.path.abspath(__file__), "--worker", source, "--table", table,
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the OPE job once on ``--table`` with ``--worker`` as ope.fqe_source, in a process
+    of its own: the process's and its JVM's peaks are the case's."""
+    import torch
+
+    from mtf.config import SparkConfig
+    from mtf.spark import get_spark
+
+    torch.set_num_threads(1)
+    spark = get_spark("mtf-bench-fqe-scale",
+                      SparkConfig(master="local[2]", conf={"spark.ui.enabled": "false"}))
+    try:
+        case = run_ope(spark, args.worker, args.table, args)
+        jvm_peak = _peak_kib(_jvm_pid(spark))
+    finally:
+        spark.stop()
+    return {**case, "python_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "jvm_peak_mib": jvm_peak / 1024}
+
+
+def case_in_process(spark: Any, source: str, table: str,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """One case on this process's session (--in-process); the peaks since the case began."""
+    me, jvm = os.getpid(), _jvm_pid(spark)
+    _reset_peak(me)
+    _reset_peak(jvm)
+    case = run_ope(spark, source, table, args)
+    return {**case, "python_peak_mib": _peak_kib(me) / 1024, "jvm_peak_mib": _peak_kib(jvm) / 1024}
+
+
+def case_argv(source: str, table: str, args: argparse.Namespace) -> list[str]:
+    """The command line of one case's process."""
+    return [sys.executable, os.path.abspath(__file__), "--worker", source, "--table", table,
             "--rows", str(args.rows), "--scale", str(args.scale), "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--hidden", args.hidden,
             "--sample-rows", str(args.sample_rows)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+
+
+def run_case(source: str, table: str, args: argparse.Namespace) -> dict[str, Any]:
+    proc = subprocess.run(case_argv(source, table, args), capture_output=True, text=True,
+                          timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"case {source} on {table} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -190,20 +242,30 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="mtf-bench-fqe-scale-")
     sizes = {"1x": args.rows, f"{args.scale}x": args.rows * args.scale}
     cases: dict[str, dict[str, Any]] = {}
-    for label, rows in sizes.items():
-        table = os.path.join(work, f"transitions-{label}")
-        if not os.path.exists(os.path.join(table, "_delta_log")):
-            t0 = time.perf_counter()
-            write_table(table, rows, args, seed=1)
-            print(f"wrote {table}: {rows} test rows in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
-        for source in ("sample", "stream"):
-            c = run_case(source, table, args)
-            cases[f"{source}.{label}"] = c
-            print(f"{source:6s} {label:>4s}: split {c['split_rows']} rows, driver peak "
-                  f"{c['python_peak_mib']:.0f} MiB (JVM {c['jvm_peak_mib']:.0f} MiB), fit "
-                  f"{c['fit_rows_per_s']:.0f} rows/s, V_fqe(logging) {c['fqe_logging']:.3f}",
-                  flush=True)
+    spark = None
+    if args.in_process:
+        import torch
+        torch.set_num_threads(1)
+        spark = session()
+    try:
+        for label, rows in sizes.items():
+            table = os.path.join(work, f"transitions-{label}")
+            if not os.path.exists(os.path.join(table, "_delta_log")):
+                t0 = time.perf_counter()
+                write_table(table, rows, args, seed=1, spark=spark)
+                print(f"wrote {table}: {rows} test rows in {time.perf_counter() - t0:.0f} s",
+                      flush=True)
+            for source in ("sample", "stream"):
+                c = (case_in_process(spark, source, table, args) if spark is not None
+                     else run_case(source, table, args))
+                cases[f"{source}.{label}"] = c
+                print(f"{source:6s} {label:>4s}: split {c['split_rows']} rows, driver peak "
+                      f"{c['python_peak_mib']:.0f} MiB (JVM {c['jvm_peak_mib']:.0f} MiB), fit "
+                      f"{c['fit_rows_per_s']:.0f} rows/s, V_fqe(logging) "
+                      f"{c['fqe_logging']:.3f}", flush=True)
+    finally:
+        if spark is not None:
+            spark.stop()
     big = f"{args.scale}x"
     figures = {
         "stream_peak_ratio_big_over_1x": cases[f"stream.{big}"]["python_peak_mib"]

@@ -21,6 +21,10 @@ of the Python driver and of the JVM (local mode: driver and executors) while the
 run: per stage, cost per million at the largest size / at the smallest (goal <= 1.2, i.e.
 linear), and the driver's peak at the largest size / at the smallest (goal: flat).
 
+``--in-process`` (the default of ``--smoke``) runs the sizes one after another in this process
+on one SparkSession instead, to skip a JVM start-up per size: the same stages and record, but
+the peaks then carry the earlier sizes' heap, so they are not meaningful in that mode.
+
 Run with:
   .venv/bin/python benchmarks/bench_scale.py --json benchmarks/results/bench_scale.json
   .venv/bin/python benchmarks/bench_scale.py --sizes 500000 1500000 5000000 --json ...
@@ -42,7 +46,7 @@ from typing import Any, Callable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_fqe_scale import _peak_kib  # noqa: E402
+from bench_fqe_scale import _peak_kib, _reset_peak  # noqa: E402
 from result import add_result_arguments, parse_with_smoke, write_result  # noqa: E402
 
 STAGES = ("simulate", "build", "loader", "ope")
@@ -51,7 +55,8 @@ STAGES = ("simulate", "build", "loader", "ope")
 # the impressions actually simulated.
 IMPRESSIONS_PER_USER_DAY = 36.2
 SMOKE = {"sizes": [4000, 8000], "days": 1, "users_per_shard": 500, "fit_rows": 500,
-         "fit_iterations": 20, "n_bootstrap": 20, "set": ["sim.catalog.n_items=500"]}
+         "fit_iterations": 20, "n_bootstrap": 20, "set": ["sim.catalog.n_items=500"],
+         "in_process": True}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="more config overrides for every size (e.g. sim.catalog.n_items=2000)")
     p.add_argument("--workdir", type=str, default="", help="keep the lakes here (default: a "
                    "temporary directory, removed at the end)")
+    p.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the sizes in this process on one SparkSession (peaks not "
+                        "meaningful; the default of --smoke)")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--lake", type=str, default="", help=argparse.SUPPRESS)
     add_result_arguments(p)
@@ -81,15 +89,6 @@ def n_users(impressions: int, days: int) -> int:
 
 
 # ---- peaks -----------------------------------------------------------------------------------
-
-def _reset_peak(pid: int) -> None:
-    """Reset the process's peak resident set size (VmHWM) to its current size."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
 
 def measured(stage: str, jvm_pid: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run one stage: its seconds, its own figures, and the peaks of both processes during it."""
@@ -106,14 +105,13 @@ def measured(stage: str, jvm_pid: int, run: Callable[[], dict[str, Any]]) -> dic
     return out
 
 
-# ---- one size, in its own process ------------------------------------------------------------
+# ---- one size, in its own process (or --in-process, in this one) -----------------------------
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
+def size_config(target: int, lake: str, args: argparse.Namespace) -> Any:
+    """The config of one size: its lake and users; the Spark settings are the same for all."""
     from mtf.config import load_config
-    from mtf.spark import get_spark
 
-    cores = _cores(args.master)
-    overrides = [f"lake.root={args.lake}", f"sim.n_users={n_users(args.worker, args.days)}",
+    overrides = [f"lake.root={lake}", f"sim.n_users={n_users(target, args.days)}",
                  f"sim.n_days={args.days}", f"sim.users_per_shard={args.users_per_shard}",
                  f"spark.master={args.master}",
                  'spark.conf={"spark.databricks.delta.snapshotPartitions": "2", '
@@ -121,26 +119,45 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                  "train.num_threads=1", "ope.threads=1"]
     if args.n_bootstrap:
         overrides.append(f"ope.n_bootstrap={args.n_bootstrap}")
-    cfg = load_config(None, [*overrides, *args.set])
+    return load_config(None, [*overrides, *args.set])
+
+
+def session(cfg: Any) -> Any:
     import torch
+
+    from mtf.spark import get_spark
+
     torch.set_num_threads(1)
-    spark = get_spark("mtf-bench-scale", cfg.spark)
+    return get_spark("mtf-bench-scale", cfg.spark)
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Size ``--worker`` on ``--lake``, in a process of its own."""
+    cfg = size_config(args.worker, args.lake, args)
+    spark = session(cfg)
     try:
-        jvm = int(spark.sparkContext._jvm.ProcessHandle.current().pid())
-        stages = {"simulate": measured("simulate", jvm, lambda: simulate(spark, cfg))}
-        impressions = stages["simulate"]["impressions"]
-        stages["build"] = measured("build", jvm, lambda: build(spark, cfg))
-        train_rows = stages["build"]["train_rows"]
-        stages["loader"] = measured("loader", jvm, lambda: loader_epoch(cfg, train_rows))
-        prep = ope_fits(spark, cfg, args)
-        stages["ope"] = measured("ope", jvm, lambda: ope_pass(cfg, prep))
+        return run_stages(spark, cfg, args.worker, args)
     finally:
         spark.stop()
+
+
+def run_stages(spark: Any, cfg: Any, target: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every stage of one size (``cfg``: :func:`size_config`) on ``spark``: seconds, figures
+    and peaks per stage."""
+    cores = _cores(args.master)
+    jvm = int(spark.sparkContext._jvm.ProcessHandle.current().pid())
+    stages = {"simulate": measured("simulate", jvm, lambda: simulate(spark, cfg))}
+    impressions = stages["simulate"]["impressions"]
+    stages["build"] = measured("build", jvm, lambda: build(spark, cfg))
+    train_rows = stages["build"]["train_rows"]
+    stages["loader"] = measured("loader", jvm, lambda: loader_epoch(cfg, train_rows))
+    prep = ope_fits(spark, cfg, args)
+    stages["ope"] = measured("ope", jvm, lambda: ope_pass(cfg, prep))
     for s in stages.values():
         s["s_per_million"] = 1e6 * s["seconds"] / impressions
         s["impressions_per_core_s"] = impressions / s["seconds"] / cores
     # The peaks are the stages' (ru_maxrss is no help: resetting VmHWM resets it too).
-    return {"target": args.worker, "impressions": impressions, "users": cfg.sim.n_users,
+    return {"target": target, "impressions": impressions, "users": cfg.sim.n_users,
             "days": args.days, "cores": cores, "stages": stages,
             "python_peak_mib": max(s["python_peak_mib"] for s in stages.values()),
             "jvm_peak_mib": max(s["jvm_peak_mib"] for s in stages.values())}
@@ -238,13 +255,18 @@ def ope_pass(cfg: Any, prep: dict[str, Any]) -> dict[str, Any]:
             "fit_rows": prep["fit_rows"]}
 
 
-def run_size(target: int, lake: str, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, os.path.abspath(__file__), "--worker", str(target), "--lake", lake,
+def size_argv(target: int, lake: str, args: argparse.Namespace) -> list[str]:
+    """The command line of one size's process."""
+    return [sys.executable, os.path.abspath(__file__), "--worker", str(target), "--lake", lake,
             "--days", str(args.days), "--users-per-shard", str(args.users_per_shard),
             "--master", args.master, "--fit-rows", str(args.fit_rows),
             "--fit-iterations", str(args.fit_iterations), "--n-bootstrap", str(args.n_bootstrap),
             "--set", *args.set]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=6 * 3600)
+
+
+def run_size(target: int, lake: str, args: argparse.Namespace) -> dict[str, Any]:
+    proc = subprocess.run(size_argv(target, lake, args), stdout=subprocess.PIPE, text=True,
+                          timeout=6 * 3600)
     if proc.returncode != 0:
         raise RuntimeError(f"size {target} failed (exit {proc.returncode}); its log is above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -298,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench_scale.py needs at least two --sizes (the figures are ratios)")
     work = args.workdir or tempfile.mkdtemp(prefix="mtf-bench-scale-")
     runs = []
+    # --in-process: one session for every size (their Spark settings are the same)
+    spark = session(size_config(sizes[0], work, args)) if args.in_process else None
     try:
         for target in sizes:
             lake = os.path.join(work, f"lake-{target}")
@@ -305,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"size {target:,} impressions ({n_users(target, args.days):,} users x "
                   f"{args.days} day(s)), load average {os.getloadavg()[0]:.1f}:",
                   file=sys.stderr, flush=True)
-            runs.append(run_size(target, lake, args))
+            runs.append(run_stages(spark, size_config(target, lake, args), target, args)
+                        if spark is not None else run_size(target, lake, args))
             r = runs[-1]
             print(f"  = {r['impressions']:,} impressions; s per million: " + ", ".join(
                 f"{s} {r['stages'][s]['s_per_million']:.1f}" for s in STAGES),
@@ -313,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.workdir:
                 shutil.rmtree(lake, ignore_errors=True)
     finally:
+        if spark is not None:
+            spark.stop()
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     out = figures(runs)

@@ -9,12 +9,14 @@ heldout_learning.py's smoke runs where Spark, Delta, petastorm and MLflow cannot
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import ModuleType
 from typing import Any, Iterator
 
 import numpy as np
@@ -159,6 +161,8 @@ def test_bench_fqe_scale_smoke(smokes: Any) -> None:
         "stream_over_sample_peak_big", "stream_over_sample_fit_rate_big",
         "stream_fit_rate_ratio_big_over_1x"})
     cases = record["details"]["cases"]
+    # the smoke runs its cases in one process (the full run: one process per case)
+    assert record["sizes"]["in_process"] is True
     assert set(cases) == {"sample.1x", "stream.1x", "sample.2x", "stream.2x"}
     for label, rows in (("1x", 2000), ("2x", 4000)):
         # the collected baseline holds the whole split; the stream fits on it all from a
@@ -167,6 +171,7 @@ def test_bench_fqe_scale_smoke(smokes: Any) -> None:
         assert cases[f"sample.{label}"]["sample_rows"] == rows
         assert cases[f"stream.{label}"]["split_rows"] == rows
         assert 0 < cases[f"stream.{label}"]["sample_rows"] < 1000
+    assert all(c["python_peak_mib"] > 0 and c["jvm_peak_mib"] > 0 for c in cases.values())
 
 
 def test_bench_scale_smoke(smokes: Any) -> None:
@@ -184,7 +189,9 @@ def test_bench_scale_smoke(smokes: Any) -> None:
             "peak_mib_smallest", "peak_mib_largest", "peak_ratio_largest_over_smallest"))})
     runs = record["details"]["runs"]
     assert [r["target"] for r in runs] == record["sizes"]["sizes"] == [4000, 8000]
-    for r in runs:                      # each size in its own process, every stage measured
+    # the smoke runs both sizes in one process (the full run: one process per size)
+    assert record["sizes"]["in_process"] is True
+    for r in runs:                      # every stage of each size measured
         build, loader, ope = (r["stages"][s] for s in ("build", "loader", "ope"))
         assert r["impressions"] > 0 and r["cores"] == 2
         assert 0 < build["train_rows"] < build["transitions"]
@@ -194,6 +201,46 @@ def test_bench_scale_smoke(smokes: Any) -> None:
         assert all(r["stages"][s]["python_peak_mib"] > 0 and r["stages"][s]["jvm_peak_mib"] > 0
                    for s in stages)
     assert record["figures"]["impressions_largest"] == runs[1]["impressions"]
+
+
+def _script(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (its imports of the other scripts need benchmarks/)."""
+    folder = os.path.join(ROOT, "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(folder)
+
+
+def test_scale_benchmarks_workers_get_the_runs_arguments() -> None:
+    """The full runs' process per case (bench_fqe_scale) and per size (bench_scale), which the
+    in-process smokes skip: each worker's command line parses back to the run's arguments."""
+    fqe = _script("bench_fqe_scale")
+    args = fqe.parse_args(["--rows", "300", "--scale", "3", "--steps", "7", "--batch-size",
+                           "16", "--hidden", "8,4", "--sample-rows", "90", "--state-dim", "5"])
+    argv = fqe.case_argv("stream", "/lake/transitions-1x", args)
+    assert argv[:2] == [sys.executable, os.path.join(ROOT, "benchmarks", "bench_fqe_scale.py")]
+    worker = fqe.parse_args(argv[2:])
+    assert (worker.worker, worker.table, worker.in_process) == (
+        "stream", "/lake/transitions-1x", False)
+    # what the worker's OPE run reads (the table's shape comes from the table itself)
+    keys = ("rows", "scale", "steps", "batch_size", "hidden", "sample_rows")
+    assert {k: getattr(worker, k) for k in keys} == {k: getattr(args, k) for k in keys}
+
+    scale = _script("bench_scale")
+    args = scale.parse_args(["--smoke", "--master", "local[1]", "--n-bootstrap", "30"])
+    argv = scale.size_argv(4000, "/lake/lake-4000", args)
+    assert argv[:2] == [sys.executable, os.path.join(ROOT, "benchmarks", "bench_scale.py")]
+    worker = scale.parse_args(argv[2:])
+    assert (worker.worker, worker.lake, worker.in_process) == (4000, "/lake/lake-4000", False)
+    assert (scale.size_config(4000, "/lake/lake-4000", worker)
+            == scale.size_config(4000, "/lake/lake-4000", args))
+    assert (worker.fit_rows, worker.fit_iterations, worker.master) == (500, 20, "local[1]")
 
 
 def test_bench_sim_smoke(smokes: Any) -> None:
