@@ -7,8 +7,11 @@ import pytest
 
 
 # The longest modules (minutes each on 2 cores), longest first; see pytest_collection_modifyitems.
-LONGEST_FIRST = ("tests.test_target", "tests.test_pipeline", "tests.test_cluster",
-                 "tests.test_benchmarks", "tests.test_ope_accuracy")
+# By the time each took in a --durations run (2026-12-04), longest first.
+LONGEST_FIRST = ("tests.test_benchmarks", "tests.test_cluster", "tests.etl.test_concurrent",
+                 "tests.test_ope_accuracy", "tests.test_target", "tests.etl.test_incremental",
+                 "tests.test_pipeline", "tests.etl.test_profile_snapshots",
+                 "tests.test_maintenance")
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
