@@ -1,4 +1,8 @@
-"""A job submitted with spark-submit to a real standalone cluster (master + 2 workers)."""
+"""A job submitted with spark-submit to a real standalone cluster (master + 2 workers).
+
+One cluster serves the module; the fault-injection test kills one of its workers, so it is the
+module's last test.
+"""
 from __future__ import annotations
 
 import glob
@@ -18,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def cluster():
-    with StandaloneCluster(n_workers=2) as c:
+    """Two workers of one core each (the last test kills worker 0)."""
+    with StandaloneCluster(n_workers=2, cores_per_worker=1) as c:
         yield c
 
 
@@ -54,28 +59,30 @@ def test_cluster_is_torn_down(tmp_path) -> None:
 
 
 # Small shuffles for a 2-core cluster (the job's own spark.* config is not applied under
-# spark-submit); the default 200 shuffle partitions make the build several times slower.
+# spark-submit); the default 200 shuffle partitions make the build several times slower. The
+# driver's and executors' JVMs live for one short job on tiny data: the client JIT only and
+# the serial collector take much less CPU than the defaults.
+SHORT_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 SMALL_JOB_CONF = {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2",
-                  "spark.databricks.delta.snapshotPartitions": "2", "spark.locality.wait": "0s"}
-
-
-@pytest.fixture
-def doomed_cluster():
-    """A cluster of its own for the fault-injection test, which kills one of its workers."""
-    with StandaloneCluster(n_workers=2, cores_per_worker=1) as c:
-        yield c
+                  "spark.databricks.delta.snapshotPartitions": "2", "spark.locality.wait": "0s",
+                  "spark.driver.extraJavaOptions": SHORT_JVM,
+                  "spark.executor.extraJavaOptions": SHORT_JVM}
 
 
 def _running_tasks(cluster: StandaloneCluster, i: int) -> int:
     return cluster.executor_log(i).count("Running task")
 
 
+def _executor_logs(cluster: StandaloneCluster, i: int) -> set[str]:
+    """The stderr files of every executor worker ``i`` has launched (all apps)."""
+    return set(glob.glob(os.path.join(cluster.workdir, f"worker{i}", "app-*", "*", "stderr")))
+
+
 def _sorted_rows(df) -> list:
     return sorted(df.collect(), key=lambda r: (r["session_id"], r["step"]))
 
 
-def test_build_transitions_survives_a_worker_killed_mid_job(spark, tmp_path,
-                                                             doomed_cluster) -> None:
+def test_build_transitions_survives_a_worker_killed_mid_job(spark, tmp_path, cluster) -> None:
     """SIGKILL one worker (and its executor) while jobs/build_transitions.py runs on both.
 
     The kill is timed from the job's own progress, not a sleep: after the driver has logged the
@@ -84,13 +91,16 @@ def test_build_transitions_survives_a_worker_killed_mid_job(spark, tmp_path,
     re-runs the lost tasks and shuffle outputs on the surviving worker (the driver runs in the
     spark-submit process, client mode), the job exits 0, and the table gets exactly one new
     commit with the same rows as a local-mode build of the same logs.
+
+    It runs on the module's cluster, after the other tests' jobs: the task counts and executor
+    logs of those earlier (finished) apps are taken before the job and left out.
     """
     from mtf.config import load_config
     from mtf.delta import read_delta
     from mtf.etl.pipeline import run_build_transitions
     from mtf.sim.job import simulate_to_delta
 
-    cluster = doomed_cluster
+    assert cluster.alive_workers() == 2
     lake = [f"lake.root={tmp_path}", "sim.n_users=100", "sim.users_per_shard=50",
             "sim.n_days=1", "etl.files_per_day=2"]
     cfg = load_config(None, lake)
@@ -100,6 +110,8 @@ def test_build_transitions_survives_a_worker_killed_mid_job(spark, tmp_path,
     next_commit = os.path.join(trans_path, "_delta_log",
                                f"{reference.transitions_version + 1:020d}.json")
 
+    earlier_tasks_1 = _running_tasks(cluster, 1)
+    earlier_executors = _executor_logs(cluster, 0)
     job = cluster.submit_async(os.path.join(ROOT, "jobs", "build_transitions.py"), lake,
                                conf=SMALL_JOB_CONF, cwd=ROOT)
     quarantined_at = None  # worker 0's task count when the quarantine commit was logged
@@ -110,7 +122,8 @@ def test_build_transitions_survives_a_worker_killed_mid_job(spark, tmp_path,
         if quarantined_at is None:
             if f"wrote Delta table {quarantine_path} " in job.output():
                 quarantined_at = _running_tasks(cluster, 0)
-        elif _running_tasks(cluster, 0) > quarantined_at and _running_tasks(cluster, 1) > 0:
+        elif (_running_tasks(cluster, 0) > quarantined_at
+              and _running_tasks(cluster, 1) > earlier_tasks_1):
             break
         time.sleep(0.2)
     cluster.kill_worker(0)
@@ -120,8 +133,8 @@ def test_build_transitions_survives_a_worker_killed_mid_job(spark, tmp_path,
     rc = job.wait(600)
     out = job.output()
     assert rc == 0, out[-5000:]
-    killed = re.findall(r"/app-[^/]+/(\d+)/stderr", " ".join(
-        glob.glob(os.path.join(cluster.workdir, "worker0", "app-*", "*", "stderr"))))
+    killed = re.findall(r"/app-[^/]+/(\d+)/stderr",
+                        " ".join(_executor_logs(cluster, 0) - earlier_executors))
     assert len(killed) == 1
     assert re.search(rf"Lost executor {killed[0]}\b", out), out[-5000:]
     assert cluster.alive_workers() == 1
