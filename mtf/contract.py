@@ -243,7 +243,10 @@ class ColumnPlan:
 
 
 _INTS = INTEGER_TYPES
+_FLOATS = ("float", "double")
 _TO_DOUBLE = ("float", *INTEGER_TYPES, "decimal")
+# Integer columns as pandas writes them when a value is missing (float64 with NaN).
+_INT_LIKE = (*INTEGER_TYPES, *_FLOATS)
 
 
 def impression_contract(task_names: Sequence[str]) -> tuple[ColumnSpec, ...]:
@@ -257,7 +260,7 @@ def impression_contract(task_names: Sequence[str]) -> tuple[ColumnSpec, ...]:
         ColumnSpec(TS, "timestamp", ("timestamp_ntz", *_INTS)),
         ColumnSpec(DS, "date", ("string",)),
         ColumnSpec(ITEM_ID, "string", _INTS),
-        ColumnSpec(POSITION, "int", _INTS),
+        ColumnSpec(POSITION, "int", _INT_LIKE),
         # The ETL does not use the predictions: nulls are not checked.
         *(ColumnSpec(pred_column(t), "double", _TO_DOUBLE, nullable=True) for t in task_names),
         ColumnSpec(FUSION_WEIGHTS, "array<double>", ("array<float>",)),
@@ -265,7 +268,7 @@ def impression_contract(task_names: Sequence[str]) -> tuple[ColumnSpec, ...]:
         ColumnSpec(ACTION_LOGP, "double", _TO_DOUBLE, nullable=True),
         ColumnSpec(PLAY_TIME_S, "double", _TO_DOUBLE),
         ColumnSpec(DURATION_S, "double", _TO_DOUBLE),
-        *(ColumnSpec(c, "int", (*_INTS, "boolean")) for c in INTERACTION_COLUMNS),
+        *(ColumnSpec(c, "int", (*_INT_LIKE, "boolean")) for c in INTERACTION_COLUMNS),
         ColumnSpec(APP_SESSION_ID, "string", _INTS, nullable=True),
     )
 
@@ -353,6 +356,9 @@ def plan_column(spec: ColumnSpec, source: str, found: str | None, *,
         action = _range_action(found, *INTEGER_RANGES[want])
         return plan(action, f"outside the {want} range -> {out_of_range_reason(spec.name)}"
                     if action == RANGE_CHECKED else "")
+    if want in INTEGER_RANGES and found in _FLOATS:
+        return plan(RANGE_CHECKED, f"whole numbers cast, NaN -> null; a fraction, an infinity or "
+                                   f"outside the {want} range -> {out_of_range_reason(spec.name)}")
     if found == "boolean":
         return plan(CAST, "true -> 1, false -> 0")
     if want == "string":                          # an integer
@@ -415,6 +421,13 @@ def _converted(plan: ColumnPlan, ts_settings: TsSettings) -> tuple["Column", "Co
     if want == "date":
         # Only the exact form: a plain cast would also read '2026-01-02 junk' as a date.
         return F.when(src.rlike(r"^\d{4}-\d{2}-\d{2}$"), src.try_cast("date")), None
+    if plan.action == RANGE_CHECKED and found in _FLOATS:
+        lo, hi = INTEGER_RANGES[want]
+        # NaN is pandas' missing value: null, so the row meets the column's null rule. floor()
+        # keeps an infinity, which then fails the range test.
+        number = F.when(~F.isnan(src), src.cast("double"))
+        bad = (number != F.floor(number)) | (number < F.lit(lo)) | (number > F.lit(hi))
+        return F.when(~bad, number.cast(want)), bad
     if plan.action == RANGE_CHECKED:
         lo, hi = INTEGER_RANGES[want]
         bad = (src < F.lit(lo)) | (src > F.lit(hi))

@@ -31,7 +31,9 @@ def plan(name: str, found: str | None, unit: str = "", void: bool = False) -> S.
 
 @pytest.mark.parametrize("name, found, unit, action", [
     ("position", "int", "", S.AS_IS), ("position", "smallint", "", S.CAST),
-    ("position", "bigint", "", S.RANGE_CHECKED), ("position", "double", "", S.FATAL),
+    ("position", "bigint", "", S.RANGE_CHECKED), ("position", "double", "", S.RANGE_CHECKED),
+    ("liked", "float", "", S.RANGE_CHECKED), ("user_id", "double", "", S.FATAL),
+    ("ts", "double", "s", S.FATAL), ("position", "decimal(10,0)", "", S.FATAL),
     ("liked", "tinyint", "", S.CAST), ("liked", "bigint", "", S.RANGE_CHECKED),
     ("liked", "boolean", "", S.CAST), ("liked", "string", "", S.FATAL),
     ("play_time_s", "bigint", "", S.CAST), ("play_time_s", "decimal(38,0)", "", S.CAST),
@@ -111,6 +113,37 @@ def test_out_of_range_integers_are_quarantined_not_wrapped(spark, ansi) -> None:
                        "e3": "out_of_range_position", "e4": "out_of_range_position",
                        "e5": "out_of_range_liked", "e6": "invalid_interaction",
                        "e7": "null_position", "e8": "out_of_range_position"}
+
+
+@pytest.mark.parametrize("ansi", ["true", "false"])
+def test_whole_doubles_are_integers_and_nan_is_missing(spark, ansi) -> None:
+    """pandas writes an integer column with a missing value as float64 with NaN."""
+    nan, inf = float("nan"), float("inf")
+    position = {"e0": 3.0, "e1": nan, "e2": 2.5, "e3": inf, "e4": -inf, "e5": 2.0**31,
+                "e6": -2.0**31, "e7": None, "e8": 1.0}
+    liked = {"e0": 1.0, "e1": 0.0, "e2": 0.0, "e3": 0.0, "e4": 0.0, "e5": 0.0, "e6": 0.0,
+             "e7": 0.0, "e8": nan}
+    df = _replace(spark, logs_df(spark, _rows(9)), "position", "double", position)
+    df = _replace(spark, df, "liked", "float", liked)
+    old = spark.conf.get("spark.sql.ansi.enabled")
+    spark.conf.set("spark.sql.ansi.enabled", ansi)
+    try:
+        out = S.conform(df, CONTRACT, where="raw")
+        assert dict(out.dtypes)["position"] == "int" and dict(out.dtypes)["liked"] == "int"
+        got = {r.event_id: (r.position, r.liked, r.cast_reject_reason) for r in out.collect()}
+        reasons = {r.event_id: r.reject_reason
+                   for r in add_row_reason(out, rules=RULES).collect()}
+    finally:
+        spark.conf.set("spark.sql.ansi.enabled", old)
+    assert got == {
+        "e0": (3, 1, None), "e1": (None, 0, None), "e2": (None, 0, "out_of_range_position"),
+        "e3": (None, 0, "out_of_range_position"), "e4": (None, 0, "out_of_range_position"),
+        "e5": (None, 0, "out_of_range_position"), "e6": (-2**31, 0, None),
+        "e7": (None, 0, None), "e8": (1, None, None)}
+    assert reasons == {"e0": None, "e1": "null_position", "e2": "out_of_range_position",
+                       "e3": "out_of_range_position", "e4": "out_of_range_position",
+                       "e5": "out_of_range_position", "e6": None,
+                       "e7": "null_position", "e8": "null_feedback"}
 
 
 def test_booleans_and_integer_ids_become_canonical(spark) -> None:
