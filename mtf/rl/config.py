@@ -238,6 +238,7 @@ class TrainConfig:
     export_checkpoint: str = ""          # `mtf export`: checkpoint file or run directory
     device: str = "auto"                 # auto (cuda if available) | cpu | cuda
     num_threads: int = 0                 # torch CPU threads per rank; 0 = cores / local ranks
+    nproc_per_node: int = 1              # `mtf train` starts this many local DDP ranks itself
     normalizer_rows: int = 100_000       # training rows sampled for the state mean / std
     tensorboard: bool = True             # also log to TensorBoard when it is installed
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -265,7 +266,8 @@ class TrainConfig:
             raise ValueError(f"train.table_version must be >= 0, got {self.table_version!r}")
         check_positive("train", batch_size=self.batch_size, max_steps=self.max_steps,
                        log_every=self.log_every, checkpoint_every=self.checkpoint_every,
-                       keep_checkpoints=self.keep_checkpoints, normalizer_rows=self.normalizer_rows)
+                       keep_checkpoints=self.keep_checkpoints, normalizer_rows=self.normalizer_rows,
+                       nproc_per_node=self.nproc_per_node)
         check_non_negative("train", num_threads=self.num_threads)
         if "/" in self.run_id or self.run_id in (".", ".."):
             raise ValueError(f"train.run_id must be a plain directory name, got {self.run_id!r}")

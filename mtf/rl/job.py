@@ -3,6 +3,7 @@
 Launch (each process runs :func:`run`; torchrun sets the rank variables):
 
     mtf train --conf-file conf/local.yaml train.max_steps=20000
+    mtf train --conf-file conf/local.yaml train.nproc_per_node=2     # local DDP ranks
     torchrun --nproc_per_node 2 jobs/train.py --conf-file conf/local.yaml train.batch_size=512
     python -c "from mtf.rl.job import train_with_distributor; ..."   # Spark: TorchDistributor
 
@@ -39,7 +40,16 @@ EXPORT_DIR = "export"
 
 
 def run(cfg: "MtfConfig") -> int:
-    """Entry point of ``mtf train``: every launched process calls it; returns 0 on success."""
+    """Entry point of ``mtf train``: every launched process calls it; returns 0 on success.
+
+    With ``train.nproc_per_node`` > 1 and no launcher around (torchrun, TorchDistributor set
+    the rank variables), this process starts the local ranks itself (mtf.rl.launch).
+    """
+    if cfg.train.nproc_per_node > 1 and "RANK" not in os.environ:
+        from mtf.rl.launch import launch_local_ranks
+
+        launch_local_ranks(cfg)
+        return 0
     train_job(cfg)
     return 0
 

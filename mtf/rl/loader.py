@@ -248,9 +248,10 @@ def read_split(table: TransitionTable, split: str, *, columns: Sequence[str] = N
             break
     out = {c: np.concatenate(v) for c, v in parts.items()}
     if n == 0:
-        raise ValueError(f"transitions table {table.layout.table_path!r} (version "
-                         f"{table.layout.table_version}) has no rows with split={split!r}"
-                         + (f" in exploration groups {list(groups)}" if groups else ""))
+        raise InputDataError(f"transitions table {table.layout.table_path!r} (version "
+                             f"{table.layout.table_version}) has no rows with split={split!r}"
+                             + (f" in exploration groups {list(groups)}" if groups else "")
+                             + ": check train.split / train.explore_groups against the table")
     return out, scanned
 
 

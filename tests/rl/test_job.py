@@ -107,6 +107,43 @@ def test_torchrun_two_ranks_through_jobs_train(tmp_path: Any, transitions_path: 
                                                         for r in records]
 
 
+def _mtf_train(tmp_path: Any, transitions: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mtf.cli", "train",
+           *_overrides(tmp_path, transitions, "train.nproc_per_node=2", *extra)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_mtf_train_starts_its_own_ranks(tmp_path: Any, transitions_path: str) -> None:
+    proc = _mtf_train(tmp_path, transitions_path, "train.max_steps=4", "train.run_id=ranks",
+                      "train.log_every=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = os.path.join(str(tmp_path), "models", "ranks")
+    assert json.load(open(os.path.join(run_dir, "run.json")))["world_size"] == 2
+    assert [json.loads(x)["step"] for x in open(os.path.join(run_dir, "metrics.jsonl"))] == [2, 4]
+    assert os.path.isfile(os.path.join(run_dir, "export", "policy.pt"))
+    assert " rank=1 " in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_user_errors_with_local_ranks_are_one_line(tmp_path: Any, transitions_path: str) -> None:
+    # Checked in the launcher before any rank starts: exactly the usual line.
+    early = _mtf_train(tmp_path, transitions_path, "train.table_version=99")
+    assert early.returncode == 2
+    assert early.stderr.splitlines() == [
+        f"mtf train: error: cannot open transitions table {transitions_path!r} at version 99: "
+        f"its latest version is 0; set train.table_version to a version <= 0, or to null for "
+        f"the latest"]
+    # Found by the ranks (no rows in the split): their line(s), then the launcher's.
+    late = _mtf_train(tmp_path, transitions_path, "train.split=nosuch")
+    assert late.returncode == 2 and "Traceback" not in late.stderr, late.stderr[-3000:]
+    errors = [x for x in late.stderr.splitlines() if "error:" in x]
+    assert 2 <= len(errors) <= 3, late.stderr
+    assert all("has no rows with split='nosuch'" in x for x in errors[:-1])
+    assert errors[-1].startswith("mtf train: error: rank ")
+    assert errors[-1].endswith("of 2 stopped on the error above (train.nproc_per_node=2)")
+
+
 @pytest.mark.slow
 def test_torch_distributor_local_mode_two_ranks(spark: Any, tmp_path: Any,
                                                 transitions_path: str) -> None:

@@ -11,6 +11,7 @@ import torch
 from pyspark.sql import functions as F
 
 from mtf.delta import write_delta
+from mtf.errors import InputDataError
 from mtf.rl.batch import STATE, TransitionBatch
 from mtf.rl.config import LoaderConfig
 from mtf.rl.distributed import DistInfo
@@ -112,7 +113,7 @@ def test_fewer_row_groups_than_ranks_is_a_clear_error(transitions_path: str) -> 
 
 def test_a_split_without_rows_is_a_clear_error(transitions_path: str) -> None:
     table = open_transitions(transitions_path)
-    with pytest.raises(ValueError, match="has no rows with split='validation'"):
+    with pytest.raises(InputDataError, match="has no rows with split='validation'"):
         read_split(table, "validation")
     batches = PetastormSource(table, batch_size=8, split="validation", seed=0, cfg=FAST).batches(0)
     with pytest.raises(ValueError, match="no rows with split='validation' in .* row groups"):
