@@ -14,7 +14,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
-from mtf.errors import MissingInputError, TableVersionError
+from mtf.errors import MissingInputError, TableVersionError, TableVersionGoneError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,24 +46,50 @@ def _no_version(path: str, version: int, latest: int) -> TableVersionError:
                              f"version is {latest}", latest=latest)
 
 
+GONE = ("its log entries or data files were removed (Delta log retention or VACUUM) after it "
+        "was pinned")
+
+
+def _gone(path: str, version: int, latest: int) -> TableVersionGoneError:
+    return TableVersionGoneError(f"Delta table {path!r} version {version} can no longer be "
+                                 f"read: {GONE}; its latest version is {latest}", latest=latest)
+
+
+# Spark's error conditions for a path that holds no Delta table (local or remote storage).
+_MISSING_CONDITIONS = ("PATH_NOT_FOUND", "DELTA_TABLE_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE")
+
+
+def error_condition(exc: BaseException) -> str:
+    """The ``[CONDITION]`` a Spark error message starts with ("" when there is none)."""
+    text = str(exc).lstrip()
+    return text[1:text.index("]")] if text.startswith("[") and "]" in text else ""
+
+
 def read_delta(spark: "SparkSession", path: str, version: int | None = None) -> "DataFrame":
     """Read table ``path``, optionally as of ``version`` (time travel).
 
     Raises:
-        MissingInputError: no Delta table at the local ``path``.
+        MissingInputError: no Delta table at ``path`` (checked up front for a local path; from
+            Spark's error for remote storage).
         TableVersionError: ``version`` is newer than the table's latest version.
+        TableVersionGoneError: ``version`` is older and its log was cleaned up.
     """
     require_table(path)
     reader = spark.read.format("delta")
-    if version is None:
-        return reader.load(path)
     try:
+        if version is None:
+            return reader.load(path)
         return reader.option("versionAsOf", int(version)).load(path)
     except Exception as exc:  # Delta's own error is a multi-line JVM stack
+        condition = error_condition(exc)
+        if condition in _MISSING_CONDITIONS:
+            raise MissingInputError(f"no Delta table at {path!r} ({condition})") from exc
+        if version is None:
+            raise
         latest = table_version(spark, path)
         if version > latest:
             raise _no_version(path, version, latest) from exc
-        raise
+        raise _gone(path, version, latest) from exc
 
 
 def write_delta(df: "DataFrame", path: str, *, mode: str,
@@ -239,12 +265,18 @@ def delta_snapshot(path: str, version: int | None = None) -> tuple[int, list[str
     try:
         table = DeltaTable(path, version=version)
     except Exception as exc:  # deltalake's error does not name the versions there are
-        if version is None:
+        try:
+            latest = DeltaTable(path).version() if version is not None else None
+        except Exception:  # noqa: BLE001 - deltalake raises its own types per store
+            latest = None
+        if latest is None:
+            if type(exc).__name__ == "TableNotFoundError":   # remote storage, no table there
+                raise MissingInputError(f"no Delta table at {path!r} "
+                                        f"({str(exc).splitlines()[0]})") from exc
             raise
-        latest = DeltaTable(path).version()
         if version > latest:
             raise _no_version(path, version, latest) from exc
-        raise
+        raise _gone(path, version, latest) from exc
     uris = []
     for uri in table.file_uris():
         if "://" not in uri:

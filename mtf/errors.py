@@ -27,6 +27,11 @@ class TableVersionError(UserError, ValueError):
         self.latest = latest
 
 
+class TableVersionGoneError(TableVersionError):
+    """A pinned version the table once had whose log entries or data files were removed (Delta
+    log retention, VACUUM): only newer versions can be read."""
+
+
 class NoGpuError(UserError, ValueError):
     """The config asks for a CUDA device but torch sees none."""
 

@@ -132,6 +132,69 @@ def test_evaluate_at_a_version_the_table_lacks(spark: Any, capsys: Any,
                "its latest version is 1", "set ope.table_version to a version <= 1")
 
 
+@pytest.fixture
+def cleaned_up(tmp_path: Any) -> str:
+    """A transitions table at versions 0-2 whose version 0 log entry was cleaned up (a
+    checkpoint at version 2 keeps the newer ones readable), as Delta's log retention does."""
+    from deltalake import DeltaTable
+
+    path = str(tmp_path / "transitions")
+    for _ in range(3):
+        write_deltalake(path, pa.table({"x": [1]}), mode="append")
+    DeltaTable(path).create_checkpoint()
+    os.remove(os.path.join(path, "_delta_log", f"{0:020d}.json"))
+    return str(tmp_path)
+
+
+def test_train_at_a_cleaned_up_version(capsys: Any, cleaned_up: str) -> None:
+    user_error(capsys, ["train", f"lake.root={cleaned_up}", "train.table_version=0"],
+               f"cannot open transitions table '{cleaned_up}/transitions' at version 0",
+               "removed (Delta log retention or VACUUM)",
+               "set train.table_version to a newer version or to null for the latest")
+
+
+def test_evaluate_at_a_cleaned_up_version(spark: Any, capsys: Any, cleaned_up: str) -> None:
+    user_error(capsys, ["evaluate", f"lake.root={cleaned_up}", "ope.table_version=0", SPARK],
+               f"cannot evaluate transitions table '{cleaned_up}/transitions' at version 0",
+               "removed (Delta log retention or VACUUM)",
+               "set ope.table_version to a newer version or to null for the latest")
+
+
+def test_train_at_a_vacuumed_version(spark: Any, capsys: Any, tmp_path: Any) -> None:
+    from deltalake import DeltaTable
+
+    from tests.rl.tables import write_transitions
+    path = str(tmp_path / "transitions")
+    for seed in (0, 1):   # version 1 replaces version 0's files; VACUUM then deletes them
+        write_transitions(spark, path, n_sessions=20, n_files=1, seed=seed)
+    DeltaTable(path).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    capsys.readouterr()
+    user_error(capsys, ["train", f"lake.root={tmp_path}", "train.table_version=0"],
+               f"transitions table '{path}' version 0: data file file://{path}/",
+               "is gone", "set train.table_version to a newer version or to null")
+
+
+def test_tables_on_remote_storage_that_are_not_there(capsys: Any) -> None:
+    """A store the deltalake package reads without a network (memory://) stands in for object
+    storage: no local directory to check first, the reader's own error is mapped."""
+    user_error(capsys, ["train", "lake.transitions=memory:///lake/transitions"],
+               "no transitions table at 'memory:///lake/transitions'",
+               "build it first with `mtf build-transitions`")
+
+
+def test_spark_reads_name_a_missing_table_without_a_local_check(spark: Any,
+                                                               tmp_path: Any) -> None:
+    """read_delta checks local paths up front; for remote storage it maps Spark's own error
+    conditions. An empty _delta_log passes the local check and reaches Spark's."""
+    from mtf.delta import read_delta
+    from mtf.errors import MissingInputError
+
+    (tmp_path / "t" / "_delta_log").mkdir(parents=True)
+    with pytest.raises(MissingInputError) as err:
+        read_delta(spark, str(tmp_path / "t"))
+    assert str(err.value) == f"no Delta table at '{tmp_path}/t' (DELTA_TABLE_NOT_FOUND)"
+
+
 def test_train_for_days_the_table_does_not_have(spark: Any, capsys: Any, tmp_path: Any) -> None:
     from tests.rl.tables import write_transitions
     write_transitions(spark, str(tmp_path / "transitions"), n_sessions=20, n_files=1)

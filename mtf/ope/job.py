@@ -38,7 +38,7 @@ from mtf import __version__
 from mtf.configtools import to_dict
 from mtf.contract import PROP_ACTION_TASKS, PROP_FEATURE_NAMES
 from mtf.delta import delta_snapshot, read_delta, table_properties, table_version
-from mtf.errors import MissingInputError, TableVersionError
+from mtf.errors import MissingInputError, TableVersionError, TableVersionGoneError
 from mtf.features import FeatureConfig
 from mtf.fusion import FusionConfig
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
@@ -52,7 +52,8 @@ from mtf.ope.results import flat_metrics
 from mtf.ope.score import (bootstrap_sums_df, collect_sums, score_transitions,
                            session_statistics_df)
 from mtf.ope.truth import compare_with_truth
-from mtf.rl.loader import no_transitions_table, unknown_transitions_version
+from mtf.rl.loader import (gone_transitions_version, no_transitions_table,
+                           unknown_transitions_version)
 from mtf.spark import get_spark
 from mtf.tracking import check_available, start_run
 
@@ -119,6 +120,9 @@ def split_frame(spark: "SparkSession", path: str, version: int | None,
         df = read_delta(spark, path, pinned)
     except MissingInputError:
         raise no_transitions_table(path) from None
+    except TableVersionGoneError:
+        raise gone_transitions_version(path, version, "ope.table_version",
+                                       verb="evaluate") from None
     except TableVersionError as exc:
         raise unknown_transitions_version(path, version, exc.latest, "ope.table_version",
                                           verb="evaluate") from None

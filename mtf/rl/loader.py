@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from mtf.delta import delta_snapshot
-from mtf.errors import InputDataError, MissingInputError, TableVersionError
+from mtf.delta import GONE, delta_snapshot
+from mtf.errors import (InputDataError, MissingInputError, TableVersionError,
+                        TableVersionGoneError)
 from mtf.rl.batch import (ACTION, EXPLORE_GROUP, GROUP, IS_TERMINAL, NEXT_STATE, NUMERIC_COLUMNS,
                           REWARD, SPLIT, STATE, TransitionBatch, group_codes)
 
@@ -74,6 +75,8 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
         pinned, uris, props = delta_snapshot(path, version)
     except FileNotFoundError:
         raise no_transitions_table(path) from None
+    except TableVersionGoneError:
+        raise gone_transitions_version(path, version, version_key) from None
     except TableVersionError as exc:
         raise unknown_transitions_version(path, version, exc.latest, version_key) from None
     except Exception as exc:  # deltalake raises its own error types for bad versions/paths
@@ -88,7 +91,13 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
     n_rows, n_groups = 0, 0
     optional: tuple[str, ...] = ()
     for i, uri in enumerate(uris):
-        meta = _footer(uri)
+        try:
+            meta = _footer(uri)
+        except FileNotFoundError:
+            raise MissingInputError(
+                f"transitions table {path!r} version {pinned}: data file {uri} is gone "
+                f"({GONE}); set {version_key} to a newer version or to null for the "
+                f"latest") from None
         n_rows += meta.num_rows
         n_groups += meta.num_row_groups
         if i == 0:
@@ -109,6 +118,14 @@ def no_transitions_table(path: str) -> MissingInputError:
     return MissingInputError(f"no transitions table at {path!r} (no _delta_log); build it "
                              f"first with `mtf build-transitions`, or point lake.transitions "
                              f"at it")
+
+
+def gone_transitions_version(path: str, version: int | None, key: str,
+                             verb: str = "open") -> TableVersionGoneError:
+    """The error for a pinned version whose log was cleaned up, naming the key to change."""
+    return TableVersionGoneError(f"cannot {verb} transitions table {path!r} at version "
+                                 f"{version}: {GONE}; set {key} to a newer version or to null "
+                                 f"for the latest")
 
 
 def unknown_transitions_version(path: str, version: int | None, latest: int | None, key: str,
