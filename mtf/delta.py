@@ -95,7 +95,8 @@ def read_delta(spark: "SparkSession", path: str, version: int | None = None) -> 
 def write_delta(df: "DataFrame", path: str, *, mode: str,
                 partition_by: Sequence[str] = (),
                 replace_where: str | None = None,
-                properties: Mapping[str, str] | None = None) -> int:
+                properties: Mapping[str, str] | None = None,
+                max_rows_per_file: int = 0) -> int:
     """Write ``df`` to ``path`` in one Delta commit and return the new table version.
 
     ``mode`` is required: ``"overwrite"`` replaces the table (or, with ``replace_where``, exactly
@@ -105,17 +106,20 @@ def write_delta(df: "DataFrame", path: str, *, mode: str,
     plain overwrite they are part of the data commit (the table is replaced, ``CREATE OR REPLACE
     TABLE AS SELECT``: a new table id, earlier properties carried over unless given); with
     ``replace_where`` or ``"append"`` they follow in a second commit (Delta sets arbitrary
-    properties only when it creates or replaces a table).
+    properties only when it creates or replaces a table). ``max_rows_per_file`` > 0 splits a
+    task's output into files of at most that many rows (Spark's ``maxRecordsPerFile``).
     """
     if mode not in ("overwrite", "append"):
         raise ValueError(f"write_delta mode must be 'overwrite' or 'append', got {mode!r}")
     spark = df.sparkSession
     if properties and mode == "overwrite" and replace_where is None:
-        _replace_with_properties(df, path, partition_by, properties)
+        _replace_with_properties(df, path, partition_by, properties, max_rows_per_file)
         version = table_version(spark, path)
         logger.info("replaced Delta table %s -> version %d", path, version)
         return version
     writer = df.write.format("delta").mode(mode)
+    if max_rows_per_file > 0:
+        writer = writer.option("maxRecordsPerFile", int(max_rows_per_file))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     if replace_where is not None:
@@ -198,13 +202,15 @@ _PROTOCOL_PROPERTIES = ("delta.minReaderVersion", "delta.minWriterVersion")
 
 
 def _replace_with_properties(df: "DataFrame", path: str, partition_by: Sequence[str],
-                             properties: Mapping[str, str]) -> None:
+                             properties: Mapping[str, str], max_rows_per_file: int = 0) -> None:
     """Overwrite ``path`` with ``df`` and set ``properties`` in the same commit."""
     spark = df.sparkSession
     old = table_properties(spark, path) if is_delta_table(path) else {}
     merged = {k: v for k, v in old.items() if k not in _PROTOCOL_PROPERTIES}
     merged.update({k: str(v) for k, v in properties.items()})
     writer = df.writeTo(f"delta.`{_sql_path(path)}`").using("delta")
+    if max_rows_per_file > 0:
+        writer = writer.option("maxRecordsPerFile", str(int(max_rows_per_file)))
     if partition_by:
         writer = writer.partitionedBy(*partition_by)
     for k, v in merged.items():

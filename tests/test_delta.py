@@ -110,3 +110,21 @@ def test_overwrite_with_properties_is_one_commit(spark, tmp_path) -> None:
                      replace_where="ds = '2026-01-01'", properties={"mtf.a": "3"})
     assert v3 == 3 and table_properties(spark, path)["mtf.a"] == "3"
     assert rows(read_delta(spark, path), "ds", "x") == [(d1, 1), (d2, 2)]
+
+
+@pytest.mark.parametrize("how", ["replace-with-properties", "overwrite", "replace-where"])
+def test_max_rows_per_file_caps_every_file(spark, tmp_path, how) -> None:
+    """Row groups (and the trainer's read-ahead) stay bounded whatever a partition's size."""
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "capped")
+    df = spark.range(0, 2500, numPartitions=1).selectExpr("DATE'2026-01-01' AS ds", "id")
+    if how == "replace-where":
+        write_delta(df, path, mode="overwrite", partition_by=["ds"])
+    write_delta(df, path, mode="overwrite", partition_by=["ds"], max_rows_per_file=1000,
+                properties={"mtf.a": "1"} if how == "replace-with-properties" else None,
+                replace_where="ds = '2026-01-01'" if how == "replace-where" else None)
+    counts = sorted(pq.ParquetFile(uri[len("file://"):]).metadata.num_rows
+                    for uri in active_file_uris(path))
+    assert counts == [500, 1000, 1000]
+    assert read_delta(spark, path).count() == 2500

@@ -63,6 +63,9 @@ class EtlConfig:
                                        # starting at/after it are 'test' and train_fraction is
                                        # ignored: a split that is stable across daily runs
     files_per_day: int = 8             # output Parquet files per ds partition (trainer shards)
+    max_rows_per_file: int = 100_000   # ... split further above this many rows, so row groups,
+                                       # and with them the trainer's read-ahead memory, stop
+                                       # growing with the daily volume; 0 = no cap
     commit_retries: int = 3            # re-runs after a Delta commit conflict with a concurrent
                                        # job on the same lake (docs/etl.md, concurrent runs)
     # --- input ---
@@ -108,6 +111,8 @@ class EtlConfig:
             except ValueError:
                 raise ValueError(f"test_start_ts must be an ISO timestamp like "
                                  f"'2026-01-03T00:00:00', got {self.test_start_ts!r}") from None
+        if self.max_rows_per_file < 0:
+            raise ValueError(f"max_rows_per_file must be >= 0, got {self.max_rows_per_file}")
         if self.files_per_day <= 0:
             raise ValueError(f"files_per_day must be > 0, got {self.files_per_day}")
         if self.commit_retries < 0:

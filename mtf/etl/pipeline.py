@@ -520,7 +520,8 @@ def _build_transitions(spark: "SparkSession", cfg: "MtfConfig") -> JobSummary:
         out = out.repartition(cfg.etl.files_per_day, S.SESSION_ID, S.STEP)
         changed = any(existing.get(k) != v for k, v in props.items())
         t_version = write_delta(out, trans_path, mode="overwrite", partition_by=[S.DS],
-                                replace_where=replace, properties=props if changed else None)
+                                replace_where=replace, properties=props if changed else None,
+                                max_rows_per_file=cfg.etl.max_rows_per_file)
         train_steps = int(s_obs.get.get("train") or 0)
         n_previous = int(p_obs.get.get("n") or 0) if previous is not None else 0
     finally:
