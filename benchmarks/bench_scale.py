@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--days", type=int, default=1, help="sim.n_days (default 1: a day's logs)")
     p.add_argument("--users-per-shard", type=int, default=1000, help="sim.users_per_shard")
     p.add_argument("--master", type=str, default="local[2]", help="Spark master (local[2])")
+    p.add_argument("--partitions-per-million", type=float, default=1.0,
+                   help="spark.shuffle_partitions grows with the size, as an operator sets it: "
+                        "this many per million impressions, at least the config's (8); 0 = "
+                        "the config's at every size")
     p.add_argument("--fit-rows", type=int, default=20_000,
                    help="rows of the untimed FQE fit the OPE pass scores with")
     p.add_argument("--fit-iterations", type=int, default=200, help="its FQE steps")
@@ -119,7 +123,18 @@ def size_config(target: int, lake: str, args: argparse.Namespace) -> Any:
                  "train.num_threads=1", "ope.threads=1"]
     if args.n_bootstrap:
         overrides.append(f"ope.n_bootstrap={args.n_bootstrap}")
-    return load_config(None, [*overrides, *args.set])
+    cfg = load_config(None, [*overrides, *args.set])
+    partitions = shuffle_partitions(target, cfg.spark.shuffle_partitions,
+                                    args.partitions_per_million)
+    if partitions != cfg.spark.shuffle_partitions:
+        cfg = load_config(None, [*overrides, *args.set, f"spark.shuffle_partitions={partitions}"])
+    return cfg
+
+
+def shuffle_partitions(target: int, configured: int, per_million: float) -> int:
+    """Shuffle partitions for ``target`` impressions: a fixed count lets a partition grow with
+    the data until a task runs out of memory (a 4g local driver did at 50M with 8)."""
+    return max(configured, math.ceil(target / 1e6 * per_million)) if per_million else configured
 
 
 def session(cfg: Any) -> Any:
@@ -159,6 +174,7 @@ def run_stages(spark: Any, cfg: Any, target: int, args: argparse.Namespace) -> d
     # The peaks are the stages' (ru_maxrss is no help: resetting VmHWM resets it too).
     return {"target": target, "impressions": impressions, "users": cfg.sim.n_users,
             "days": args.days, "cores": cores, "stages": stages,
+            "shuffle_partitions": cfg.spark.shuffle_partitions,
             "python_peak_mib": max(s["python_peak_mib"] for s in stages.values()),
             "jvm_peak_mib": max(s["jvm_peak_mib"] for s in stages.values())}
 

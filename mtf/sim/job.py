@@ -104,11 +104,22 @@ def impressions_frame(spark: "SparkSession", cfg: "MtfConfig", partitions: int |
                              S.impression_log_schema(cfg.fusion.names))
 
 
-def profiles_frame(spark: "SparkSession", cfg: "MtfConfig") -> "DataFrame":
-    """The simulated user profiles (small: built on the driver, shard by shard)."""
+def _profile_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch]
+                     ) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: shard ids in, user-profile batches out (runs on executors)."""
     world = World.from_config(cfg)
-    table = pa.concat_tables([profiles_table(world, shard) for shard in range(cfg.sim.n_shards)])
-    return spark.createDataFrame(table.to_pandas(), S.user_profile_schema())
+    for batch in batches:
+        for shard in batch.column(0).to_pylist():
+            yield from profiles_table(world, int(shard)).to_batches(max_chunksize=_BATCH_ROWS)
+
+
+def profiles_frame(spark: "SparkSession", cfg: "MtfConfig",
+                   partitions: int | None = None) -> "DataFrame":
+    """The simulated user profiles as a (lazy) DataFrame, built shard by shard on the
+    executors like the impressions (the driver holds none of them, whatever sim.n_users)."""
+    parts = partitions or n_partitions(spark, cfg.sim)
+    shards = spark.range(0, cfg.sim.n_shards, numPartitions=parts)
+    return shards.mapInArrow(lambda it: _profile_batches(cfg, it), S.user_profile_schema())
 
 
 def write_profiles(spark: "SparkSession", cfg: "MtfConfig") -> int:
