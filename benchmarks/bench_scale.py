@@ -277,7 +277,7 @@ def size_argv(target: int, lake: str, args: argparse.Namespace) -> list[str]:
             "--days", str(args.days), "--users-per-shard", str(args.users_per_shard),
             "--master", args.master, "--fit-rows", str(args.fit_rows),
             "--fit-iterations", str(args.fit_iterations), "--n-bootstrap", str(args.n_bootstrap),
-            "--set", *args.set]
+            "--partitions-per-million", str(args.partitions_per_million), "--set", *args.set]
 
 
 def run_size(target: int, lake: str, args: argparse.Namespace) -> dict[str, Any]:

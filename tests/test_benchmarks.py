@@ -233,7 +233,8 @@ def test_scale_benchmarks_workers_get_the_runs_arguments() -> None:
     assert {k: getattr(worker, k) for k in keys} == {k: getattr(args, k) for k in keys}
 
     scale = _script("bench_scale")
-    args = scale.parse_args(["--smoke", "--master", "local[1]", "--n-bootstrap", "30"])
+    args = scale.parse_args(["--smoke", "--master", "local[1]", "--n-bootstrap", "30",
+                             "--partitions-per-million", "2500"])
     argv = scale.size_argv(4000, "/lake/lake-4000", args)
     assert argv[:2] == [sys.executable, os.path.join(ROOT, "benchmarks", "bench_scale.py")]
     worker = scale.parse_args(argv[2:])
@@ -241,6 +242,15 @@ def test_scale_benchmarks_workers_get_the_runs_arguments() -> None:
     assert (scale.size_config(4000, "/lake/lake-4000", worker)
             == scale.size_config(4000, "/lake/lake-4000", args))
     assert (worker.fit_rows, worker.fit_iterations, worker.master) == (500, 20, "local[1]")
+    assert scale.size_config(4000, "/lake/lake-4000", worker).spark.shuffle_partitions == 10
+
+
+def test_scale_benchmark_grows_shuffle_partitions_with_the_size() -> None:
+    scale = _script("bench_scale")
+    assert [scale.shuffle_partitions(n, 8, 1.0) for n in (4000, 5_000_000, 15_000_000,
+                                                          50_000_000)] == [8, 8, 15, 50]
+    assert scale.shuffle_partitions(50_000_000, 8, 0) == 8       # 0: the config's everywhere
+    assert scale.shuffle_partitions(50_000_000, 400, 1.0) == 400  # never below the config's
 
 
 def test_bench_sim_smoke(smokes: Any) -> None:
