@@ -36,7 +36,7 @@ COMMANDS: dict[str, Command] = {
                           "nothing (Spark)"),
     "calibrate-rewards": Command("mtf.etl.calibrate:run",
                                  "fit reward weights against future dwell time (Spark ML)"),
-    "train": Command("mtf.rl.job:run",
+    "train": Command("mtf.rl.launch:run",
                      "train the fusion policy (train.algo: iql, bcq, ...) from the transitions "
                      "table"),
     "export": Command("mtf.rl.job:run_export",

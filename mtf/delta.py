@@ -50,9 +50,19 @@ GONE = ("its log entries or data files were removed (Delta log retention or VACU
         "was pinned")
 
 
-def _gone(path: str, version: int, latest: int) -> TableVersionGoneError:
+def _gone(path: str, version: int, latest: int, condition: str = "") -> TableVersionGoneError:
+    why = f" ({condition})" if condition else ""
+    if "TIME_TRAVEL_BEYOND_DELETED_FILE_RETENTION" in condition:
+        # The files may still be there, but Delta refuses: the version is older than
+        # delta.deletedFileRetentionDuration. mtf maintain raises it for pinned versions.
+        return TableVersionGoneError(
+            f"Delta table {path!r} refuses time travel to version {version}{why}: it is older "
+            f"than the table's delta.deletedFileRetentionDuration; run `mtf maintain` with the "
+            f"version pinned (it raises the property, docs/maintenance.md) or pin a newer "
+            f"version (latest: {latest})", latest=latest)
     return TableVersionGoneError(f"Delta table {path!r} version {version} can no longer be "
-                                 f"read: {GONE}; its latest version is {latest}", latest=latest)
+                                 f"read{why}: {GONE}; its latest version is {latest}",
+                                 latest=latest)
 
 
 # Spark's error conditions for a path that holds no Delta table (local or remote storage).
@@ -89,7 +99,7 @@ def read_delta(spark: "SparkSession", path: str, version: int | None = None) -> 
         latest = table_version(spark, path)
         if version > latest:
             raise _no_version(path, version, latest) from exc
-        raise _gone(path, version, latest) from exc
+        raise _gone(path, version, latest, condition) from exc
 
 
 def write_delta(df: "DataFrame", path: str, *, mode: str,

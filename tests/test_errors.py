@@ -150,14 +150,14 @@ def test_train_at_a_cleaned_up_version(capsys: Any, cleaned_up: str) -> None:
     user_error(capsys, ["train", f"lake.root={cleaned_up}", "train.table_version=0"],
                f"cannot open transitions table '{cleaned_up}/transitions' at version 0",
                "removed (Delta log retention or VACUUM)",
-               "set train.table_version to a newer version or to null for the latest")
+               "Set train.table_version to a newer version or to null for the latest")
 
 
 def test_evaluate_at_a_cleaned_up_version(spark: Any, capsys: Any, cleaned_up: str) -> None:
     user_error(capsys, ["evaluate", f"lake.root={cleaned_up}", "ope.table_version=0", SPARK],
                f"cannot evaluate transitions table '{cleaned_up}/transitions' at version 0",
                "removed (Delta log retention or VACUUM)",
-               "set ope.table_version to a newer version or to null for the latest")
+               "Set ope.table_version to a newer version or to null for the latest")
 
 
 def test_train_at_a_vacuumed_version(spark: Any, capsys: Any, tmp_path: Any) -> None:

@@ -13,7 +13,7 @@ import pytest
 from mtf.config import load_config
 from mtf.configtools import ConfigError
 from mtf.delta import active_file_uris, read_delta, set_table_properties, table_version
-from mtf.errors import TableVersionError, UserError
+from mtf.errors import TableVersionError, TableVersionGoneError, UserError
 from mtf.maintenance.job import interval_hours, maintain
 from mtf.maintenance.pins import recorded_pins, table_key
 
@@ -249,7 +249,9 @@ def test_a_pin_older_than_a_week_becomes_readable_again(spark, tmp_path) -> None
     _write(spark, path, range(0, 10), "overwrite")         # v0, pinned
     _write(spark, path, range(10, 20), "overwrite")        # v1
     _age(spark, path, {0: 240, 1: 230})
-    with pytest.raises(Exception, match="TIME_TRAVEL_BEYOND_DELETED_FILE_RETENTION_DURATION"):
+    with pytest.raises(TableVersionGoneError, match=r"TIME_TRAVEL_BEYOND_DELETED_FILE_RETENTION_"
+                                                    r"DURATION\): it is older than .* run `mtf "
+                                                    r"maintain` with the version pinned"):
         _rows(spark, path, 0)
 
     (report,) = maintain(spark, cfg)

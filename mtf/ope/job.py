@@ -120,8 +120,8 @@ def split_frame(spark: "SparkSession", path: str, version: int | None,
         df = read_delta(spark, path, pinned)
     except MissingInputError:
         raise no_transitions_table(path) from None
-    except TableVersionGoneError:
-        raise gone_transitions_version(path, version, "ope.table_version",
+    except TableVersionGoneError as exc:
+        raise gone_transitions_version(path, version, "ope.table_version", exc,
                                        verb="evaluate") from None
     except TableVersionError as exc:
         raise unknown_transitions_version(path, version, exc.latest, "ope.table_version",

@@ -40,16 +40,8 @@ EXPORT_DIR = "export"
 
 
 def run(cfg: "MtfConfig") -> int:
-    """Entry point of ``mtf train``: every launched process calls it; returns 0 on success.
-
-    With ``train.nproc_per_node`` > 1 and no launcher around (torchrun, TorchDistributor set
-    the rank variables), this process starts the local ranks itself (mtf.rl.launch).
-    """
-    if cfg.train.nproc_per_node > 1 and "RANK" not in os.environ:
-        from mtf.rl.launch import launch_local_ranks
-
-        launch_local_ranks(cfg)
-        return 0
+    """Train in this process (one rank, or the rank a launcher started); returns 0 on success.
+    ``mtf train`` comes in through :func:`mtf.rl.launch.run`, which may start local ranks."""
     train_job(cfg)
     return 0
 

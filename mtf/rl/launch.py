@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def run(cfg: "MtfConfig") -> int:
+    """Entry point of ``mtf train``: with ``train.nproc_per_node`` > 1 and no launcher around
+    (torchrun, TorchDistributor set ``RANK``), start the local ranks; else train here."""
+    from mtf.rl.job import run as train_here
+
+    if cfg.train.nproc_per_node > 1 and "RANK" not in os.environ:
+        launch_local_ranks(cfg)
+        return 0
+    return train_here(cfg)
+
+
 class RanksFailedError(UserError):
     """Ranks stopped on user errors (each printed its own line first)."""
 

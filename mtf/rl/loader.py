@@ -75,8 +75,8 @@ def open_transitions(path: str, version: int | None = None, *, start_ds: str = "
         pinned, uris, props = delta_snapshot(path, version)
     except FileNotFoundError:
         raise no_transitions_table(path) from None
-    except TableVersionGoneError:
-        raise gone_transitions_version(path, version, version_key) from None
+    except TableVersionGoneError as exc:
+        raise gone_transitions_version(path, version, version_key, exc) from None
     except TableVersionError as exc:
         raise unknown_transitions_version(path, version, exc.latest, version_key) from None
     except Exception as exc:  # deltalake raises its own error types for bad versions/paths
@@ -120,11 +120,12 @@ def no_transitions_table(path: str) -> MissingInputError:
                              f"at it")
 
 
-def gone_transitions_version(path: str, version: int | None, key: str,
+def gone_transitions_version(path: str, version: int | None, key: str, cause: BaseException,
                              verb: str = "open") -> TableVersionGoneError:
-    """The error for a pinned version whose log was cleaned up, naming the key to change."""
+    """The error for a pinned version that can no longer be read (``cause`` says why), naming
+    the key to change."""
     return TableVersionGoneError(f"cannot {verb} transitions table {path!r} at version "
-                                 f"{version}: {GONE}; set {key} to a newer version or to null "
+                                 f"{version}: {cause}. Set {key} to a newer version or to null "
                                  f"for the latest")
 
 
