@@ -8,10 +8,11 @@ import pytest
 
 # The longest modules (minutes each on 2 cores), longest first; see pytest_collection_modifyitems.
 # By the time each took in a --durations run (2026-12-04), longest first.
-LONGEST_FIRST = ("tests.test_benchmarks", "tests.test_cluster", "tests.etl.test_concurrent",
-                 "tests.test_ope_accuracy", "tests.test_target", "tests.etl.test_incremental",
-                 "tests.test_pipeline", "tests.etl.test_profile_snapshots",
-                 "tests.test_maintenance")
+LONGEST_FIRST = ("tests.test_benchmarks", "tests.test_maintenance", "tests.test_cluster",
+                 "tests.etl.test_concurrent", "tests.etl.test_incremental", "tests.test_target",
+                 "tests.test_ope_accuracy", "tests.test_pipeline",
+                 "tests.etl.test_profile_snapshots", "tests.rl.test_job", "tests.ope.test_stream",
+                 "tests.etl.test_foreign_logs")
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:

@@ -32,8 +32,8 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "ope_accuracy.py"),
          "--worlds", "held-202", "--users", "1200", "--days", "3", "--truth-sessions", "3000",
-         "--learner-steps", "600", "--learners", "iql_short,td3", "--members", "6",
-         "--ope", "ope.n_iterations=600", "--ope", "ope.target_update_every=20",
+         "--learner-steps", "600", "--learners", "iql_short,td3", "--members", "4",
+         "--ope", "ope.n_iterations=400", "--ope", "ope.target_update_every=20",
          "--ope", "ope.hidden=[64,64]", "--ope", "ope.n_bootstrap=100", "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
