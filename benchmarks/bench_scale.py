@@ -33,6 +33,7 @@ Run with:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -126,9 +127,8 @@ def size_config(target: int, lake: str, args: argparse.Namespace) -> Any:
     cfg = load_config(None, [*overrides, *args.set])
     partitions = shuffle_partitions(target, cfg.spark.shuffle_partitions,
                                     args.partitions_per_million)
-    if partitions != cfg.spark.shuffle_partitions:
-        cfg = load_config(None, [*overrides, *args.set, f"spark.shuffle_partitions={partitions}"])
-    return cfg
+    return dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark,
+                                                              shuffle_partitions=partitions))
 
 
 def shuffle_partitions(target: int, configured: int, per_million: float) -> int:

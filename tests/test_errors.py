@@ -182,8 +182,8 @@ def test_tables_on_remote_storage_that_are_not_there(capsys: Any) -> None:
                "build it first with `mtf build-transitions`")
 
 
-def test_spark_reads_name_a_missing_table_without_a_local_check(spark: Any,
-                                                               tmp_path: Any) -> None:
+def test_spark_reads_name_a_missing_table_without_a_local_check(
+        spark: Any, tmp_path: Any) -> None:
     """read_delta checks local paths up front; for remote storage it maps Spark's own error
     conditions. An empty _delta_log passes the local check and reaches Spark's."""
     from mtf.delta import read_delta

@@ -57,9 +57,7 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
     created = init_distributed(info, device)
     tracker = Tracker()   # an MLflow run once the run directory is known (rank 0)
     try:
-        table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version,
-                                 start_ds=tcfg.start_ds, end_ds=tcfg.end_ds)
-        table.layout.require_request(cfg.fusion.names, tcfg.feature_version)
+        table = open_training_table(cfg)
         run_dir, resume_from = _run_dir(cfg.train, cfg.lake.path("models"), info)
         tracker = start_run(cfg.tracking, lake_root=cfg.lake.root, kind="train",
                             name=os.path.basename(run_dir), config=to_dict(cfg),
@@ -91,6 +89,16 @@ def train_job(cfg: "MtfConfig") -> "TrainResult":
     finally:
         tracker.finish("FAILED")   # no-op after a successful finish
         destroy_distributed(created)
+
+
+def open_training_table(cfg: "MtfConfig") -> TransitionTable:
+    """The transitions table pinned by the train config, checked against its tasks and
+    feature version (every rank, and the local launcher before it starts them)."""
+    tcfg = cfg.train
+    table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version,
+                             start_ds=tcfg.start_ds, end_ds=tcfg.end_ds)
+    table.layout.require_request(cfg.fusion.names, tcfg.feature_version)
+    return table
 
 
 def run_export(cfg: "MtfConfig") -> int:
@@ -165,10 +173,11 @@ def train_with_distributor(cfg: "MtfConfig", num_processes: int, *, local_mode: 
     return str(run_dir)
 
 
-def _distributor_main(cfg_json: str) -> str:
-    """Body of every TorchDistributor rank: rebuild the config, log with the rank, train."""
+def _distributor_main(cfg_json: str, log_level: str = "INFO") -> str:
+    """Body of every TorchDistributor (and mtf.rl.launch) rank: rebuild the config, log with
+    the rank, train; returns the run directory."""
 
     info = dist_info_from_env()
-    setup_logging("INFO", rank=info.rank)
+    setup_logging(log_level, rank=info.rank)
     cfg: Any = from_dict(MtfConfig, json.loads(cfg_json))
     return train_job(cfg).run_dir

@@ -45,7 +45,7 @@ def preflight(cfg: "MtfConfig") -> None:
 
     from mtf.rl.checkpoint import resolve_checkpoint
     from mtf.rl.distributed import DistInfo, pick_device
-    from mtf.rl.loader import open_transitions
+    from mtf.rl.job import open_training_table
     from mtf.tracking import check_available
 
     tcfg = cfg.train
@@ -55,9 +55,7 @@ def preflight(cfg: "MtfConfig") -> None:
         raise NoGpuError(f"train.nproc_per_node={tcfg.nproc_per_node} ranks need as many GPUs "
                          f"(NCCL), this machine has {torch.cuda.device_count()}: lower "
                          f"train.nproc_per_node or set train.device=cpu")
-    table = open_transitions(cfg.lake.path("transitions"), tcfg.table_version,
-                             start_ds=tcfg.start_ds, end_ds=tcfg.end_ds)
-    table.layout.require_request(cfg.fusion.names, tcfg.feature_version)
+    open_training_table(cfg)
     if tcfg.resume_from:
         resolve_checkpoint(tcfg.resume_from)
 
@@ -102,15 +100,10 @@ def launch_local_ranks(cfg: "MtfConfig") -> str:
 def _rank_main(cfg_json: str, log_level: str) -> str:
     """Body of every launched rank: the config from the launcher, logs tagged with the rank."""
     from mtf.cli import report_user_error
-    from mtf.config import MtfConfig
-    from mtf.configtools import from_dict
-    from mtf.log import setup_logging
-    from mtf.rl.job import train_job
+    from mtf.rl.job import _distributor_main
 
-    setup_logging(log_level, rank=int(os.environ["RANK"]))
-    cfg = from_dict(MtfConfig, json.loads(cfg_json))
     try:
-        return train_job(cfg).run_dir
+        return _distributor_main(cfg_json, log_level)
     except UserError as exc:
         report_user_error("train", exc)
         sys.exit(EXIT_USER_ERROR)

@@ -75,6 +75,12 @@ def n_partitions(spark: "SparkSession", sim: SimConfig) -> int:
     return max(1, min(sim.n_shards, 4 * spark.sparkContext.defaultParallelism))
 
 
+def _shard_ids(spark: "SparkSession", cfg: "MtfConfig", partitions: int | None) -> "DataFrame":
+    """One row per simulation shard, spread over ``partitions`` (default :func:`n_partitions`)."""
+    return spark.range(0, cfg.sim.n_shards,
+                       numPartitions=partitions or n_partitions(spark, cfg.sim))
+
+
 def _impression_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch],
                         day_counters: Sequence[Any] = ()) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: shard ids in, impression-log batches out (runs on executors).
@@ -98,10 +104,9 @@ def _impression_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch],
 def impressions_frame(spark: "SparkSession", cfg: "MtfConfig", partitions: int | None = None,
                       day_counters: Sequence[Any] = ()) -> "DataFrame":
     """The simulated impression logs as a (lazy) DataFrame in the contract schema."""
-    parts = partitions or n_partitions(spark, cfg.sim)
-    shards = spark.range(0, cfg.sim.n_shards, numPartitions=parts)
-    return shards.mapInArrow(lambda it: _impression_batches(cfg, it, day_counters),
-                             S.impression_log_schema(cfg.fusion.names))
+    return _shard_ids(spark, cfg, partitions).mapInArrow(
+        lambda it: _impression_batches(cfg, it, day_counters),
+        S.impression_log_schema(cfg.fusion.names))
 
 
 def _profile_batches(cfg: "MtfConfig", batches: Iterable[pa.RecordBatch]
@@ -117,9 +122,8 @@ def profiles_frame(spark: "SparkSession", cfg: "MtfConfig",
                    partitions: int | None = None) -> "DataFrame":
     """The simulated user profiles as a (lazy) DataFrame, built shard by shard on the
     executors like the impressions (the driver holds none of them, whatever sim.n_users)."""
-    parts = partitions or n_partitions(spark, cfg.sim)
-    shards = spark.range(0, cfg.sim.n_shards, numPartitions=parts)
-    return shards.mapInArrow(lambda it: _profile_batches(cfg, it), S.user_profile_schema())
+    return _shard_ids(spark, cfg, partitions).mapInArrow(lambda it: _profile_batches(cfg, it),
+                                                         S.user_profile_schema())
 
 
 def write_profiles(spark: "SparkSession", cfg: "MtfConfig") -> int:

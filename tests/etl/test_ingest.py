@@ -85,14 +85,9 @@ def _rows(n: int) -> list[dict]:
     return [imp("u", f"r{i}", at(DAY1, 12), event_id=f"e{i}") for i in range(n)]
 
 
-@pytest.mark.parametrize("ansi", ["true", "false"])
-def test_out_of_range_integers_are_quarantined_not_wrapped(spark, ansi) -> None:
-    position = {"e0": 3, "e1": INT_MAX, "e2": INT_MAX + 1, "e3": -INT_MAX - 2, "e4": 2**62,
-                "e5": 1, "e6": 1, "e7": None, "e8": 2**40}
-    liked = {"e0": 0, "e1": 1, "e2": 0, "e3": 0, "e4": 0, "e5": 2**40, "e6": 7, "e7": 0,
-             "e8": -2**40}
-    df = _replace(spark, logs_df(spark, _rows(9)), "position", "bigint", position)
-    df = _replace(spark, df, "liked", "bigint", liked)
+def _conformed(spark, df, ansi: str) -> tuple[dict, dict]:
+    """Conform ``df`` with Spark's ANSI mode set to ``ansi``: per event_id, (position, liked,
+    cast_reject_reason) and the row's reject_reason; position and liked come out as int."""
     old = spark.conf.get("spark.sql.ansi.enabled")
     spark.conf.set("spark.sql.ansi.enabled", ansi)
     try:
@@ -103,6 +98,18 @@ def test_out_of_range_integers_are_quarantined_not_wrapped(spark, ansi) -> None:
                    for r in add_row_reason(out, rules=RULES).collect()}
     finally:
         spark.conf.set("spark.sql.ansi.enabled", old)
+    return got, reasons
+
+
+@pytest.mark.parametrize("ansi", ["true", "false"])
+def test_out_of_range_integers_are_quarantined_not_wrapped(spark, ansi) -> None:
+    position = {"e0": 3, "e1": INT_MAX, "e2": INT_MAX + 1, "e3": -INT_MAX - 2, "e4": 2**62,
+                "e5": 1, "e6": 1, "e7": None, "e8": 2**40}
+    liked = {"e0": 0, "e1": 1, "e2": 0, "e3": 0, "e4": 0, "e5": 2**40, "e6": 7, "e7": 0,
+             "e8": -2**40}
+    df = _replace(spark, logs_df(spark, _rows(9)), "position", "bigint", position)
+    df = _replace(spark, df, "liked", "bigint", liked)
+    got, reasons = _conformed(spark, df, ansi)
     assert got == {
         "e0": (3, 0, None), "e1": (INT_MAX, 1, None),
         "e2": (None, 0, "out_of_range_position"), "e3": (None, 0, "out_of_range_position"),
@@ -125,16 +132,7 @@ def test_whole_doubles_are_integers_and_nan_is_missing(spark, ansi) -> None:
              "e7": 0.0, "e8": nan}
     df = _replace(spark, logs_df(spark, _rows(9)), "position", "double", position)
     df = _replace(spark, df, "liked", "float", liked)
-    old = spark.conf.get("spark.sql.ansi.enabled")
-    spark.conf.set("spark.sql.ansi.enabled", ansi)
-    try:
-        out = S.conform(df, CONTRACT, where="raw")
-        assert dict(out.dtypes)["position"] == "int" and dict(out.dtypes)["liked"] == "int"
-        got = {r.event_id: (r.position, r.liked, r.cast_reject_reason) for r in out.collect()}
-        reasons = {r.event_id: r.reject_reason
-                   for r in add_row_reason(out, rules=RULES).collect()}
-    finally:
-        spark.conf.set("spark.sql.ansi.enabled", old)
+    got, reasons = _conformed(spark, df, ansi)
     assert got == {
         "e0": (3, 1, None), "e1": (None, 0, None), "e2": (None, 0, "out_of_range_position"),
         "e3": (None, 0, "out_of_range_position"), "e4": (None, 0, "out_of_range_position"),
