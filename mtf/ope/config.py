@@ -19,6 +19,7 @@ ENSEMBLE = "fqe_ensemble"    # the bootstrapped FQE ensemble (fitted in the driv
 REPORTED_ESTIMATORS = (*ESTIMATORS, ENSEMBLE)
 GATES = ("conservative_fqe", ENSEMBLE)   # estimators that can make the go / no-go decision
 LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated policies
+ENSEMBLE_MODELS = ("mlp", "linear")   # function classes of the ensemble's members
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class EnsembleConfig:
     section 1). ``members: 0`` turns the ensemble off."""
 
     members: int = 10                  # E fits per policy, each on its own session resample
+    model: str = "mlp"                 # each member's Q: mlp (Adam steps per backup) | linear
+    #                                    (closed-form ridge regressions on quadratic features,
+    #                                    mtf.ope.linear_fqe)
+    ridge: float = 1e-3                # linear: ridge weight per unit of row weight
     hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP
     lr: float = 1e-3                   # Adam learning rate
     batch_size: int = 256              # transitions per member per step
@@ -51,6 +56,11 @@ class EnsembleConfig:
         if not 0.0 < self.lower_quantile < 0.5:
             raise ValueError(f"ope.ensemble.lower_quantile must be in (0, 0.5), got "
                              f"{self.lower_quantile!r}")
+        if self.model not in ENSEMBLE_MODELS:
+            raise ValueError(f"ope.ensemble.model must be one of {list(ENSEMBLE_MODELS)}, "
+                             f"got {self.model!r}")
+        if not self.ridge > 0.0:
+            raise ValueError(f"ope.ensemble.ridge must be > 0, got {self.ridge!r}")
         if not self.max_spread >= 0.0:
             raise ValueError(f"ope.ensemble.max_spread must be >= 0 (0 = no spread guard), "
                              f"got {self.max_spread!r}")

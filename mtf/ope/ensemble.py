@@ -146,6 +146,31 @@ def session_index(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(new) - 1, np.flatnonzero(new)
 
 
+def backups_and_weights(first_rows: np.ndarray, n_rows: int, gamma: float,
+                        settings: EnsembleConfig, seed: int
+                        ) -> tuple[int, np.ndarray, np.ndarray]:
+    """What every member fit shares: the number of Bellman backups (``settings.backups`` or
+    :func:`n_backups_for` the split's sessions), the members' Poisson(1) session weights
+    ``(E, n)`` (all ones without ``settings.bootstrap``) and the sorted sessions whose first
+    state enters the value (a seeded subsample above ``settings.max_initial_states``)."""
+    rng = np.random.default_rng(seed)
+    n_sess = first_rows.size
+    e_n = settings.members
+    w = rng.poisson(1.0, size=(e_n, n_sess)).astype(np.float64) if settings.bootstrap \
+        else np.ones((e_n, n_sess))
+    w[w.sum(axis=1) == 0] = 1.0      # an empty resample (tiny data) falls back to all sessions
+    if settings.backups:
+        backups = settings.backups
+    else:
+        lengths = np.diff(np.append(first_rows, n_rows))
+        backups = n_backups_for(lengths, gamma, settings.horizon_tol, settings.extra_backups)
+    if n_sess > settings.max_initial_states:
+        keep = np.sort(rng.choice(n_sess, size=settings.max_initial_states, replace=False))
+    else:
+        keep = np.arange(n_sess)
+    return backups, w, keep
+
+
 def fit_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndarray,
                  reward: np.ndarray, next_state: np.ndarray, is_terminal: np.ndarray,
                  pi_action: np.ndarray, pi_next_action: np.ndarray, session: np.ndarray,
@@ -165,18 +190,9 @@ def fit_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndarray,
         raise ValueError(f"fit_ensemble: {len(names)} names for pi_action {pi_action.shape} "
                          f"and pi_next_action {pi_next_action.shape}")
     e_n = s.members
-    n_sess = first_rows.size
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    w = rng.poisson(1.0, size=(e_n, n_sess)).astype(np.float64) if s.bootstrap \
-        else np.ones((e_n, n_sess))
-    w[w.sum(axis=1) == 0] = 1.0      # an empty resample (tiny data) falls back to all sessions
-    if s.backups:
-        backups = s.backups
-    else:
-        lengths = np.diff(np.append(first_rows, n_rows))
-        backups = n_backups_for(lengths, gamma, s.horizon_tol, s.extra_backups)
+    backups, w, keep = backups_and_weights(first_rows, n_rows, gamma, s, seed)
 
     def f32(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=dev)
@@ -190,11 +206,6 @@ def fit_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndarray,
     scale = max(float(rew.abs().mean()), 1e-6) * horizon
     row_w = torch.as_tensor(w[:, session], dtype=torch.float64)     # (E, N)
     cum = torch.cumsum(row_w, dim=1)
-    # initial states: a seeded subsample of sessions, weighted per member
-    if n_sess > s.max_initial_states:
-        keep = np.sort(rng.choice(n_sess, size=s.max_initial_states, replace=False))
-    else:
-        keep = np.arange(n_sess)
     init_rows = torch.as_tensor(first_rows[keep], device=dev)
     init_w = torch.as_tensor(w[:, keep], dtype=torch.float32, device=dev)   # (E, n0)
     init_w = init_w / init_w.sum(1, keepdim=True).clamp_min(1e-9)

@@ -30,6 +30,7 @@ from mtf.ope.config import LOGGING_POLICY, OpeConfig
 from mtf.ope.ensemble import EnsembleFit, fit_ensemble, n_backups_for, session_index
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
+from mtf.ope.linear_fqe import fit_linear_ensemble
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
 from mtf.ope.policies import TargetPolicy, script_bytes
 from mtf.ope.results import Decision, PolicyEstimates, decide, summarise, with_ensemble
@@ -147,12 +148,16 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
         module = p.module()
         pa.append(policy_actions(module, data.state))
         pna.append(policy_actions(module, data.next_state))
-    fit = fit_ensemble([p.name for p in policies], data.state, data.action, data.reward,
-                       data.next_state, data.is_terminal, np.stack(pa), np.stack(pna), sess,
-                       first, gamma=gamma, settings=ope.ensemble, seed=seed,
-                       device=ope.resolved_device())
-    logger.info("FQE ensemble: %d members x %d policies, %d backups, %.1fs", ope.ensemble.members,
-                len(policies), fit.backups, fit.seconds)
+    args = ([p.name for p in policies], data.state, data.action, data.reward, data.next_state,
+            data.is_terminal, np.stack(pa), np.stack(pna), sess, first)
+    if ope.ensemble.model == "linear":
+        fit = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed)
+    else:
+        fit = fit_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed,
+                           device=ope.resolved_device())
+    logger.info("FQE ensemble (%s): %d members x %d policies, %d backups, %.1fs",
+                ope.ensemble.model, ope.ensemble.members, len(policies), fit.backups,
+                fit.seconds)
     return fit
 
 
