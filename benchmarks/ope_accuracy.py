@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -41,7 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="training steps of each learner (3000)")
     p.add_argument("--learners", type=str, default="",
                    help="comma-separated subset of the learners (default: all)")
-    p.add_argument("--members", type=int, default=10, help="ensemble members per policy (10)")
+    p.add_argument("--members", type=int, default=0,
+                   help="ensemble members per policy (default: ope.ensemble.members)")
     p.add_argument("--ope", type=str, action="append", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the paper estimators, e.g. "
                         "ope.n_iterations=2000")
@@ -51,6 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "members stored in an earlier result JSON and print its tables")
     p.add_argument("--ensemble", type=str, action="append", default=[], metavar="KEY=VALUE",
                    help="ensemble settings, e.g. lower_quantile=0.05")
+    p.add_argument("--compare", type=str, action="append", default=None,
+                   metavar="LABEL:KEY=VALUE,...",
+                   help="another ensemble scored beside the default one, e.g. "
+                        "'mlp:model=mlp,members=10' (the default comparison); 'none' for none")
     add_result_arguments(p)
     return parse_with_smoke(p, argv, SMOKE)
 
@@ -59,7 +65,8 @@ SMOKE = {"worlds": "tune-101", "users": 120, "days": 3, "truth_sessions": 300,
          "learner_steps": 20, "learners": "iql,td3", "members": 2,
          "ope": ["ope.n_iterations=20", "ope.target_update_every=10", "ope.n_bootstrap=20",
                  "ope.hidden=[16,16]"],
-         "ensemble": ["backups=3", "steps_per_backup=5", "hidden=[8,8]"]}
+         "ensemble": ["backups=3", "steps_per_backup=5", "hidden=[8,8]"],
+         "compare": ["mlp:model=mlp,members=2,backups=3,steps_per_backup=5,hidden=[8,8]"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,15 +87,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown world(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    ens = from_dict(EnsembleConfig, {"members": args.members, **{
+    ens = from_dict(EnsembleConfig, {**({"members": args.members} if args.members else {}), **{
         k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.ensemble)}},
         prefix="ope.ensemble")
+    comparisons = []
+    for spec in (ob.DEFAULT_COMPARISONS if args.compare is None else args.compare):
+        if spec == "none":
+            continue
+        label, _, body = spec.partition(":")
+        comparisons.append((label, from_dict(EnsembleConfig, {
+            k: yaml.safe_load(v) for k, v in (o.split("=", 1)
+                                              for o in re.split(r",(?![^\[]*\])", body) if o)},
+            prefix=f"--compare {label}")))
     settings = ob.BenchSettings(
         n_users=args.users, n_days=args.days, truth_sessions=args.truth_sessions,
         learner_steps=args.learner_steps,
         learners=tuple(x for x in args.learners.split(",") if x)
         or ob.BenchSettings().learners,
-        ope_overrides=(*ob.BenchSettings().ope_overrides, *args.ope), ensemble=ens)
+        ope_overrides=(*ob.BenchSettings().ope_overrides, *args.ope), ensemble=ens,
+        comparisons=tuple(comparisons))
     t0 = time.perf_counter()
     worlds: list[dict[str, Any]] = []
     source: dict[str, Any] = {}
