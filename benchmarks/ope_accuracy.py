@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", type=str, action="append", default=None,
                    metavar="LABEL:KEY=VALUE,...",
                    help="another ensemble scored beside the default one, e.g. "
-                        "'mlp:model=mlp,members=10' (the default comparison); 'none' for none")
+                        "'mlp:model=mlp' (default: mtf.loop.ope_benchmark.DEFAULT_COMPARISONS); 'none' for none")
     add_result_arguments(p)
     return parse_with_smoke(p, argv, SMOKE)
 
@@ -66,7 +66,8 @@ SMOKE = {"worlds": "tune-101", "users": 120, "days": 3, "truth_sessions": 300,
          "ope": ["ope.n_iterations=20", "ope.target_update_every=10", "ope.n_bootstrap=20",
                  "ope.hidden=[16,16]"],
          "ensemble": ["backups=3", "steps_per_backup=5", "hidden=[8,8]"],
-         "compare": ["mlp:model=mlp,members=2,backups=3,steps_per_backup=5,hidden=[8,8]"]}
+         "compare": ["mlp:model=mlp,members=2,backups=3,steps_per_backup=5,hidden=[8,8]",
+                     "linear:model=linear,members=2,backups=3,steps_per_backup=5,hidden=[8,8]"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

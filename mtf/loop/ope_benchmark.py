@@ -108,7 +108,8 @@ WORLDS: tuple[BenchWorld, ...] = (
                "long sessions (a low leave logit, little fatigue, more persistent mood)"),
 )
 # Ensembles scored beside the default (ope.ensemble) one: "label:key=value,..."
-DEFAULT_COMPARISONS = ("mlp:model=mlp,members=10",)
+DEFAULT_COMPARISONS = ("mlp:model=mlp", "linear:model=linear",
+                       "mlp_before:model=mlp,lower_quantile=0.1,max_spread=0.12,min_support=0")
 DEFAULT_WORLDS = ("tune-101", "held-808", "held-909-bait", "held-1010-long")
 
 
@@ -261,6 +262,16 @@ def score_world(names: Sequence[str], truth: Mapping[str, Mapping[str, float]],
                           for n in names}}
 
 
+_GATE_ONLY = ("lower_quantile", "max_spread", "min_support", "support_quantile",
+              "support_sample_rows", "model")
+
+
+def _same_fit(a: EnsembleConfig, b: EnsembleConfig) -> bool:
+    """Do ``a`` and ``b`` fit the same members (they may differ in model and gate settings)?"""
+    neutral = {k: getattr(EnsembleConfig(), k) for k in _GATE_ONLY}
+    return replace(a, **neutral) == replace(b, **neutral)
+
+
 def score_comparison(label: str, fit: EnsembleFit, names: Sequence[str],
                      truth: Mapping[str, Mapping[str, float]], result: Any, ope: OpeConfig,
                      learners: Sequence[str]) -> dict[str, Any]:
@@ -318,8 +329,12 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
     for label, other in settings.comparisons:
         t3 = time.perf_counter()
         alt_ope = replace(ope, ensemble=other)
-        alt = fit_ensemble_policies(data, policies, alt_ope, gamma=cfg.mdp.gamma,
-                                    seed=settings.seed)
+        if other.model in ens.components and _same_fit(other, settings.ensemble):
+            # one of the hybrid's own fits, gated under other's settings: no refit
+            alt = replace(ens.components[other.model], settings=other, support=ens.support)
+        else:
+            alt = fit_ensemble_policies(data, policies, alt_ope, gamma=cfg.mdp.gamma,
+                                        seed=settings.seed)
         assert alt is not None
         log(f"[{world_spec.name}] comparison ensemble {label!r} ({other.model}, "
             f"{other.members} members, {alt.backups} backups) in "

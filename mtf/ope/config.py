@@ -19,7 +19,7 @@ ENSEMBLE = "fqe_ensemble"    # the bootstrapped FQE ensemble (fitted in the driv
 REPORTED_ESTIMATORS = (*ESTIMATORS, ENSEMBLE)
 GATES = ("conservative_fqe", ENSEMBLE)   # estimators that can make the go / no-go decision
 LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated policies
-ENSEMBLE_MODELS = ("mlp", "linear")   # function classes of the ensemble's members
+ENSEMBLE_MODELS = ("hybrid", "mlp", "linear")   # function classes of the ensemble's members
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,11 @@ class EnsembleConfig:
     section 1). ``members: 0`` turns the ensemble off."""
 
     members: int = 10                  # E fits per policy, each on its own session resample
-    model: str = "mlp"                 # each member's Q: mlp (Adam steps per backup) | linear
+    model: str = "hybrid"              # each member's Q: mlp (Adam steps per backup) | linear
     #                                    (closed-form ridge regressions on quadratic features,
-    #                                    mtf.ope.linear_fqe)
+    #                                    mtf.ope.linear_fqe) | hybrid (member e's value is the
+    #                                    mean of both fits on resample e); chosen on tuning
+    #                                    worlds (docs/ope.md section 9)
     ridge: float = 1e-3                # linear: ridge weight per unit of row weight
     hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP
     lr: float = 1e-3                   # Adam learning rate
@@ -41,11 +43,19 @@ class EnsembleConfig:
     horizon_tol: float = 0.01          # discounted weight left beyond the horizon; convergence
     #                                    tolerance (relative change over the last quarter)
     alpha: float = 0.0                 # CQL regulariser weight (0: pessimism from the quantile)
-    lower_quantile: float = 0.1        # q of the pessimistic value and of the gate
+    lower_quantile: float = 0.2        # q of the pessimistic value and of the gate
     max_spread: float = 0.12           # spread guard: no go when the members' sd of
     #                                    V(pi) - V(logging) exceeds this fraction of
     #                                    |V(logging)| (the data do not pin the gain down);
     #                                    0 = off; chosen on the tuning world (docs/ope.md 9)
+    min_support: float = 0.3           # support guard: no go when less than this share of
+    #                                    pi's actions has a logged action within the logged
+    #                                    actions' own support_quantile nearest-neighbour
+    #                                    distance (mtf.ope.support); 0 = off; chosen on
+    #                                    tuning worlds (docs/ope.md section 9)
+    support_quantile: float = 0.9      # the radius: this quantile of the logged actions'
+    #                                    distances to their nearest other logged action
+    support_sample_rows: int = 2000    # states sampled for the support shares
     bootstrap: bool = True             # False: every member sees all sessions (seeds only)
     max_initial_states: int = 5000     # initial states averaged (seeded subsample above it)
 
@@ -59,6 +69,12 @@ class EnsembleConfig:
         if self.model not in ENSEMBLE_MODELS:
             raise ValueError(f"ope.ensemble.model must be one of {list(ENSEMBLE_MODELS)}, "
                              f"got {self.model!r}")
+        if not 0.0 <= self.min_support <= 1.0:
+            raise ValueError(f"ope.ensemble.min_support must be in [0, 1] (0 = no support "
+                             f"guard), got {self.min_support!r}")
+        if not 0.0 < self.support_quantile < 1.0 or self.support_sample_rows < 2:
+            raise ValueError("ope.ensemble.support_quantile must be in (0, 1) and "
+                             "support_sample_rows >= 2")
         if not self.ridge > 0.0:
             raise ValueError(f"ope.ensemble.ridge must be > 0, got {self.ridge!r}")
         if not self.max_spread >= 0.0:

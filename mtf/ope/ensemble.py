@@ -99,6 +99,9 @@ class EnsembleFit:
     steps: int
     seconds: float
     settings: EnsembleConfig = field(repr=False)
+    support: np.ndarray | None = None   # (P,) share of pi's actions near logged ones, if measured
+    components: dict[str, "EnsembleFit"] = field(default_factory=dict, repr=False)
+    #                                    a hybrid fit's own fits per model ("mlp", "linear")
 
     def converged(self, tol: float | None = None) -> np.ndarray:
         """Per policy: did the mean value move by less than ``tol`` (default the settings'
@@ -131,9 +134,13 @@ class EnsembleFit:
                 "lower": est - z_q * sd, "diff": d_mean, "diff_sd": d_sd,
                 "diff_lower": d_mean - z_q * d_sd, "converged": bool(ok[i]),
                 "spread": d_sd / max(abs(ref_est), 1e-12)}
+            if self.support is not None:
+                row["support"] = float(self.support[i])
             if name != reference:
                 row["go"] = ensemble_go(float(row["diff_lower"]), float(row["spread"]),
-                                        margin * abs(ref_est), self.settings.max_spread)
+                                        margin * abs(ref_est), self.settings.max_spread,
+                                        None if self.support is None else
+                                        float(self.support[i]), self.settings.min_support)
             out[name] = row
         return out
 

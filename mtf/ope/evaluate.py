@@ -31,6 +31,7 @@ from mtf.ope.ensemble import EnsembleFit, fit_ensemble, n_backups_for, session_i
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
 from mtf.ope.linear_fqe import fit_linear_ensemble
+from mtf.ope.support import support_shares
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
 from mtf.ope.policies import TargetPolicy, script_bytes
 from mtf.ope.results import Decision, PolicyEstimates, decide, summarise, with_ensemble
@@ -150,11 +151,26 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
         pna.append(policy_actions(module, data.next_state))
     args = ([p.name for p in policies], data.state, data.action, data.reward, data.next_state,
             data.is_terminal, np.stack(pa), np.stack(pna), sess, first)
-    if ope.ensemble.model == "linear":
-        fit = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed)
-    else:
-        fit = fit_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed,
-                           device=ope.resolved_device())
+    fits = {}
+    if ope.ensemble.model in ("linear", "hybrid"):
+        fits["linear"] = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble,
+                                             seed=seed)
+    if ope.ensemble.model in ("mlp", "hybrid"):
+        fits["mlp"] = fit_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed,
+                                   device=ope.resolved_device())
+    # a hybrid member averages the two function classes fitted on the same session resample
+    # (both draw it from the same seed), so each class's own extrapolation bias is halved
+    fit = replace(next(iter(fits.values())),
+                  values=np.mean([f.values for f in fits.values()], axis=0),
+                  history=np.mean([f.history for f in fits.values()], axis=0),
+                  steps=max(f.steps for f in fits.values()),
+                  seconds=sum(f.seconds for f in fits.values()), components=fits)
+    shares, radius = support_shares(data.action, np.stack(pa),
+                                    quantile=ope.ensemble.support_quantile,
+                                    sample_rows=ope.ensemble.support_sample_rows, seed=seed)
+    fit = replace(fit, support=shares)
+    logger.info("support radius %.3f; shares %s", radius,
+                {p.name: round(float(x), 2) for p, x in zip(policies, shares)})
     logger.info("FQE ensemble (%s): %d members x %d policies, %d backups, %.1fs",
                 ope.ensemble.model, ope.ensemble.members, len(policies), fit.backups,
                 fit.seconds)

@@ -165,6 +165,7 @@ def with_ensemble(results: list[PolicyEstimates], fit: "EnsembleFit", cfg: OpeCo
                      "ensemble_diff_lower": float(s["diff_lower"]),
                      "ensemble_spread": float(s["spread"]),
                      "ensemble_converged": 1.0 if s["converged"] else 0.0,
+                     "ensemble_support": float(s.get("support", float("nan"))),
                      "ensemble_backups": float(fit.backups)})
         out.append(PolicyEstimates(r.policy, est, diffs, diag))
     return out
@@ -208,14 +209,21 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
             spread = r.diagnostics["ensemble_spread"]
             cap = cfg.ensemble.max_spread
             bound_ok = low > -margin
-            go = ensemble_go(low, spread, margin, cap)
+            support = r.diagnostics.get("ensemble_support", float("nan"))
+            support = support if math.isfinite(support) else None
+            min_support = cfg.ensemble.min_support
+            go = ensemble_go(low, spread, margin, cap, support, min_support)
             reason = (f"{cfg.ensemble.lower_quantile:.0%} quantile of the ensemble's "
                       f"V({r.policy}) - V(logging) = {low:.4g} {'>' if bound_ok else '<='} "
                       f"-margin = {-margin:.4g}")
-            if bound_ok and not go:
+            if bound_ok and cap > 0 and spread > cap:
                 reason += (f", but the spread guard fails: the members' sd of the difference "
                            f"is {spread:.0%} of |V(logging)| > {cap:.0%} (they disagree: the "
                            f"estimate rests on extrapolation, not on the logged data)")
+            if bound_ok and support is not None and 0 < min_support and support < min_support:
+                reason += (f", but the support guard fails: only {support:.0%} of its actions "
+                           f"have a logged action nearby (< {min_support:.0%}; the value "
+                           f"extrapolates to actions the logs never took)")
             out.append(Decision(r.policy, go, gate, d.value, low, margin, reason,
                                 _warnings(r, margin, go)))
             continue

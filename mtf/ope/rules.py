@@ -8,13 +8,18 @@ from mtf.ope.config import ENSEMBLE
 # these rules (the package has no import cycles, typing-only ones included).
 
 
-def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: float) -> bool:
-    """The ensemble gate: the lower quantile of V(pi) - V(logging) is above ``-margin`` and
-    the members agree (their sd of the difference, as a fraction of |V(logging)|, is at most
-    ``max_spread``; 0 = no spread guard). Members that disagree that much are fitting
-    extrapolation, not data, and a wide spread lets a large mean pass the bound
+def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: float,
+                support: float | None = None, min_support: float = 0.0) -> bool:
+    """The ensemble gate: the lower quantile of V(pi) - V(logging) is above ``-margin``, the
+    members agree (their sd of the difference, as a fraction of |V(logging)|, is at most
+    ``max_spread``; 0 = no spread guard), and the logged actions reach the policy's (the share
+    of its actions with a logged action nearby, :mod:`mtf.ope.support`, is at least
+    ``min_support``; 0 or an unmeasured ``support`` = no support guard). Members that disagree
+    are fitting extrapolation, and members far from the data extrapolate alike
     (docs/ope.md section 9)."""
-    return bool(diff_lower > -margin and (max_spread <= 0 or spread <= max_spread))
+    spread_ok = max_spread <= 0 or spread <= max_spread
+    support_ok = support is None or min_support <= 0 or support >= min_support
+    return bool(diff_lower > -margin and spread_ok and support_ok)
 
 
 def pessimistic_value(row: "PolicyEstimates", gate: str) -> float:
