@@ -55,7 +55,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="ensemble settings, e.g. lower_quantile=0.05")
     p.add_argument("--compare", type=str, action="append", default=None,
                    metavar="LABEL:KEY=VALUE,...",
-                   help="another ensemble scored beside the default one, e.g. "
+                   help="another ensemble scored beside the default one: the default's "
+                        "settings with these changed, e.g. "
                         "'mlp:model=mlp' (default: mtf.loop.ope_benchmark.DEFAULT_COMPARISONS); 'none' for none")
     add_result_arguments(p)
     return parse_with_smoke(p, argv, SMOKE)
@@ -65,9 +66,7 @@ SMOKE = {"worlds": "tune-101", "users": 120, "days": 3, "truth_sessions": 300,
          "learner_steps": 20, "learners": "iql,td3", "members": 2,
          "ope": ["ope.n_iterations=20", "ope.target_update_every=10", "ope.n_bootstrap=20",
                  "ope.hidden=[16,16]"],
-         "ensemble": ["backups=3", "steps_per_backup=5", "hidden=[8,8]"],
-         "compare": ["mlp:model=mlp,members=2,backups=3,steps_per_backup=5,hidden=[8,8]",
-                     "linear:model=linear,members=2,backups=3,steps_per_backup=5,hidden=[8,8]"]}
+         "ensemble": ["backups=3", "steps_per_backup=5", "hidden=[8,8]"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,9 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec == "none":
             continue
         label, _, body = spec.partition(":")
-        comparisons.append((label, from_dict(EnsembleConfig, {
+        # the default ensemble's settings with the given ones changed
+        comparisons.append((label, from_dict(EnsembleConfig, {**vars(ens), **{
             k: yaml.safe_load(v) for k, v in (o.split("=", 1)
-                                              for o in re.split(r",(?![^\[]*\])", body) if o)},
+                                              for o in re.split(r",(?![^\[]*\])", body) if o)}},
             prefix=f"--compare {label}")))
     settings = ob.BenchSettings(
         n_users=args.users, n_days=args.days, truth_sessions=args.truth_sessions,

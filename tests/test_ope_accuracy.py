@@ -68,3 +68,23 @@ def test_every_estimator_is_scored_and_the_held_out_summary_has_the_goals(record
         "selection_regret", "never_go_worse", "go_better_80pct"}
     assert record["figures"]["tuning.fqe_ensemble.pairwise_accuracy"] == \
         summary["rows"]["fqe_ensemble"]["pairwise_accuracy"]
+
+
+def test_the_hybrid_members_average_the_mlp_and_linear_comparisons(record: dict) -> None:
+    """The default ensemble is the hybrid; its comparison rows are its own two fits (no
+    refit), so each stored hybrid member is the mean of the two comparison members."""
+    import numpy as np
+
+    [world] = record["details"]["worlds"]
+    comp = world["comparison_ensembles"]
+    assert {"mlp", "linear", "mlp_before"} <= set(comp)
+    assert comp["linear"]["model"] == "linear" and comp["mlp"]["model"] == "mlp"
+    for name in world["policies"]:
+        hybrid = np.array(world["ensemble_members"][name])
+        assert hybrid.shape == (4,)
+        np.testing.assert_allclose(hybrid, (np.array(comp["mlp"]["members"][name])
+                                            + np.array(comp["linear"]["members"][name])) / 2,
+                                   rtol=1e-12)
+    for label in ("fqe_ensemble_mlp", "fqe_ensemble_linear", "fqe_ensemble_lower_linear"):
+        assert METRICS - {"coverage"} <= set(world["metrics"][label]), label
+    assert world["go"]["fqe_ensemble_mlp_before"].keys() == world["go"]["fqe_ensemble"].keys()

@@ -34,6 +34,8 @@ import torch
 from mtf.ope.config import EnsembleConfig
 from mtf.ope.ensemble import EnsembleFit, backups_and_weights
 
+_CHUNK_ROWS = 4096     # rows per block of the sums (memory: members x rows x features)
+
 
 def feature_dim(state_dim: int, action_dim: int) -> int:
     """Length of :func:`quadratic_features`."""
@@ -49,6 +51,37 @@ def quadratic_features(state: torch.Tensor, action: torch.Tensor) -> torch.Tenso
     pairs = (action.unsqueeze(2) * action.unsqueeze(1))[:, iu[0], iu[1]]
     cross = (state.unsqueeze(2) * action.unsqueeze(1)).reshape(n, -1)
     return torch.cat([torch.ones(n, 1, dtype=state.dtype), state, action, pairs, cross], dim=1)
+
+
+def row_sums(state: np.ndarray, action: np.ndarray, reward: np.ndarray,
+             next_state: np.ndarray, is_terminal: np.ndarray, pi_next_action: np.ndarray,
+             row_weight: np.ndarray, mean: torch.Tensor, std: torch.Tensor, gamma: float,
+             chunk_rows: int = _CHUNK_ROWS
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sums a linear fit needs, over row blocks (memory does not grow with the split):
+    ``G_e = Phi' W_e Phi`` (E, D, D), ``Phi' W_e r`` (E, D) and
+    ``C_pe = Phi' W_e (gamma (1 - done) Phi_p')`` (P, E, D, D), for row weights ``(E, N)``."""
+    def f64(x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64))
+
+    n_rows = state.shape[0]
+    p_n, e_n = pi_next_action.shape[0], row_weight.shape[0]
+    d_n = feature_dim(state.shape[1], action.shape[1])
+    gram = torch.zeros(e_n, d_n, d_n, dtype=torch.float64)
+    xr = torch.zeros(e_n, d_n, dtype=torch.float64)
+    cross = torch.zeros(p_n, e_n, d_n, d_n, dtype=torch.float64)
+    for lo in range(0, n_rows, chunk_rows):
+        hi = min(lo + chunk_rows, n_rows)
+        phi = quadratic_features((f64(state[lo:hi]) - mean) / std, f64(action[lo:hi]))
+        wphi_t = (f64(row_weight[:, lo:hi]).unsqueeze(2) * phi).transpose(1, 2)  # (E, D, n)
+        gram += wphi_t @ phi
+        xr += wphi_t @ f64(reward[lo:hi])
+        nst = (f64(next_state[lo:hi]) - mean) / std
+        disc = gamma * (1.0 - f64(is_terminal[lo:hi]))
+        for p in range(p_n):
+            cross[p] += wphi_t @ (quadratic_features(nst, f64(pi_next_action[p, lo:hi]))
+                                  * disc.unsqueeze(1))
+    return gram, xr, cross
 
 
 def fit_linear_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndarray,
@@ -73,36 +106,26 @@ def fit_linear_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndar
 
     st, nst = f64(state), f64(next_state)
     mean, std = st.mean(0), st.std(0, unbiased=False).clamp_min(1e-6)
-    st, nst = (st - mean) / std, (nst - mean) / std
-    phi = quadratic_features(st, f64(action))                          # (N, D)
-    d_n = phi.shape[1]
-    disc = gamma * (1.0 - f64(is_terminal))                            # (N,)
-    rew = f64(reward)
-    row_w = f64(w[:, session])                                         # (E, N)
-    eye = torch.eye(d_n, dtype=torch.float64)
-    # per member: the Cholesky factor of the ridge Gram matrix and the regression of r
-    chols, regs = [], []
-    for e in range(e_n):
-        wphi = phi * row_w[e].unsqueeze(1)                             # (N, D)
-        chol = torch.linalg.cholesky(wphi.T @ phi + settings.ridge * row_w[e].sum() * eye)
-        chols.append(chol)
-        regs.append(torch.cholesky_solve((wphi.T @ rew).unsqueeze(1), chol))      # (D, 1)
-    init_rows = torch.as_tensor(first_rows[keep])
+    gram, xr, cross = row_sums(state, action, reward, next_state, is_terminal, pi_next_action,
+                               w[:, session], mean, std, gamma)
+    d_n = gram.shape[1]
+    row_w_sum = f64(w[:, session].sum(1))                                       # (E,)
+    chol = torch.linalg.cholesky(gram + settings.ridge * row_w_sum[:, None, None]
+                                 * torch.eye(d_n, dtype=torch.float64))         # (E, D, D)
+    reg = torch.cholesky_solve(xr.unsqueeze(2), chol)                           # (E, D, 1)
     init_w = f64(w[:, keep])
-    init_w = init_w / init_w.sum(1, keepdim=True).clamp_min(1e-12)    # (E, n0)
-    s0 = st[init_rows]
+    init_w = init_w / init_w.sum(1, keepdim=True).clamp_min(1e-12)             # (E, n0)
+    s0 = (st[torch.as_tensor(first_rows[keep])] - mean) / std
     values = np.zeros((p_n, e_n))
     history = np.zeros((backups, p_n))
     for p in range(p_n):
-        phi_next = quadratic_features(nst, f64(pi_next_action[p])) * disc.unsqueeze(1)
         v0 = init_w @ quadratic_features(s0, f64(pi_action[p][first_rows[keep]]))   # (E, D)
-        for e in range(e_n):
-            step = torch.cholesky_solve((phi * row_w[e].unsqueeze(1)).T @ phi_next, chols[e])
-            theta = torch.zeros(d_n, 1, dtype=torch.float64)
-            for b in range(backups):
-                theta = regs[e] + step @ theta
-                history[b, p] += float(v0[e] @ theta.squeeze(1)) / e_n
-            values[p, e] = float(v0[e] @ theta.squeeze(1))
+        step = torch.cholesky_solve(cross[p], chol)                             # (E, D, D)
+        theta = torch.zeros(e_n, d_n, 1, dtype=torch.float64)
+        for b in range(backups):
+            theta = reg + step @ theta
+            history[b, p] = float((v0 * theta.squeeze(2)).sum(1).mean())
+        values[p] = (v0 * theta.squeeze(2)).sum(1).numpy()
         if progress:
             print(f"  linear FQE: policy {p + 1}/{p_n} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)

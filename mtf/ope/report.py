@@ -70,9 +70,16 @@ def _clean(v: Any) -> Any:
 def decision_rule(ope: OpeConfig) -> str:
     """The go / no-go rule in words, for the gate ``ope.gate`` selects."""
     if ope.gate == ENSEMBLE:
-        return (f"go iff the {ope.ensemble.lower_quantile:.0%} quantile (normal, across "
-                f"{ope.ensemble.members} bootstrapped FQE fits) of V(policy) - V(logging) > "
+        e = ope.ensemble
+        rule = (f"go iff the {e.lower_quantile:.0%} quantile (normal, across {e.members} "
+                f"bootstrapped {e.model} FQE fits) of V(policy) - V(logging) > "
                 f"-{ope.go_margin} * |V(logging)|")
+        if e.max_spread > 0:
+            rule += f", the members' sd of that difference <= {e.max_spread:.0%} of it"
+        if e.min_support > 0:
+            rule += (f", and at least {e.min_support:.0%} of the policy's actions have a logged "
+                     f"action nearby (support guard)")
+        return rule
     return (f"go iff the lower end of the {ope.ci_level:.0%} paired bootstrap interval of "
             f"V_cons(policy) - V_cons(logging) > -{ope.go_margin} * |V_cons(logging)|"
             + (f" and FQE(policy) - V_cons(policy) <= {ope.max_penalty} * |V_cons(logging)| "
@@ -97,6 +104,8 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ref_dist = rows[ref_name]["diagnostics"].get("action_distance") if ref_name else None
     cap = (report.get("config", {}).get("ope", {}).get("ensemble", {})
            .get("max_spread", EnsembleConfig().max_spread))
+    min_support = (report.get("config", {}).get("ope", {}).get("ensemble", {})
+                   .get("min_support", EnsembleConfig().min_support))
     out: dict[str, dict[str, Any]] = {}
     for d in report["decisions"]:
         r = rows[d["policy"]]
@@ -143,6 +152,14 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             else:
                 notes.append(f"its fusion weights stay close to the logged ones ({ratio:.1f}x "
                              f"the exploration noise)")
+        support = diag.get("ensemble_support")
+        if support is not None and math.isfinite(support):
+            if support < min_support:
+                low = True
+                notes.append(f"only {support:.0%} of its actions have a logged action nearby: "
+                             f"the logs barely reach it")
+            else:
+                notes.append(f"{support:.0%} of its actions have a logged action nearby")
         spread = diag.get("ensemble_spread")
         if spread is not None and cap and spread > cap:
             low = True

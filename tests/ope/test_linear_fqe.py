@@ -2,6 +2,8 @@
 closed-form fixed point, backups that follow the sessions, and the ensemble's paired gate."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,41 @@ def test_model_and_ridge_are_validated() -> None:
         EnsembleConfig(model="tree")
     with pytest.raises(ValueError, match="ope.ensemble.ridge must be > 0"):
         EnsembleConfig(ridge=0.0)
+
+
+def test_a_hybrid_member_is_the_mean_of_its_mlp_and_linear_fits_on_one_resample() -> None:
+    torch.set_num_threads(1)
+    data = bandit(1500, seed=6)
+    policies = [fixed_policy("logging", [0.0, 0.0]), fixed_policy("best", [0.3, -0.2])]
+    ens = EnsembleConfig(model="hybrid", members=3, hidden=(16,), steps_per_backup=20,
+                         backups=2)
+    ope = OpeConfig(n_iterations=20, target_update_every=10, hidden=(8,), n_bootstrap=50,
+                    ensemble=ens)
+    res = evaluate_arrays(data, policies, ope, gamma=0.9, seed=0)
+    fit = res.ensemble
+    assert fit is not None and set(fit.components) == {"mlp", "linear"}
+    mlp, lin = fit.components["mlp"], fit.components["linear"]
+    np.testing.assert_array_equal(fit.values, (mlp.values + lin.values) / 2)
+    assert fit.steps == mlp.steps == 40 and lin.steps == 0
+    # the linear component alone is what model=linear fits (same seed, same resamples)
+    alone = evaluate_arrays(data, policies, replace(ope, ensemble=replace(ens, model="linear")),
+                            gamma=0.9, seed=0).ensemble
+    np.testing.assert_array_equal(alone.values, lin.values)
+    assert fit.support is not None and fit.support.tolist() == [1.0, 1.0]
+
+
+def test_row_sums_do_not_depend_on_the_block_size() -> None:
+    from mtf.ope.linear_fqe import row_sums
+
+    data = bandit(300, seed=2)
+    rng = np.random.default_rng(0)
+    w = rng.poisson(1.0, size=(3, len(data))).astype(np.float64)
+    pna = _constant(data, [(0.1, 0.2), (-0.5, 0.0)])
+    mean = torch.as_tensor(data.state, dtype=torch.float64).mean(0)
+    std = torch.ones(2, dtype=torch.float64)
+    args = (data.state, data.action, data.reward, data.next_state, data.is_terminal, pna, w,
+            mean, std, 0.9)
+    whole, blocks = row_sums(*args, chunk_rows=10_000), row_sums(*args, chunk_rows=7)
+    for a, b in zip(whole, blocks):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert whole[0].shape == (3, 12, 12) and whole[2].shape == (2, 3, 12, 12)

@@ -50,14 +50,15 @@ def test_report_round_trip_with_ground_truth(tmp_path) -> None:
 
 def _trust_report(ess: float, dr_low: float, ens_low: float, distance: float,
                   converged: float = 1.0, backups: tuple[float, float] = (50.0, 20.0),
-                  spread: float = 0.05) -> dict:
+                  spread: float = 0.05, support: float = 0.9) -> dict:
     def row(name: str, diff: dict, diag: dict) -> dict:
         return {"policy": name, "diff_vs_logging": diff, "diagnostics": diag}
 
     base = {"action_distance": 0.1, "fqe_backups": backups[0], "backups_needed": backups[1]}
     cand = {**base, "ess_trajectory": ess, "n_sessions_is": 900.0,
             "ensemble_diff_lower": ens_low, "ensemble_converged": converged,
-            "ensemble_spread": spread, "action_distance": distance}
+            "ensemble_spread": spread, "action_distance": distance,
+            "ensemble_support": support}
     diffs = {"conservative_fqe": {"ci_low": 0.2, "available": True},
              "dr": {"ci_low": dr_low, "available": True}}
     return {"results": [row("logging", {}, base), row("cand", diffs, cand)],
@@ -73,9 +74,10 @@ def test_trust_says_in_words_why_a_decision_is_or_is_not_checked() -> None:
     assert high["notes"] == [
         "importance sampling can check it (effective sample 400 sessions)",
         "Doubly robust and FQE ensemble (bootstrapped) agree",
-        "its fusion weights stay close to the logged ones (1.5x the exploration noise)"]
+        "its fusion weights stay close to the logged ones (1.5x the exploration noise)",
+        "90% of its actions have a logged action nearby"]
     low = trust(_trust_report(ess=2.0, dr_low=-0.3, ens_low=0.0, distance=0.5, converged=0.0,
-                              backups=(10.0, 20.0), spread=0.25))["cand"]
+                              backups=(10.0, 20.0), spread=0.25, support=0.1))["cand"]
     assert low["level"] == "low"
     assert low["notes"] == [
         "importance sampling cannot check it: the logs hold the equivalent of only 2 of 900 "
@@ -83,6 +85,7 @@ def test_trust_says_in_words_why_a_decision_is_or_is_not_checked() -> None:
         "Doubly robust would decide the other way",
         "its fusion weights are 5.0x as far from the logged ones as the logging policy's own "
         "exploration: the estimate extrapolates",
+        "only 10% of its actions have a logged action nearby: the logs barely reach it",
         "the ensemble's members disagree about its gain by 25% of the logging value (sd): the "
         "data do not pin it down",
         "the ensemble's value had not settled when the fit stopped",

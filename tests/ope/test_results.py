@@ -1,6 +1,8 @@
 """Intervals, paired differences and the go / no-go rule on hand-made sums and estimates."""
 from __future__ import annotations
 
+import dataclasses
+
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,14 +64,17 @@ def test_no_decision_without_a_logging_reference() -> None:
         decide([nan, policy("cand", 5.0, 0.1)], CFG)
 
 
-def _ensemble_fit(values: list[list[float]], history_moves: bool = False) -> "EnsembleFit":
+def _ensemble_fit(values: list[list[float]], history_moves: bool = False,
+                  support: np.ndarray | None = None) -> "EnsembleFit":
     from mtf.ope.ensemble import EnsembleFit
 
     history = np.ones((8, len(values)))
     if history_moves:
         history[-1, 1] = 2.0          # the candidate's value still moved: not converged
+    # the 10% quantile (z = 1.2816) keeps the hand-computed bounds below readable
+    settings = dataclasses.replace(OpeConfig().ensemble, lower_quantile=0.1)
     return EnsembleFit(["logging", "cand"], np.array(values), history, backups=8, steps=400,
-                       seconds=0.0, settings=OpeConfig().ensemble)
+                       seconds=0.0, settings=settings, support=support)
 
 
 def test_ensemble_rows_join_the_results_with_paired_intervals() -> None:
@@ -163,3 +168,27 @@ def test_model_selection_takes_the_go_candidate_with_the_best_pessimistic_value(
     assert select_policy(rows, decisions) == "b"       # c is higher but not GO
     assert select_policy(rows, decisions, ["a", "c"]) == "a"
     assert select_policy(rows, decisions, ["c"]) is None
+
+
+def test_the_support_guard_stops_a_policy_the_logged_actions_do_not_reach() -> None:
+    """The bound passes (diffs 0.3, 0.2, 0.4), but only 20% of the candidate's actions have a
+    logged action nearby (< min_support 30%): NO-GO with the reason; at 30% it is GO."""
+    from mtf.ope.results import with_ensemble
+    from mtf.ope.rules import ensemble_go
+
+    assert ensemble_go(0.5, 0.0, 0.05, 0.0, 0.3, 0.3) and not ensemble_go(0.5, 0.0, 0.05, 0.0,
+                                                                           0.29, 0.3)
+    assert ensemble_go(0.5, 0.0, 0.05, 0.0, None, 0.3)         # not measured: no guard
+    assert ensemble_go(0.5, 0.0, 0.05, 0.0, 0.0, 0.0)          # min_support 0: off
+    cfg = OpeConfig(go_margin=0.01, gate="fqe_ensemble")
+    assert cfg.ensemble.min_support == 0.3
+    values = [[5.0, 5.2, 5.4], [5.3, 5.4, 5.8]]
+    for share, go in ((0.2, False), (0.3, True)):
+        fit = _ensemble_fit(values, support=np.array([1.0, share]))
+        rows = with_ensemble([policy("logging", 5.0, 0.0), policy("cand", 5.0, 0.1)], fit, cfg)
+        assert rows[1].diagnostics["ensemble_support"] == pytest.approx(share)
+        [d] = decide(rows, cfg)
+        assert d.go is go
+        assert ("support guard fails" in d.reason) is (not go)
+    with pytest.raises(ValueError, match="min_support must be in"):
+        dataclasses.replace(cfg.ensemble, min_support=1.5)
