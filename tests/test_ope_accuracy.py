@@ -1,12 +1,13 @@
 """The OPE accuracy benchmark, reduced: one held-out world at a small size, through the script.
 
-It asserts what must hold at any size: the default gate never says GO to a policy that is
-truly harmful (its true loss against the logging policy exceeds the 1% margin even at the
-edge of the truth's paired 95% interval), and the record carries every metric per estimator.
-The world is held-202, a tuning world since the first full run (docs/ope.md section 9): at
-this size the gate without its spread guard said GO to ``reversed_rule`` there (true -5.4%),
-so this is a regression guard of the spread guard, not held-out evidence. The full benchmark
-(the tuning world and three held-out worlds) runs outside the suite.
+It asserts what must hold at any size: the default gate (the FQE ensemble with its spread
+guard) never says GO to a policy that is truly harmful (its true loss
+against the logging policy exceeds the 1% margin even at the edge of the truth's paired 95%
+interval), the record carries every metric per estimator, and the comparison ensembles are
+read off one hybrid fit. The world is held-202, a tuning world (docs/ope.md section 9): at
+this size the MLP ensemble without its spread guard said GO to ``reversed_rule`` there (true
+-5.4%), so this is a regression guard, not held-out evidence. The full benchmark (the tuning
+world and three held-out worlds) runs outside the suite.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_the_default_gate_never_says_go_to_a_truly_harmful_policy(record: dict) 
     assert "myopic" in harmful       # the clickbait corner is harmful in every world
     gate = OpeConfig().gate
     assert [n for n in harmful if world["go"][gate][n]] == []
-    assert set(world["go"]) == set(GATES)
+    assert set(GATES) <= set(world["go"])
 
 
 def test_every_estimator_is_scored_and_the_held_out_summary_has_the_goals(record: dict) -> None:
@@ -70,21 +71,25 @@ def test_every_estimator_is_scored_and_the_held_out_summary_has_the_goals(record
         summary["rows"]["fqe_ensemble"]["pairwise_accuracy"]
 
 
-def test_the_hybrid_members_average_the_mlp_and_linear_comparisons(record: dict) -> None:
-    """The default ensemble is the hybrid; its comparison rows are its own two fits (no
-    refit), so each stored hybrid member is the mean of the two comparison members."""
+def test_the_comparisons_are_read_off_one_hybrid_fit(record: dict) -> None:
+    """The benchmark fits one hybrid ensemble; the default gate's MLP members and the
+    comparisons' are its two fits (no refit), so each hybrid member is the mean of the MLP and
+    the linear member on the same resample."""
     import numpy as np
 
     [world] = record["details"]["worlds"]
     comp = world["comparison_ensembles"]
-    assert {"mlp", "linear", "mlp_before"} <= set(comp)
-    assert comp["linear"]["model"] == "linear" and comp["mlp"]["model"] == "mlp"
+    assert {"hybrid", "linear", "mlp_guarded"} <= set(comp)
+    assert comp["linear"]["model"] == "linear" and comp["hybrid"]["model"] == "hybrid"
     for name in world["policies"]:
-        hybrid = np.array(world["ensemble_members"][name])
-        assert hybrid.shape == (4,)
-        np.testing.assert_allclose(hybrid, (np.array(comp["mlp"]["members"][name])
-                                            + np.array(comp["linear"]["members"][name])) / 2,
+        mlp = np.array(world["ensemble_members"][name])          # the default: mlp members
+        assert mlp.shape == (4,)
+        np.testing.assert_array_equal(mlp, comp["mlp_guarded"]["members"][name])
+        np.testing.assert_allclose(comp["hybrid"]["members"][name],
+                                   (mlp + np.array(comp["linear"]["members"][name])) / 2,
                                    rtol=1e-12)
-    for label in ("fqe_ensemble_mlp", "fqe_ensemble_linear", "fqe_ensemble_lower_linear"):
+        assert 0.0 <= world["support"][name] <= 1.0
+    assert world["support"]["logging"] == 1.0
+    for label in ("fqe_ensemble_hybrid", "fqe_ensemble_linear", "fqe_ensemble_lower_linear"):
         assert METRICS - {"coverage"} <= set(world["metrics"][label]), label
-    assert world["go"]["fqe_ensemble_mlp_before"].keys() == world["go"]["fqe_ensemble"].keys()
+    assert world["go"]["fqe_ensemble_hybrid"].keys() == world["go"]["fqe_ensemble"].keys()

@@ -28,11 +28,10 @@ class EnsembleConfig:
     section 1). ``members: 0`` turns the ensemble off."""
 
     members: int = 10                  # E fits per policy, each on its own session resample
-    model: str = "hybrid"              # each member's Q: mlp (Adam steps per backup) | linear
+    model: str = "mlp"                 # each member's Q: mlp (Adam steps per backup) | linear
     #                                    (closed-form ridge regressions on quadratic features,
     #                                    mtf.ope.linear_fqe) | hybrid (member e's value is the
-    #                                    mean of both fits on resample e); chosen on tuning
-    #                                    worlds (docs/ope.md section 9)
+    #                                    mean of both fits on resample e); docs/ope.md 9
     ridge: float = 1e-3                # linear: ridge weight per unit of row weight
     hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP
     lr: float = 1e-3                   # Adam learning rate
@@ -43,16 +42,16 @@ class EnsembleConfig:
     horizon_tol: float = 0.01          # discounted weight left beyond the horizon; convergence
     #                                    tolerance (relative change over the last quarter)
     alpha: float = 0.0                 # CQL regulariser weight (0: pessimism from the quantile)
-    lower_quantile: float = 0.2        # q of the pessimistic value and of the gate
+    lower_quantile: float = 0.1        # q of the pessimistic value and of the gate
     max_spread: float = 0.12           # spread guard: no go when the members' sd of
     #                                    V(pi) - V(logging) exceeds this fraction of
     #                                    |V(logging)| (the data do not pin the gain down);
     #                                    0 = off; chosen on the tuning world (docs/ope.md 9)
-    min_support: float = 0.3           # support guard: no go when less than this share of
+    min_support: float = 0.0           # support guard: no go when less than this share of
     #                                    pi's actions has a logged action within the logged
     #                                    actions' own support_quantile nearest-neighbour
-    #                                    distance (mtf.ope.support); 0 = off; chosen on
-    #                                    tuning worlds (docs/ope.md section 9)
+    #                                    distance (mtf.ope.support); 0 = off (the default
+    #                                    gate measured on held-out worlds, docs/ope.md 9)
     support_quantile: float = 0.9      # the radius: this quantile of the logged actions'
     #                                    distances to their nearest other logged action
     support_sample_rows: int = 2000    # states sampled for the support shares

@@ -86,6 +86,7 @@ def decision_rule(ope: OpeConfig) -> str:
                f"(support guard)" if ope.max_penalty > 0 else ""))
 
 
+_LOW_SUPPORT = 0.3   # below this support share a decision is low-trust (guard off or not)
 _FAR = 3.0   # actions this many times farther from the logged ones than logging's own: far
 
 
@@ -154,7 +155,7 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
                              f"the exploration noise)")
         support = diag.get("ensemble_support")
         if support is not None and math.isfinite(support):
-            if support < min_support:
+            if support < (min_support or _LOW_SUPPORT):
                 low = True
                 notes.append(f"only {support:.0%} of its actions have a logged action nearby: "
                              f"the logs barely reach it")

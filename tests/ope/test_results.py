@@ -181,7 +181,8 @@ def test_the_support_guard_stops_a_policy_the_logged_actions_do_not_reach() -> N
     assert ensemble_go(0.5, 0.0, 0.05, 0.0, None, 0.3)         # not measured: no guard
     assert ensemble_go(0.5, 0.0, 0.05, 0.0, 0.0, 0.0)          # min_support 0: off
     cfg = OpeConfig(go_margin=0.01, gate="fqe_ensemble")
-    assert cfg.ensemble.min_support == 0.3
+    assert cfg.ensemble.min_support == 0.0                     # off by default
+    cfg = dataclasses.replace(cfg, ensemble=dataclasses.replace(cfg.ensemble, min_support=0.3))
     values = [[5.0, 5.2, 5.4], [5.3, 5.4, 5.8]]
     for share, go in ((0.2, False), (0.3, True)):
         fit = _ensemble_fit(values, support=np.array([1.0, share]))
