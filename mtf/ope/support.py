@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-_CHUNK = 512          # query rows per distance block (memory: chunk x N floats)
+_BLOCK_FLOATS = 1 << 24   # distances held at once (64 MiB): query rows per block = this / N
 
 
 def nearest_distance(query: np.ndarray, points: np.ndarray,
@@ -30,11 +30,12 @@ def nearest_distance(query: np.ndarray, points: np.ndarray,
     pts = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32))
     q = torch.as_tensor(np.ascontiguousarray(query, dtype=np.float32))
     out = []
-    for lo in range(0, q.shape[0], _CHUNK):
-        d = torch.cdist(q[lo:lo + _CHUNK], pts)
+    chunk = max(1, _BLOCK_FLOATS // max(1, pts.shape[0]))
+    for lo in range(0, q.shape[0], chunk):
+        d = torch.cdist(q[lo:lo + chunk], pts)
         if exclude is not None:
             rows = torch.arange(d.shape[0])
-            d[rows, torch.as_tensor(exclude[lo:lo + _CHUNK])] = float("inf")
+            d[rows, torch.as_tensor(exclude[lo:lo + chunk])] = float("inf")
         out.append(d.min(1).values)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 

@@ -37,3 +37,16 @@ def test_the_logged_policy_itself_is_fully_supported() -> None:
     shares, _ = support_shares(logged, np.stack([logged, logged + 2.0]), quantile=0.9,
                                sample_rows=200, seed=1)
     assert shares[0] == 1.0 and shares[1] == 0.0
+
+
+def test_distance_blocks_do_not_change_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtf.ope.support as support
+
+    rng = np.random.default_rng(5)
+    pts, q = rng.normal(size=(300, 3)), rng.normal(size=(40, 3))
+    whole = nearest_distance(q, pts)
+    monkeypatch.setattr(support, "_BLOCK_FLOATS", 700)          # 2 query rows per block
+    np.testing.assert_array_equal(nearest_distance(q, pts), whole)
+    own = nearest_distance(pts[:40], pts, exclude=np.arange(40))
+    monkeypatch.setattr(support, "_BLOCK_FLOATS", 1 << 24)
+    np.testing.assert_array_equal(nearest_distance(pts[:40], pts, exclude=np.arange(40)), own)
