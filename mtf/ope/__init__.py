@@ -12,8 +12,11 @@ Entry points (import them from their modules; importing this package loads nothi
 
 Modules: ``config`` (OpeConfig), ``policies`` (target policies, target density), ``fqe``
 (plain / conservative FQE), ``estimators`` (per-session statistics and estimator formulas),
-``bootstrap`` (Poisson bootstrap), ``score`` (row scoring, Spark aggregation), ``results``
-(intervals, decisions), ``evaluate`` (orchestration), ``report``, ``job``, ``gate``, ``truth``.
+``bootstrap`` (Poisson bootstrap), ``ensemble`` (bootstrapped FQE members, MLP),
+``linear_fqe`` (closed-form linear members), ``support`` (the logged actions' reach of a
+policy), ``rules`` (the gate's decision rules), ``score`` (row scoring, Spark aggregation),
+``results`` (intervals, decisions), ``evaluate`` (orchestration), ``report``, ``job``,
+``gate``, ``truth``, ``accuracy`` (estimators against the truth).
 """
 from mtf.ope.config import ESTIMATORS, LOGGING_POLICY, OpeConfig
 
