@@ -57,7 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    metavar="LABEL:KEY=VALUE,...",
                    help="another ensemble scored beside the default one: the default's "
                         "settings with these changed, e.g. "
-                        "'mlp:model=mlp' (default: mtf.loop.ope_benchmark.DEFAULT_COMPARISONS); 'none' for none")
+                        "'mlp:model=mlp' (default: mtf.loop.ope_benchmark."
+                        "DEFAULT_COMPARISONS); 'none' for none")
     add_result_arguments(p)
     return parse_with_smoke(p, argv, SMOKE)
 
@@ -87,18 +88,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown world(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    ens = from_dict(EnsembleConfig, {**({"members": args.members} if args.members else {}), **{
-        k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.ensemble)}},
-        prefix="ope.ensemble")
+
+    def key_values(items: Sequence[str]) -> dict[str, Any]:
+        return {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in items if o)}
+
+    ens = from_dict(EnsembleConfig, {**({"members": args.members} if args.members else {}),
+                                     **key_values(args.ensemble)}, prefix="ope.ensemble")
     comparisons = []
     for spec in (ob.DEFAULT_COMPARISONS if args.compare is None else args.compare):
         if spec == "none":
             continue
         label, _, body = spec.partition(":")
         # the default ensemble's settings with the given ones changed
-        comparisons.append((label, from_dict(EnsembleConfig, {**vars(ens), **{
-            k: yaml.safe_load(v) for k, v in (o.split("=", 1)
-                                              for o in re.split(r",(?![^\[]*\])", body) if o)}},
+        # (commas inside [...] belong to a list value)
+        comparisons.append((label, from_dict(
+            EnsembleConfig, {**vars(ens), **key_values(re.split(r",(?![^\[]*\])", body))},
             prefix=f"--compare {label}")))
     settings = ob.BenchSettings(
         n_users=args.users, n_days=args.days, truth_sessions=args.truth_sessions,

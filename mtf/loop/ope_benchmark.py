@@ -264,8 +264,9 @@ def score_world(names: Sequence[str], truth: Mapping[str, Mapping[str, float]],
                           for n in names}}
 
 
-_GATE_ONLY = ("lower_quantile", "max_spread", "min_support", "support_quantile",
-              "support_sample_rows", "model")
+# settings that do not change the members a hybrid fit holds: the gate's, and which class
+_NOT_FITTED = ("lower_quantile", "max_spread", "min_support", "support_quantile",
+               "support_sample_rows", "model")
 
 
 def _members_of(fit: EnsembleFit, settings: EnsembleConfig) -> EnsembleFit:
@@ -278,7 +279,7 @@ def _members_of(fit: EnsembleFit, settings: EnsembleConfig) -> EnsembleFit:
 
 def _same_fit(a: EnsembleConfig, b: EnsembleConfig) -> bool:
     """Do ``a`` and ``b`` fit the same members (they may differ in model and gate settings)?"""
-    neutral = {k: getattr(EnsembleConfig(), k) for k in _GATE_ONLY}
+    neutral = {k: getattr(EnsembleConfig(), k) for k in _NOT_FITTED}
     return replace(a, **neutral) == replace(b, **neutral)
 
 

@@ -37,6 +37,10 @@ from mtf.ope.ensemble import EnsembleFit, backups_and_weights
 _CHUNK_ROWS = 4096     # rows per block of the sums (memory: members x rows x features)
 
 
+def f64(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64))
+
+
 def feature_dim(state_dim: int, action_dim: int) -> int:
     """Length of :func:`quadratic_features`."""
     k = action_dim
@@ -61,9 +65,6 @@ def row_sums(state: np.ndarray, action: np.ndarray, reward: np.ndarray,
     """The sums a linear fit needs, over row blocks (memory does not grow with the split):
     ``G_e = Phi' W_e Phi`` (E, D, D), ``Phi' W_e r`` (E, D) and
     ``C_pe = Phi' W_e (gamma (1 - done) Phi_p')`` (P, E, D, D), for row weights ``(E, N)``."""
-    def f64(x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64))
-
     n_rows = state.shape[0]
     p_n, e_n = pi_next_action.shape[0], row_weight.shape[0]
     d_n = feature_dim(state.shape[1], action.shape[1])
@@ -101,10 +102,7 @@ def fit_linear_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndar
     backups, w, keep = backups_and_weights(first_rows, n_rows, gamma, settings, seed)
     e_n = settings.members
 
-    def f64(x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64))
-
-    st, nst = f64(state), f64(next_state)
+    st = f64(state)
     mean, std = st.mean(0), st.std(0, unbiased=False).clamp_min(1e-6)
     gram, xr, cross = row_sums(state, action, reward, next_state, is_terminal, pi_next_action,
                                w[:, session], mean, std, gamma)

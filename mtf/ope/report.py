@@ -103,10 +103,9 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ref_name = next((r["policy"] for r in report["results"]
                      if not r["diff_vs_logging"]), None)
     ref_dist = rows[ref_name]["diagnostics"].get("action_distance") if ref_name else None
-    cap = (report.get("config", {}).get("ope", {}).get("ensemble", {})
-           .get("max_spread", EnsembleConfig().max_spread))
-    min_support = (report.get("config", {}).get("ope", {}).get("ensemble", {})
-                   .get("min_support", EnsembleConfig().min_support))
+    ens_cfg = report.get("config", {}).get("ope", {}).get("ensemble", {})
+    cap = ens_cfg.get("max_spread", EnsembleConfig().max_spread)
+    min_support = ens_cfg.get("min_support", EnsembleConfig().min_support)
     out: dict[str, dict[str, Any]] = {}
     for d in report["decisions"]:
         r = rows[d["policy"]]

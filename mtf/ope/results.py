@@ -30,7 +30,7 @@ import numpy as np
 from mtf.ope.bootstrap import percentile_interval
 from mtf.ope.config import ENSEMBLE, ESTIMATORS, LOGGING_POLICY, OpeConfig
 from mtf.ope.estimators import diagnostics_from_sums, estimates_from_sums
-from mtf.ope.rules import ensemble_go
+from mtf.ope.rules import ensemble_go, spread_guard_fails, support_guard_fails
 
 if TYPE_CHECKING:
     from mtf.ope.ensemble import EnsembleFit
@@ -216,11 +216,11 @@ def decide(results: list[PolicyEstimates], cfg: OpeConfig,
             reason = (f"{cfg.ensemble.lower_quantile:.0%} quantile of the ensemble's "
                       f"V({r.policy}) - V(logging) = {low:.4g} {'>' if bound_ok else '<='} "
                       f"-margin = {-margin:.4g}")
-            if bound_ok and cap > 0 and spread > cap:
+            if bound_ok and spread_guard_fails(spread, cap):
                 reason += (f", but the spread guard fails: the members' sd of the difference "
                            f"is {spread:.0%} of |V(logging)| > {cap:.0%} (they disagree: the "
                            f"estimate rests on extrapolation, not on the logged data)")
-            if bound_ok and support is not None and 0 < min_support and support < min_support:
+            if bound_ok and support_guard_fails(support, min_support):
                 reason += (f", but the support guard fails: only {support:.0%} of its actions "
                            f"have a logged action nearby (< {min_support:.0%}; the value "
                            f"extrapolates to actions the logs never took)")

@@ -17,9 +17,19 @@ def ensemble_go(diff_lower: float, spread: float, margin: float, max_spread: flo
     ``min_support``; 0 or an unmeasured ``support`` = no support guard). Members that disagree
     are fitting extrapolation, and members far from the data extrapolate alike
     (docs/ope.md section 9)."""
-    spread_ok = max_spread <= 0 or spread <= max_spread
-    support_ok = support is None or min_support <= 0 or support >= min_support
-    return bool(diff_lower > -margin and spread_ok and support_ok)
+    return bool(diff_lower > -margin and not spread_guard_fails(spread, max_spread)
+                and not support_guard_fails(support, min_support))
+
+
+def spread_guard_fails(spread: float, max_spread: float) -> bool:
+    """The members' sd of the gain exceeds ``max_spread`` of |V(logging)| (0 = guard off)."""
+    return bool(max_spread > 0 and spread > max_spread)
+
+
+def support_guard_fails(support: float | None, min_support: float) -> bool:
+    """Fewer than ``min_support`` of the policy's actions have a logged action nearby (0 or an
+    unmeasured ``support`` = guard off)."""
+    return bool(support is not None and min_support > 0 and support < min_support)
 
 
 def pessimistic_value(row: "PolicyEstimates", gate: str) -> float:
