@@ -4,6 +4,13 @@ docs/method.md section 2: ``score(item) = sum_i alpha_i * log(o_i(item) + beta_i
 The agent acts in a normalised space ``a in [-1, 1]^k`` that maps affinely onto per-task weight
 intervals ``alpha_i in [lo_i, hi_i]``. Negative tasks (exit) enter as ``1 - p`` so every alpha is
 >= 0 and a larger alpha always means "care more about this task".
+
+The score ranks candidates alike for ``alpha`` and ``c * alpha`` (``c > 0``): only the ray of
+alpha matters. ``fusion.action_space`` says how the system treats that (docs/method.md section
+2a): ``box`` (the paper's) acts on the whole box; ``ray`` makes every ray one action, its
+**canonical** point, the farthest point of the ray inside the box (:func:`canonical_action`).
+Canonical actions are exactly the box points with some ``alpha_i = hi_i``, i.e. ``max_i a_i = 1``:
+the union of the box's k upper faces.
 """
 from __future__ import annotations
 
@@ -41,13 +48,21 @@ DEFAULT_TASKS = (
 )
 
 
+ACTION_SPACES = ("box", "ray")
+FACE_TOL = 1e-6   # |a_j - 1| below this: a_j is on its upper face (canonical actions are float32)
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """The fused tasks, in the fixed order used by every action/weight array."""
 
     tasks: tuple[TaskSpec, ...] = field(default_factory=lambda: DEFAULT_TASKS)
+    action_space: str = "box"   # "box" or "ray" (alpha and c * alpha are one action)
 
     def __post_init__(self) -> None:
+        if self.action_space not in ACTION_SPACES:
+            raise ValueError(f"fusion.action_space must be one of {list(ACTION_SPACES)}, got "
+                             f"{self.action_space!r}")
         if not self.tasks:
             raise ValueError("fusion.tasks must list at least one task")
         names = [t.name for t in self.tasks]
@@ -89,6 +104,25 @@ def action_to_weights(action: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.
 def weights_to_action(weights: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Inverse of :func:`action_to_weights` (fusion weights -> normalised action)."""
     return 2.0 * (np.asarray(weights, dtype=np.float64) - lo) / (hi - lo) - 1.0
+
+
+def canonical_action(action: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The canonical action of the ray through ``action`` (``(..., k)`` in [-1, 1]).
+
+    In weights: ``alpha' = alpha / max_i(alpha_i / hi_i)``, the largest multiple of alpha inside
+    the box (scaling up never leaves ``[lo, hi]`` from below). alpha and ``c * alpha`` give the
+    same point; canonical points are fixed (``max_i a_i = 1``). The all-zero weights (possible
+    only with ``lo = 0``: every score 0, no ranking at all) map to ``alpha = hi``.
+    """
+    alpha = action_to_weights(np.asarray(action, dtype=np.float64), lo, hi)
+    ratio = np.max(alpha / hi, axis=-1, keepdims=True)
+    scaled = np.where(ratio > 0.0, alpha / np.where(ratio > 0.0, ratio, 1.0), hi)
+    return np.clip(weights_to_action(scaled, lo, hi), -1.0, 1.0)
+
+
+def is_canonical(action: np.ndarray, tol: float = FACE_TOL) -> np.ndarray:
+    """``(...)`` bool: the action lies on an upper face (``max_i a_i >= 1 - tol``)."""
+    return np.max(np.asarray(action, dtype=np.float64), axis=-1) >= 1.0 - tol
 
 
 def fused_score(preds: np.ndarray, weights: np.ndarray, beta: np.ndarray,

@@ -118,8 +118,13 @@ def test_choose_refuses_a_heldout_world(script: ModuleType) -> None:
 def test_parse_learner() -> None:
     assert lb.parse_learner("bcq_wide: train.algo=bcq 'train.common.hidden=[256, 256]'") == \
         LearnerSpec("bcq_wide", ("train.algo=bcq", "train.common.hidden=[256, 256]"))
-    with pytest.raises(UserError, match="overrides must be train.KEY=VALUE, got .'seed=41'"):
+    assert lb.parse_learner("ray: fusion.action_space=ray") == \
+        LearnerSpec("ray", ("fusion.action_space=ray",))
+    with pytest.raises(UserError, match=r"overrides must be train.KEY=VALUE \(or "
+                                        r"fusion.action_space\), got .'seed=41'"):
         lb.parse_learner("x: train.algo=bcq seed=41")
+    with pytest.raises(UserError, match=r"got .'fusion.tasks=\[\]'"):
+        lb.parse_learner("x: fusion.tasks=[]")
     with pytest.raises(UserError, match="expected 'name: train.key=value"):
         lb.parse_learner("train.algo=bcq")
     with pytest.raises(UserError, match="reference policy"):

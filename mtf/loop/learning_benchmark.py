@@ -68,9 +68,15 @@ class LearnerSpec:
 BUILTIN_LEARNERS = (LearnerSpec("default"), LearnerSpec("bcq", ("train.algo=bcq",)))
 
 
+# The non-train keys a learner may set: how actions are parametrised changes what the logging
+# policy explores (so the learner gets its own simulated logs) but not the world's truth.
+LEARNER_WORLD_KEYS = ("fusion.action_space",)
+
+
 def parse_learner(text: str) -> LearnerSpec:
     """``"name: train.key=value train.key=value"`` -> :class:`LearnerSpec` (shell quoting
-    allowed inside the overrides). Only ``train.*`` keys: a learner may not change the world."""
+    allowed inside the overrides). Only ``train.*`` keys and :data:`LEARNER_WORLD_KEYS`: a
+    learner may not change the world."""
     name, sep, rest = text.partition(":")
     name = name.strip()
     if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
@@ -80,9 +86,11 @@ def parse_learner(text: str) -> LearnerSpec:
         raise UserError(f"--learner {text!r}: {name!r} is the name of a reference policy; "
                         "choose another name")
     overrides = tuple(shlex.split(rest))
-    bad = [o for o in overrides if "=" not in o or not o.startswith("train.")]
+    bad = [o for o in overrides if "=" not in o or not (
+        o.startswith("train.") or o.partition("=")[0] in LEARNER_WORLD_KEYS)]
     if bad:
-        raise UserError(f"--learner {name}: overrides must be train.KEY=VALUE, got {bad}")
+        raise UserError(f"--learner {name}: overrides must be train.KEY=VALUE (or "
+                        f"{', '.join(LEARNER_WORLD_KEYS)}), got {bad}")
     return LearnerSpec(name, overrides)
 
 
@@ -136,16 +144,18 @@ class WorldRun:
             cfg = replace(cfg, train=replace(cfg.train, max_steps=self.sizes.train_steps))
         return cfg
 
-    def world(self) -> "World":
+    def world(self, learner: LearnerSpec | None = None) -> "World":
+        """The world (with ``learner``: its action parametrisation, which only changes what
+        the logging policy explores; truth is measured on the world without it)."""
         from mtf.sim.world import World
 
-        return World.from_config(self.config())
+        return World.from_config(self.config(learner))
 
-    def data_key(self) -> str:
-        """A digest of everything the simulated transitions depend on."""
+    def data_key(self, learner: LearnerSpec | None = None) -> str:
+        """A digest of everything the simulated transitions (of ``learner``'s logs) depend on."""
         from mtf.configtools import to_dict
 
-        cfg = self.config()
+        cfg = self.config(learner)
         parts = {k: to_dict(getattr(cfg, k)) for k in ("sim", "serving", "fusion", "features",
                                                        "reward", "mdp")}
         text = json.dumps({"seed": cfg.seed, **parts}, sort_keys=True, default=str)
@@ -174,13 +184,15 @@ def _init_worker() -> None:
     setup_logging("WARNING")
 
 
-def simulate_job(run: WorldRun, path: str) -> dict[str, Any]:
-    """Simulate the world's logs and save the trainer's columns (every row) at ``path``."""
+def simulate_job(run: WorldRun, path: str,
+                 learner: LearnerSpec | None = None) -> dict[str, Any]:
+    """Simulate the world's logs (as ``learner``'s action parametrisation explores them) and
+    save the trainer's columns (every row) at ``path``."""
     from mtf.loop.in_memory_training import frame_columns
     from mtf.loop.ope_validation import simulated_transitions
 
     t0, c0 = time.perf_counter(), time.process_time()
-    df = simulated_transitions(run.world(), test_share=1.0)
+    df = simulated_transitions(run.world(learner), test_share=1.0)
     cols = frame_columns(df)
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, **cols)
@@ -382,8 +394,9 @@ def chosen_learners(record: Mapping[str, Any], protocol: ProtocolConfig) -> list
 @dataclass
 class _WorldState:
     run: WorldRun
-    data: str = ""
-    simulation: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)        # data key -> cached columns
+    simulation: dict[str, Any] = field(default_factory=dict)  # the world's own logs
+    simulations: dict[str, dict[str, Any]] = field(default_factory=dict)  # other keys' logs
     learners: dict[str, dict[str, Any]] = field(default_factory=dict)
     cem: dict[str, Any] = field(default_factory=dict)
     truth: dict[str, Any] = field(default_factory=dict)       # name -> EvalResult
@@ -414,22 +427,36 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
         count[0] += 1
         ready.append((_PRIORITY[kind], count[0], kind, world, (fn, label, *args)))
 
-    def push_learners(st: _WorldState) -> None:
+    def push_learners(st: _WorldState, key: str) -> None:
         for spec in learners:
-            run_dir = os.path.join(workdir, "runs", st.run.spec.name, spec.name)
-            push("train", st.run.spec.name, train_job, st.run, spec, st.data, run_dir,
-                 label=spec.name)
+            if st.run.data_key(spec) == key:
+                run_dir = os.path.join(workdir, "runs", st.run.spec.name, spec.name)
+                push("train", st.run.spec.name, train_job, st.run, spec, st.data[key], run_dir,
+                     label=spec.name)
+
+    def simulated(st: _WorldState, key: str, out: dict[str, Any]) -> None:
+        if key == st.run.data_key():
+            st.simulation = out
+        else:
+            st.simulations[key] = out
 
     for st in states.values():
         run = st.run
-        st.data = os.path.join(workdir, "data", f"{run.spec.name}-{run.data_key()}.npz")
-        if os.path.exists(st.data):
-            with np.load(st.data) as z:
-                st.simulation = {"rows": int(z["reward"].shape[0]), "cached": True}
-            log(f"{run.spec.name}: simulated transitions from the cache {st.data}")
-            push_learners(st)
-        else:
-            push("simulate", run.spec.name, simulate_job, run, st.data)
+        # one simulation per distinct data key (a learner with its own action parametrisation
+        # explores differently), the world's own first
+        by_key: dict[str, LearnerSpec | None] = {run.data_key(): None}
+        for spec in learners:
+            by_key.setdefault(run.data_key(spec), spec)
+        for key, spec in by_key.items():
+            st.data[key] = os.path.join(workdir, "data", f"{run.spec.name}-{key}.npz")
+            if os.path.exists(st.data[key]):
+                with np.load(st.data[key]) as z:
+                    simulated(st, key, {"rows": int(z["reward"].shape[0]), "cached": True})
+                log(f"{run.spec.name}: simulated transitions from the cache {st.data[key]}")
+                push_learners(st, key)
+            else:
+                push("simulate", run.spec.name, simulate_job, run, st.data[key], spec,
+                     label=key)
         push("cem", run.spec.name, cem_job, run)
         push("truth", run.spec.name, truth_job, run, LOGGING, None, label=LOGGING)
 
@@ -455,10 +482,10 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
                     continue
                 out = fut.result()
                 if kind == "simulate":
-                    st.simulation = out
+                    simulated(st, label, out)
                     log(f"{world}: simulated {out['rows']} transitions of {out['sessions']} "
-                        f"sessions in {_took(out)}")
-                    push_learners(st)
+                        f"sessions ({label}) in {_took(out)}")
+                    push_learners(st, label)
                 elif kind == "train":
                     st.learners[label] = out
                     log(f"{world}: trained {label} ({out['algo']}, {out['max_steps']} steps, "
@@ -488,7 +515,7 @@ def world_record(st: _WorldState, learner_names: Sequence[str]) -> dict[str, Any
             "truth_seed": cfg.pipeline.truth_seed, "overrides": list(run.spec.overrides),
             "description": run.spec.description, "users": cfg.sim.n_users,
             "days": cfg.sim.n_days, "truth_sessions": run.sizes.truth_sessions,
-            "simulation": st.simulation,
+            "simulation": st.simulation, "other_simulations": st.simulations,
             "learners": {n: {k: v for k, v in r.items() if k != "policy"}
                          for n, r in st.learners.items()},
             "cem": st.cem, "truth_s": st.truth_s, "rows": rows, "failed": st.failed}

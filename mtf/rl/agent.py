@@ -48,9 +48,10 @@ class Agent(Protocol):
 
 
 def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.device,
-               generator: torch.Generator, *, gamma: float) -> Agent:
+               generator: torch.Generator, *, gamma: float, rays: bool = False) -> Agent:
     """Build ``cfg.algo``'s agent for discount ``gamma`` (``mdp.gamma``). Networks are
-    initialised from torch's global RNG."""
+    initialised from torch's global RNG. ``rays``: the ray action parametrisation (the
+    quadratic critics' policy maximises over the canonical actions, mtf.rl.iql)."""
     if state_dim <= 0 or action_dim <= 0:
         raise ValueError(f"state_dim and action_dim must be > 0, got {state_dim}, {action_dim}")
     if cfg.algo == "bcq":
@@ -66,7 +67,7 @@ def make_agent(cfg: TrainConfig, state_dim: int, action_dim: int, device: torch.
         return BCAgent(state_dim, action_dim, cfg.common, cfg.bc, device, generator)
     if cfg.algo == "iql":
         return IQLAgent(state_dim, action_dim, cfg.common, cfg.iql, device, generator,
-                        gamma=gamma)
+                        gamma=gamma, rays=rays)
     raise ValueError(f"train.algo must be one of bcq, td3, cql, bc, iql; got {cfg.algo!r}")
 
 

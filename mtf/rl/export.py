@@ -9,7 +9,9 @@ Python). It maps a batch of **raw** state vectors ``(B, S)`` float32, features i
   (``mtf.fusion.action_to_weights``);
 * ``to_weights(action) -> (B, k)``: the same affine map for a given action.
 
-State normalisation is folded in. BCQ's candidate latents are a fixed buffer, so the exported
+State normalisation is folded in. With the ray parametrisation (the checkpoint's action space,
+``fusion.action_space = "ray"``) ``forward`` returns canonical actions (mtf.rays). BCQ's
+candidate latents are a fixed buffer, so the exported
 policy is deterministic: one state, one action.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 
 from mtf import __version__
 from mtf.configtools import from_dict
+from mtf.rays import canonical_actions
 from mtf.rl.agent import load_agent_state, make_agent, make_generator
 from mtf.rl.bcq import BCQAgent
 from mtf.rl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
@@ -46,9 +49,10 @@ class ExportedPolicy(nn.Module):
     """Raw state -> normalised action / fusion weights; wraps an algorithm's greedy policy."""
 
     def __init__(self, policy: nn.Module, mean: torch.Tensor, std: torch.Tensor,
-                 lo: torch.Tensor, hi: torch.Tensor) -> None:
+                 lo: torch.Tensor, hi: torch.Tensor, rays: bool = False) -> None:
         super().__init__()
         self.policy = policy
+        self.rays = rays
         self.register_buffer("state_mean", mean.float())  # (S,)
         self.register_buffer("state_std", std.float())    # (S,)
         self.register_buffer("lo", lo.float())             # (k,)
@@ -56,7 +60,10 @@ class ExportedPolicy(nn.Module):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         normalised = (state - self.state_mean) / self.state_std
-        return self.policy(normalised).clamp(-1.0, 1.0)
+        action = self.policy(normalised).clamp(-1.0, 1.0)
+        if self.rays:
+            action = canonical_actions(action, self.lo, self.hi)
+        return action
 
     @torch.jit.export
     def to_weights(self, action: torch.Tensor) -> torch.Tensor:
@@ -79,8 +86,9 @@ def build_policy(ckpt: Checkpoint) -> ExportedPolicy:
     """The deterministic raw-state policy of a checkpoint, on CPU, in eval mode (not scripted)."""
     cfg = from_dict(TrainConfig, ckpt.train_config, prefix="train")
     cpu = torch.device("cpu")
+    space = ckpt.action_space
     agent = make_agent(cfg, ckpt.state_dim, ckpt.action_dim, cpu, make_generator(ckpt.seed, cpu),
-                       gamma=ckpt.gamma)
+                       gamma=ckpt.gamma, rays=space.rays)
     load_agent_state(agent, ckpt.agent, nets_only=True)
     if isinstance(agent, BCQAgent):
         latents = prior_latents(cfg.bcq.n_candidates, cfg.bcq.latent_size(ckpt.action_dim),
@@ -90,9 +98,8 @@ def build_policy(ckpt: Checkpoint) -> ExportedPolicy:
         policy: nn.Module = agent.policy(latents)
     else:
         policy = agent.policy()
-    space = ckpt.action_space
     module = ExportedPolicy(policy, ckpt.normalizer.mean, ckpt.normalizer.std,
-                            torch.tensor(space.lo), torch.tensor(space.hi))
+                            torch.tensor(space.lo), torch.tensor(space.hi), space.rays)
     return module.requires_grad_(False).eval()  # serving computes no gradients
 
 
@@ -134,6 +141,7 @@ def _sidecar(ckpt: Checkpoint, checkpoint_path: str) -> dict[str, Any]:
         "action_tasks": list(space.tasks),
         "lo": list(space.lo),
         "hi": list(space.hi),
+        "action_space": space.mode,
         "table_path": layout.table_path,
         "table_version": layout.table_version,
         "state_dim": ckpt.state_dim,

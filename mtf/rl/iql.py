@@ -30,6 +30,12 @@ critic's maximiser in the box (:class:`FullQuadraticHead`): the fusion formula r
 ``alpha`` and ``c * alpha``, so the true Q has strong interactions between the weights that a
 diagonal curvature cannot represent.
 
+With the ray parametrisation (``fusion.action_space = "ray"``, docs/method.md section 2a) the
+critics are fitted on canonical actions, which all lie on the box's upper faces
+(``max_j a_j = 1``), and the policy is the critics' maximiser over those faces
+(:func:`diagonal_face_maximiser`, :func:`full_face_maximiser`): the best action among the ones
+that rank differently, instead of a box point the fusion would rank like another.
+
 ``policy_ema``: the exported policy is made of an exponential moving average of the trained
 networks (Polyak averaging over about ``1 / (1 - policy_ema)`` steps). On noisy session returns
 the last few hundred minibatches move the critics' slopes enough to change the policy; the
@@ -99,6 +105,25 @@ class QuadraticHead(nn.Module):
         _, g, p = self.parts(state)
         return (g / p).clamp(-1.0, 1.0)
 
+    def best_on_faces(self, state: torch.Tensor) -> torch.Tensor:
+        """The maximiser over the canonical actions (:func:`diagonal_face_maximiser`)."""
+        _, g, p = self.parts(state)
+        return diagonal_face_maximiser(g, p)
+
+
+def diagonal_face_maximiser(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``argmax g.a - 0.5 sum p a^2`` over the upper faces of the box (``max_j a_j = 1``), exact.
+
+    Separable: with ``a_j = 1`` pinned the others keep their box optimum ``b_i = clip(g_i / p_i)``,
+    and pinning ``j`` costs ``q_j(b_j) - q_j(1)`` with ``q_j(x) = g_j x - 0.5 p_j x^2``; the
+    cheapest face wins (cost 0 when the box optimum already touches a face: then it is the
+    answer).
+    """
+    best = (g / p).clamp(-1.0, 1.0)
+    cost = g * (best - 1.0) - 0.5 * p * (best.pow(2) - 1.0)
+    face = cost.argmin(dim=1, keepdim=True)
+    return best.scatter(1, face, torch.ones_like(best[:, :1]))
+
 
 # FullQuadraticHead.best solves max_{a in [-1, 1]^k} g.a - 0.5 a^T P a in three fixed stages
 # (no data-dependent loop, so it scripts and runs in the same time for every state):
@@ -163,6 +188,11 @@ class FullQuadraticHead(nn.Module):
         _, g, chol = self.parts(state)
         return box_maximiser(self.curvature(chol), g, self.active_set_steps, self.sweeps)
 
+    def best_on_faces(self, state: torch.Tensor) -> torch.Tensor:
+        """The maximiser over the canonical actions (:func:`full_face_maximiser`)."""
+        _, g, chol = self.parts(state)
+        return full_face_maximiser(self.curvature(chol), g, self.active_set_steps, self.sweeps)
+
 
 def box_quadratic(p: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``g.a - 0.5 a^T P a`` per row, ``(B,)``."""
@@ -214,6 +244,30 @@ def box_maximiser(p: torch.Tensor, g: torch.Tensor, active_set_steps: int,
     return keep_better(p, g, a, torch.where(inside, finished, a))
 
 
+def full_face_maximiser(p: torch.Tensor, g: torch.Tensor, active_set_steps: int,
+                        sweeps: int) -> torch.Tensor:
+    """``argmax g.a - 0.5 a^T P a`` over the upper faces of the box: per face ``j``, pin
+    ``a_j = 1`` and maximise over the other weights in their box (:func:`box_maximiser` on
+    ``P_{-j,-j}``, ``g_{-j} - P_{-j,j}``); the best face's point, ``(B, k)``."""
+    k = g.shape[1]
+    best = torch.ones_like(g)
+    if k == 1:
+        return best
+    best_value = box_quadratic(p, g, best)
+    for j in range(k):
+        rest = torch.cat([torch.arange(0, j, device=g.device),
+                          torch.arange(j + 1, k, device=g.device)])
+        p_rest = p.index_select(1, rest).index_select(2, rest)
+        g_rest = g.index_select(1, rest) - p.index_select(1, rest)[:, :, j]
+        sub = box_maximiser(p_rest, g_rest, active_set_steps, sweeps)
+        a = torch.ones_like(g).index_copy(1, rest, sub)
+        value = box_quadratic(p, g, a)
+        better = value > best_value
+        best = torch.where(better.unsqueeze(1), a, best)
+        best_value = torch.where(better, value, best_value)
+    return best
+
+
 class QuadraticQ(nn.Module):
     """``n`` quadratic critics (:class:`QuadraticHead`, or :class:`FullQuadraticHead` with
     ``curvature="full"``). Same interface as :class:`~mtf.rl.networks.EnsembleQ`
@@ -237,23 +291,26 @@ class QuadraticQ(nn.Module):
     def q1_value(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.heads[0](state, action)
 
-    def maximiser(self, state: torch.Tensor) -> torch.Tensor:
-        """``(B, k)``: each critic's best action in the box, averaged over the critics."""
+    def maximiser(self, state: torch.Tensor, on_faces: bool = False) -> torch.Tensor:
+        """``(B, k)``: each critic's best action in the box (``on_faces``: among the canonical
+        actions), averaged over the critics (the average of face points is off the faces;
+        the exported policy makes it canonical again, mtf.rl.export)."""
         best = []
         for head in self.heads:
-            best.append(head.best(state))
+            best.append(head.best_on_faces(state) if on_faces else head.best(state))
         return torch.stack(best).mean(dim=0)
 
 
 class CriticMaximiser(nn.Module):
     """The exported policy of a quadratic-critic IQL: state -> the critics' maximiser."""
 
-    def __init__(self, critic: QuadraticQ) -> None:
+    def __init__(self, critic: QuadraticQ, on_faces: bool = False) -> None:
         super().__init__()
         self.critic = critic
+        self.on_faces = on_faces
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.critic.maximiser(state)
+        return self.critic.maximiser(state, self.on_faces)
 
 
 class IQLAgent(GreedyCriticAgent):
@@ -263,9 +320,11 @@ class IQLAgent(GreedyCriticAgent):
     algo = "iql"
 
     def __init__(self, state_dim: int, action_dim: int, common: LearnerConfig, iql: IQLConfig,
-                 device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
+                 device: torch.device, generator: torch.Generator, *, gamma: float,
+                 rays: bool = False) -> None:
         super().__init__(common, device, generator, gamma)
         self.iql = iql
+        self.rays = rays
         self.critic: nn.Module = (
             QuadraticQ(state_dim, action_dim, common.hidden, iql.min_curvature, iql.n_heads,
                        iql.curvature)
@@ -350,4 +409,6 @@ class IQLAgent(GreedyCriticAgent):
 
     def policy(self) -> nn.Module:
         nets = self._policy_nets() if self.policy_average is None else self.policy_average
-        return nets if self.actor is not None else CriticMaximiser(nets)  # type: ignore[arg-type]
+        if self.actor is not None:
+            return nets
+        return CriticMaximiser(nets, on_faces=self.rays)  # type: ignore[arg-type]

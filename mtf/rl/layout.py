@@ -100,13 +100,22 @@ class TableLayout:
 
 @dataclass(frozen=True)
 class ActionSpace:
-    """Task order and per-task fusion weight interval [lo, hi] of the normalised action."""
+    """Task order and per-task fusion weight interval [lo, hi] of the normalised action, and
+    its parametrisation (``fusion.action_space``: ``box``, or ``ray`` where the policy's actions
+    are canonical, mtf.fusion.canonical_action)."""
 
     tasks: tuple[str, ...]
     lo: tuple[float, ...]
     hi: tuple[float, ...]
+    mode: str = "box"
+
+    @property
+    def rays(self) -> bool:
+        return self.mode == "ray"
 
     def __post_init__(self) -> None:
+        if self.mode not in ("box", "ray"):
+            raise ValueError(f"ActionSpace mode must be 'box' or 'ray', got {self.mode!r}")
         if not len(self.tasks) == len(self.lo) == len(self.hi):
             raise ValueError(f"ActionSpace needs one lo and hi per task, got {len(self.tasks)} "
                              f"tasks, {len(self.lo)} lo, {len(self.hi)} hi")
@@ -114,15 +123,17 @@ class ActionSpace:
     @staticmethod
     def from_fusion(fusion: FusionConfig) -> "ActionSpace":
         return ActionSpace(fusion.names, tuple(float(x) for x in fusion.lo),
-                           tuple(float(x) for x in fusion.hi))
+                           tuple(float(x) for x in fusion.hi), fusion.action_space)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "lo": list(self.lo), "hi": list(self.hi)}
+        return {"tasks": list(self.tasks), "lo": list(self.lo), "hi": list(self.hi),
+                "mode": self.mode}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "ActionSpace":
+        # checkpoints from before the ray parametrisation have no mode: they are box
         return ActionSpace(tuple(d["tasks"]), tuple(float(x) for x in d["lo"]),
-                           tuple(float(x) for x in d["hi"]))
+                           tuple(float(x) for x in d["hi"]), str(d.get("mode", "box")))
 
 
 def _json_names(raw: str, key: str, path: str) -> tuple[str, ...]:

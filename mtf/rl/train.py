@@ -11,12 +11,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
 
 import torch
 
 from mtf.configtools import to_dict
+from mtf.rays import canonical_actions
 from mtf.rl.agent import Agent, agent_state, load_agent_state, make_agent, make_generator
 from mtf.rl.batch import Normalizer, TransitionBatch
 from mtf.rl.checkpoint import (Checkpoint, checkpoint_path, load_checkpoint, resolve_checkpoint,
@@ -83,7 +84,11 @@ def train(cfg: TrainConfig, source: BatchSource, *, gamma: float, layout: TableL
 
     torch.manual_seed(seed)  # identical initial networks on every rank
     generator = make_generator(seed * 1_000 + info.rank, device)
-    agent = make_agent(cfg, layout.state_dim, layout.action_dim, device, generator, gamma=gamma)
+    agent = make_agent(cfg, layout.state_dim, layout.action_dim, device, generator, gamma=gamma,
+                       rays=action_space.rays)
+    # ray parametrisation: the learners see every logged action as its ray's canonical point
+    lo = torch.tensor(action_space.lo, device=device)
+    hi = torch.tensor(action_space.hi, device=device)
     if ckpt is not None:
         load_agent_state(agent, ckpt.agent)
         if info.rank > 0:  # the checkpoint holds rank 0's sampling state; keep ranks distinct
@@ -111,6 +116,8 @@ def train(cfg: TrainConfig, source: BatchSource, *, gamma: float, layout: TableL
     try:
         for step in range(start_step, cfg.max_steps):
             batch = normalizer.apply(next(batches).to(device, non_blocking=True))
+            if action_space.rays:
+                batch = replace(batch, action=canonical_actions(batch.action, lo, hi))
             meter.add(agent.update(batch, step))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.max_steps:

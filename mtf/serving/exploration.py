@@ -121,3 +121,48 @@ def box_uniform_bounds(mu: np.ndarray, halfwidth: float) -> tuple[np.ndarray, np
     """Per-task support ``[max(-1, mu - w), min(1, mu + w)]`` of the bounded uniform noise."""
     mu = np.asarray(mu, dtype=np.float64)
     return np.maximum(-1.0, mu - halfwidth), np.minimum(1.0, mu + halfwidth)
+
+
+# ---- the ray parametrisation (fusion.action_space = "ray") ---------------------------------
+# Actions are canonical (mtf.fusion.canonical_action): on the upper face {a_j = 1} of some task
+# j. An exploring action picks a face, pins a_j = 1 and draws every other a_i as in the box
+# (the same per-task distributions). Its log-density is taken against the (k-1)-dimensional
+# area of the faces: log P(face) + sum_{i != j} log q_i(a_i). The noise group keeps pi(s)'s own
+# face (uniform over the faces pi(s) touches: several at a corner); the random group draws the
+# face uniformly. So both groups stay exact and closed-form, like the box's.
+
+def tied_faces(mu: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """``(n, k)`` bool: the faces a canonical ``mu`` lies on (``mu_j >= max_i mu_i - tol``)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    return mu >= mu.max(axis=1, keepdims=True) - tol
+
+
+def draw_faces(allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(n,)`` one face per row, uniform over the row's ``allowed`` faces."""
+    counts = allowed.sum(axis=1)
+    pick = np.floor(rng.random(allowed.shape[0]) * counts).astype(np.int64)
+    pick = np.minimum(pick, counts - 1)
+    # the pick-th allowed face: first column where the running count exceeds pick
+    return np.argmax(np.cumsum(allowed, axis=1) > pick[:, None], axis=1)
+
+
+def face_of(actions: np.ndarray) -> np.ndarray:
+    """``(n,)`` the face a canonical action lies on (its largest coordinate)."""
+    return np.argmax(np.asarray(actions, dtype=np.float64), axis=1)
+
+
+def face_log_density(per_task_logp: np.ndarray, actions: np.ndarray,
+                     allowed: np.ndarray) -> np.ndarray:
+    """``(n,)`` log-density of canonical ``actions`` on the faces: ``-log(#allowed)`` plus the
+    per-task log-densities of every task but the action's face; ``-inf`` where the action is
+    not on a pinned face it could have been given (not canonical, or a face not ``allowed``).
+    """
+    actions = np.asarray(actions, dtype=np.float64)
+    n, k = actions.shape
+    face = face_of(actions)
+    rows = np.arange(n)
+    on_face = actions[rows, face] >= 1.0 - 1e-6
+    ok = on_face & allowed[rows, face]
+    masked = np.where(np.arange(k)[None, :] == face[:, None], 0.0, per_task_logp)
+    logp = masked.sum(axis=1) - np.log(allowed.sum(axis=1))
+    return np.where(ok, logp, -np.inf)

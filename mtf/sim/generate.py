@@ -100,7 +100,7 @@ def simulate_shard(world: World, shard: int, base_policy: Policy | None = None, 
     tracker = StateTracker(world.features, users.profile_columns(world.features.profile_columns))
     groups = assign_groups(users.ids, world.serving)
     logging_policy = LoggingPolicy(base_policy or FixedPolicy(world.baseline_action),
-                                   world.serving, world.k)
+                                   world.serving, world.k, world.fusion)
 
     def act(states: np.ndarray, rows: np.ndarray,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
