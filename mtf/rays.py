@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-FACE_TOL = 1e-6   # as mtf.fusion.FACE_TOL
+FACE_TOL = 1e-6   # as mtf.fusion.FACE_TOL (TorchScript takes it as a default argument)
 
 
 def canonical_actions(action: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -27,9 +27,9 @@ def canonical_actions(action: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) 
     return (2.0 * (scaled - lo) / (hi - lo) - 1.0).clamp(-1.0, 1.0)
 
 
-def tied_faces(mu: torch.Tensor) -> torch.Tensor:
+def tied_faces(mu: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
     """``(B, k)`` bool: the upper faces a canonical ``mu`` lies on."""
-    return mu >= mu.amax(dim=1, keepdim=True) - FACE_TOL
+    return mu >= mu.amax(dim=1, keepdim=True) - tol
 
 
 def draw_faces(allowed: torch.Tensor) -> torch.Tensor:
@@ -43,12 +43,12 @@ def pin_faces(action: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
 
 
 def face_log_density(per_task: torch.Tensor, action: torch.Tensor,
-                     allowed: torch.Tensor) -> torch.Tensor:
+                     allowed: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
     """``(B,)``: ``-log(#allowed) + sum_{i != face} per_task_i``, where the face is the action's
     largest coordinate; ``-inf`` where the action is off the faces or its face not allowed."""
     face = action.argmax(dim=1)
     top = action.gather(1, face.unsqueeze(1)).squeeze(1)
-    ok = (top >= 1.0 - FACE_TOL) & allowed.gather(1, face.unsqueeze(1)).squeeze(1)
+    ok = (top >= 1.0 - tol) & allowed.gather(1, face.unsqueeze(1)).squeeze(1)
     cols = torch.arange(action.shape[1], device=action.device).unsqueeze(0)
     masked = torch.where(cols == face.unsqueeze(1), torch.zeros_like(per_task), per_task)
     logp = masked.sum(dim=1) - torch.log(allowed.sum(dim=1).to(per_task.dtype))

@@ -297,7 +297,8 @@ def _export_serving(serving: ServingConfig, fusion: FusionConfig, export_dir: st
     module = torch.jit.load(os.path.join(export_dir, POLICY_FILE))
     return export_exploration(module, serving, fusion.lo, fusion.hi,
                               os.path.join(out_dir, f"deploy-{name}"),
-                              meta={"policy": export_dir})
+                              meta={"policy": export_dir},
+                              rays=fusion.action_space == "ray")
 
 
 def _offline_eval(spark: "SparkSession", cfg: "MtfConfig", policies: dict[str, str | None],

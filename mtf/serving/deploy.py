@@ -106,7 +106,8 @@ def deploy(cfg: "MtfConfig") -> dict[str, Any]:
                        out_dir, meta={"policy": chosen["name"], "source": chosen["source"],
                                       "report": report_path, "run_id": run_id,
                                       "feature_names": report.get("meta", {}).get(
-                                          "feature_names")})
+                                          "feature_names")},
+                       rays=cfg.fusion.action_space == "ray")
     pointer = {"run_id": run_id, "policy": chosen["name"], "path": out_dir,
                "source": chosen["source"], "report": report_path,
                "deployed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -10,6 +10,11 @@ request, returns the action to use **and its log-density**, so that the next day
   (UnifiedRL: w = 0.15).
 * ``random`` (group 2): ``a ~ N(0, random_sigma^2)`` truncated to [-1, 1] per task, or U(-1, 1).
 
+With the ray parametrisation (``rays=True``, ``fusion.action_space = "ray"``) ``pi(s)`` is made
+canonical and the exploring groups pin a face (the noise group: one of pi(s)'s own, the random
+group: any, uniformly) and draw the other tasks as above; ``logp`` is then the face density
+(mtf.serving.exploration, "the ray parametrisation").
+
 These are exactly the distributions of the simulator's logging policy
 (:mod:`mtf.sim.logging_policy`; both take ``ServingConfig`` and the group hash from
 :mod:`mtf.serving.exploration`), and the tests hold the two equal.
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from mtf.contract import EXPLORE_GROUPS
+from mtf.rays import canonical_actions, draw_faces, face_log_density, pin_faces, tied_faces
 from mtf.serving.exploration import ServingConfig
 from mtf.serving.exploration import assign_groups as _assign_groups
 
@@ -83,9 +89,10 @@ class ExplorationPolicy(nn.Module):
     """``(state, group) -> (action, logp)`` for serving; see the module docstring."""
 
     def __init__(self, policy: nn.Module, cfg: ServingConfig, lo: torch.Tensor,
-                 hi: torch.Tensor) -> None:
+                 hi: torch.Tensor, rays: bool = False) -> None:
         super().__init__()
         self.policy = policy
+        self.rays = rays
         self.noise_gaussian = cfg.noise_dist == "gaussian"
         self.random_gaussian = cfg.random_dist == "gaussian"
         self.noise_sigma = float(cfg.noise_sigma)
@@ -99,6 +106,8 @@ class ExplorationPolicy(nn.Module):
         """Actions ``(B, k)`` in [-1, 1] (float32) and log-densities ``(B,)`` (float64)."""
         with torch.no_grad():
             mu = self.policy(state).clamp(-1.0, 1.0).double()      # (B, k)
+        if self.rays:
+            mu = canonical_actions(mu, self.lo.double(), self.hi.double())
         action = mu.clone()
         logp = torch.full((mu.shape[0],), float("nan"), dtype=torch.float64)
         noise = group == 1
@@ -106,12 +115,18 @@ class ExplorationPolicy(nn.Module):
             m = mu[noise]
             if self.noise_gaussian:
                 a = _truncnorm_sample(m, self.noise_sigma)
-                lp = _truncnorm_logpdf(a, m, self.noise_sigma).sum(dim=1)
+                per_task = _truncnorm_logpdf(a, m, self.noise_sigma)
             else:
                 lo = (m - self.noise_halfwidth).clamp(min=-1.0)
                 hi = (m + self.noise_halfwidth).clamp(max=1.0)
                 a = lo + torch.rand_like(m) * (hi - lo)
-                lp = -torch.log(hi - lo).sum(dim=1)
+                per_task = -torch.log(hi - lo)
+            if self.rays:
+                allowed = tied_faces(m)
+                a = pin_faces(a, draw_faces(allowed))
+                lp = face_log_density(per_task, a, allowed)
+            else:
+                lp = per_task.sum(dim=1)
             action[noise] = a
             logp[noise] = lp
         rand = group == 2
@@ -119,11 +134,16 @@ class ExplorationPolicy(nn.Module):
             m = torch.zeros_like(mu[rand])
             if self.random_gaussian:
                 a = _truncnorm_sample(m, self.random_sigma)
-                lp = _truncnorm_logpdf(a, m, self.random_sigma).sum(dim=1)
+                per_task = _truncnorm_logpdf(a, m, self.random_sigma)
             else:
                 a = torch.rand_like(m) * 2.0 - 1.0
-                lp = torch.full((m.shape[0],), -m.shape[1] * math.log(2.0),
-                                dtype=torch.float64)
+                per_task = torch.full_like(m, -math.log(2.0))
+            if self.rays:
+                allowed = torch.ones_like(m, dtype=torch.bool)
+                a = pin_faces(a, draw_faces(allowed))
+                lp = face_log_density(per_task, a, allowed)
+            else:
+                lp = per_task.sum(dim=1)
             action[rand] = a
             logp[rand] = lp
         return action.float(), logp
@@ -135,24 +155,28 @@ class ExplorationPolicy(nn.Module):
 
 
 def export_exploration(policy: nn.Module, cfg: ServingConfig, lo: np.ndarray,
-                       hi: np.ndarray, out_dir: str, meta: dict[str, object] | None = None
-                       ) -> str:
+                       hi: np.ndarray, out_dir: str, meta: dict[str, object] | None = None,
+                       rays: bool = False) -> str:
     """Script and save the exploration policy plus an ``explore.json`` sidecar; returns the dir.
 
     Args:
         policy: a TorchScript or plain module ``(B, S) -> (B, k)`` (e.g. a loaded policy.pt,
             or :class:`ConstantPolicy` for the baseline).
         meta: extra sidecar fields (feature layout, source policy path, ...).
+        rays: the ray parametrisation (``fusion.action_space = "ray"``).
     """
     os.makedirs(out_dir, exist_ok=True)
-    module = ExplorationPolicy(policy, cfg, torch.as_tensor(lo), torch.as_tensor(hi)).eval()
+    module = ExplorationPolicy(policy, cfg, torch.as_tensor(lo), torch.as_tensor(hi),
+                               rays).eval()
     scripted = torch.jit.script(module)
     tmp = os.path.join(out_dir, f".{EXPLORE_FILE}.tmp")
     scripted.save(tmp)
     os.replace(tmp, os.path.join(out_dir, EXPLORE_FILE))
     sidecar = {"groups": list(EXPLORE_GROUPS), "exploration": {
         k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "lo": list(map(float, lo)),
-        "hi": list(map(float, hi)), "logp_space": "normalised action in [-1, 1]^k",
+        "hi": list(map(float, hi)), "action_space": "ray" if rays else "box",
+        "logp_space": ("canonical action on the upper faces of [-1, 1]^k (area of the faces)"
+                       if rays else "normalised action in [-1, 1]^k"),
         **(meta or {})}
     tmp = os.path.join(out_dir, f".{EXPLORE_SIDECAR}.tmp")
     with open(tmp, "w") as fh:
