@@ -43,7 +43,7 @@ from mtf.fusion import weights_to_action
 from mtf.log import setup_logging
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
 from mtf.ope.data import TransitionArrays
-from mtf.ope.evaluate import evaluate_arrays, fit_policies
+from mtf.ope.evaluate import evaluate_arrays, fit_policies, on_rays, rays_of
 from mtf.ope.policies import ThresholdModule, fixed_policy, module_policy
 from mtf.ope.report import write_report
 from mtf.ope.truth import compare_with_truth
@@ -220,7 +220,10 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
                 data.session_starts().size, ope.split)
     policies = [p for p in validation_policies(world)
                 if policy_names is None or p.name in policy_names] + list(extra_policies)
-    result = evaluate_arrays(data, policies, ope, gamma=world.gamma, seed=cfg.seed, meta={
+    rays = rays_of(cfg.fusion)
+    data, policies = on_rays(data, policies, rays)   # the alpha sweep's refits see them too
+    result = evaluate_arrays(data, policies, ope, gamma=world.gamma, seed=cfg.seed,
+                             rays=rays, meta={
         "table_path": f"simulator (n_users={n_users}, n_days={n_days}, seed={cfg.seed}, "
                       f"{'matched' if matched else 'configured'} start distribution)",
         "table_version": None, "split": ope.split, "n_sessions": int(data.session_starts().size),
@@ -233,7 +236,7 @@ def run_validation(cfg: "MtfConfig", *, n_users: int, n_days: int, truth_session
         fits = fit_policies(data, policies, ope_a, gamma=world.gamma, seed=cfg.seed,
                             plain=result.fits)
         res_a = evaluate_arrays(data, policies, ope_a, gamma=world.gamma, seed=cfg.seed,
-                                fits=fits)
+                                fits=fits, rays=rays)
         v = compare_with_truth(res_a.results, truth, res_a.decisions, SimulatorTruth.note)
         cons = v["estimators"]["conservative_fqe"]
         sweep.append({"alpha": float(alpha),

@@ -67,6 +67,17 @@ class TransitionArrays:
     def action_dim(self) -> int:
         return int(self.action.shape[1])
 
+    def on_rays(self, lo: np.ndarray, hi: np.ndarray) -> "TransitionArrays":
+        """The ray parametrisation's view (``fusion.action_space = "ray"``): every logged action
+        as its ray's canonical point (it ranked the same); a logged density only where the
+        logged action already was canonical (a box action's density is over the box, not the
+        faces, so those rows leave the IS family)."""
+        from mtf.fusion import canonical_action, is_canonical
+
+        logp = np.where(is_canonical(self.action), self.action_logp, np.nan)
+        return replace(self, action=canonical_action(self.action, lo, hi).astype(np.float32),
+                       action_logp=logp)
+
     @staticmethod
     def build(session_id: Sequence[Any], step: Sequence[int], state: np.ndarray,
               next_state: np.ndarray, action: np.ndarray, action_logp: Sequence[float | None],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -33,9 +33,14 @@ from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
 from mtf.ope.linear_fqe import fit_linear_ensemble
 from mtf.ope.support import support_shares
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
-from mtf.ope.policies import TargetPolicy, script_bytes
+from mtf.ope.policies import TargetPolicy, ray_policies, script_bytes
 from mtf.ope.results import Decision, PolicyEstimates, decide, summarise, with_ensemble
 from mtf.ope.score import PolicyModels, ScoringBundle, load_bundle, score_rows
+
+if TYPE_CHECKING:
+    from mtf.fusion import FusionConfig
+
+Rays = tuple[tuple[float, ...], tuple[float, ...]]   # the ray parametrisation's (lo, hi)
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +183,32 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
 
 
 def scoring_bundle(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
-                   ope: OpeConfig, state_dim: int, action_dim: int) -> ScoringBundle:
+                   ope: OpeConfig, state_dim: int, action_dim: int,
+                   rays: Rays | None = None) -> ScoringBundle:
     """TorchScript bytes of every policy and its two Q networks."""
     return ScoringBundle(
         policies=tuple(PolicyModels(p.name, p.payload, script_bytes(fits[p.name].plain.q),
                                     script_bytes(fits[p.name].conservative.q))
                        for p in policies),
-        target_sigma=ope.target_sigma, state_dim=state_dim, action_dim=action_dim)
+        target_sigma=ope.target_sigma, state_dim=state_dim, action_dim=action_dim,
+        rays=rays)
+
+
+def rays_of(fusion: "FusionConfig") -> Rays | None:
+    """``(lo, hi)`` when ``fusion.action_space`` is ``"ray"``, else None."""
+    if fusion.action_space != "ray":
+        return None
+    return tuple(map(float, fusion.lo)), tuple(map(float, fusion.hi))
+
+
+def on_rays(data: TransitionArrays, policies: Sequence[TargetPolicy],
+            rays: Rays | None) -> tuple[TransitionArrays, list[TargetPolicy]]:
+    """The data and policies as the ray parametrisation sees them (unchanged without rays):
+    canonical logged actions (``TransitionArrays.on_rays``) and canonical policies."""
+    if rays is None:
+        return data, list(policies)
+    lo, hi = np.asarray(rays[0]), np.asarray(rays[1])
+    return data.on_rays(lo, hi), ray_policies(policies, lo, hi)
 
 
 def initial_share(ope: OpeConfig, n_sessions: int) -> float:
@@ -203,7 +227,7 @@ def local_sums(data: TransitionArrays, bundle: ScoringBundle, ope: OpeConfig, *,
         hi = min(lo + _SCORE_BATCH_ROWS, len(data))
         parts.append(score_rows(models, data.state[lo:hi], data.next_state[lo:hi],
                                 data.action[lo:hi], data.action_logp[lo:hi],
-                                bundle.target_sigma))
+                                bundle.target_sigma, bundle.rays))
     position = data.position()
     starts = data.session_starts()
     hashes = session_hashes(data.session_id[starts])
@@ -244,20 +268,23 @@ def with_fit_checks(results: Sequence[PolicyEstimates], fits: Mapping[str, Polic
 def evaluate_arrays(data: TransitionArrays, policies: Sequence[TargetPolicy], ope: OpeConfig, *,
                     gamma: float, seed: int, fits: Mapping[str, PolicyFits] | None = None,
                     logging_name: str = LOGGING_POLICY,
-                    meta: Mapping[str, Any] | None = None) -> OpeResult:
+                    meta: Mapping[str, Any] | None = None,
+                    rays: Rays | None = None) -> OpeResult:
     """The single-process path: fit (unless ``fits`` is given), score, aggregate, decide.
 
     ``data`` is the evaluation split. With no policy named ``logging_name`` there are
-    estimates but no decisions.
+    estimates but no decisions. ``rays``: the ray parametrisation's (lo, hi)
+    (:func:`rays_of`): data and policies are seen canonical (:func:`on_rays`).
     """
     if len(data) == 0:
         raise ValueError("evaluate_arrays: the evaluation split has no rows")
+    data, policies = on_rays(data, policies, rays)
     t0 = time.perf_counter()
     fits = dict(fits) if fits is not None else fit_policies(data, policies, ope, gamma=gamma,
                                                             seed=seed)
     ensemble = fit_ensemble_policies(data, policies, ope, gamma=gamma, seed=seed)
     t_fit = time.perf_counter() - t0
-    bundle = scoring_bundle(policies, fits, ope, data.state_dim, data.action_dim)
+    bundle = scoring_bundle(policies, fits, ope, data.state_dim, data.action_dim, rays)
     sums = local_sums(data, bundle, ope, gamma=gamma, seed=seed)
     info = {"path": "single-process", "gamma": gamma, "seed": seed, "n_rows": len(data),
             "fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **(meta or {})}

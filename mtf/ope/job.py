@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mtf import __version__
-from mtf.configtools import to_dict
+from mtf.configtools import ConfigError, to_dict
 from mtf.contract import PROP_ACTION_TASKS, PROP_FEATURE_NAMES
 from mtf.delta import delta_snapshot, read_delta, table_properties, table_version
 from mtf.errors import MissingInputError, TableVersionError, TableVersionGoneError
@@ -45,7 +45,7 @@ from mtf.ope.config import LOGGING_POLICY, OpeConfig
 from mtf.ope.data import (EXPLORE_GROUP, REQUIRED_COLUMNS, SESSION_ID, SPLIT, TransitionArrays,
                           require_columns)
 from mtf.ope.evaluate import (assemble, fit_ensemble_policies, fit_policies, initial_share,
-                              scoring_bundle)
+                              on_rays, rays_of, scoring_bundle)
 from mtf.ope.policies import baseline_action, check_policy, resolve_policies
 from mtf.ope.report import write_report
 from mtf.ope.results import flat_metrics
@@ -221,7 +221,15 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
     if ope.fqe_source == "stream" and where:
         raise ValueError("ope.fqe_source=stream fits on the whole split of the pinned table "
                          "version and cannot apply a row filter; use ope.fqe_source=sample")
+    rays = rays_of(cfg.fusion)
+    if ope.fqe_source == "stream" and rays is not None:
+        raise ConfigError("ope.fqe_source=stream reads the table's logged actions as they are "
+                          "and does not support fusion.action_space=ray yet; use "
+                          "ope.fqe_source=sample")
     fit_data = collect_fit_data(split_df, n_rows, ope, cfg.seed, len(features), len(tasks))
+    # the ray parametrisation: canonical logged actions and policies (the Spark scoring
+    # below makes the table's actions canonical itself, from the bundle's rays)
+    fit_data, policies = on_rays(fit_data, policies, rays)
     t_collect = time.perf_counter()
     if ope.fqe_source == "stream":
         fits = streamed_fits(split_df, path, version, fit_data, policies, ope,
@@ -231,7 +239,7 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
         fits = fit_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
     ensemble = fit_ensemble_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
     t_fit = time.perf_counter()
-    bundle = scoring_bundle(policies, fits, ope, len(features), len(tasks))
+    bundle = scoring_bundle(policies, fits, ope, len(features), len(tasks), rays)
     scored = score_transitions(split_df, bundle, ope.udf_threads)
     sessions = session_statistics_df(scored, gamma=gamma, max_weight=ope.max_weight)
     sums_df = bootstrap_sums_df(sessions, horizon=ope.wpdis_horizon, n_bootstrap=ope.n_bootstrap,

@@ -23,6 +23,10 @@ a Gaussian of scale ``ope.target_sigma`` around the deterministic action, trunca
 action box exactly as the logging policy's noise group (mtf.sim.logging_policy). Small sigma_e:
 closer to the deterministic policy (less bias) but fewer logged actions near pi(s), so larger
 weights (more variance); large sigma_e: the opposite. See docs/ope.md.
+
+With the ray parametrisation (``fusion.action_space = "ray"``) the policies are made canonical
+(:func:`ray_policies`) and the smoothed policy is the noise group's on the faces: pi(s)'s face
+pinned, the other tasks as above (:func:`face_target_logpdf`).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -43,6 +47,7 @@ from torch import nn
 from mtf.configtools import ConfigError
 from mtf.errors import MissingInputError
 from mtf.ope.config import LOGGING_POLICY
+from mtf.rays import canonical_actions, face_log_density, tied_faces
 from mtf.serving.export import ConstantPolicy, torch_policy
 
 if TYPE_CHECKING:
@@ -303,7 +308,49 @@ def _resolve_export(entry: str, models_dir: str) -> str:
 
 def truncated_normal_logpdf(action: "torch.Tensor", mu: "torch.Tensor",
                             sigma: float) -> "torch.Tensor":
-    """``log pi_e(a | s) = sum_i log TN(a_i; mu_i, sigma, [-1, 1])``, float64, shape ``(B,)``.
+    """Sum over tasks of :func:`truncated_normal_logpdf_per_task`, ``(B,)``."""
+    return truncated_normal_logpdf_per_task(action, mu, sigma).sum(dim=1)
+
+
+def face_target_logpdf(action: "torch.Tensor", mu: "torch.Tensor",
+                       sigma: float) -> "torch.Tensor":
+    """The smoothed target density on the faces (ray parametrisation), ``(B,)`` float64:
+    canonical ``mu`` = pi(s); ``-inf`` for an action off pi(s)'s faces."""
+    per_task = truncated_normal_logpdf_per_task(action, mu, sigma)
+    return face_log_density(per_task, action.double(), tied_faces(mu.double()))
+
+
+class CanonicalPolicy(nn.Module):
+    """A policy whose actions are made canonical (the ray parametrisation, mtf.rays)."""
+
+    def __init__(self, policy: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("lo", lo.double())
+        self.register_buffer("hi", hi.double())
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return canonical_actions(self.policy(state).double(), self.lo, self.hi).float()
+
+
+def ray_policies(policies: Sequence[TargetPolicy], lo: np.ndarray,
+                 hi: np.ndarray) -> list[TargetPolicy]:
+    """Every policy with canonical actions (fixed weights and box-trained exports included:
+    each ranks as its canonical action does); ones already made canonical stay as they are."""
+    out = []
+    for p in policies:
+        if p.meta.get("canonical"):
+            out.append(p)
+            continue
+        module = CanonicalPolicy(p.module(), torch.as_tensor(lo), torch.as_tensor(hi))
+        out.append(replace(p, payload=script_bytes(module), meta={**p.meta, "canonical": True}))
+    return out
+
+
+def truncated_normal_logpdf_per_task(action: "torch.Tensor", mu: "torch.Tensor",
+                                     sigma: float) -> "torch.Tensor":
+    """``log TN(a_i; mu_i, sigma, [-1, 1])`` per task, float64, shape ``(B, k)``; their sum is
+    ``log pi_e(a | s)`` on the box.
 
     ``log TN(a; mu, sigma) = -z^2/2 - log sqrt(2 pi) - log sigma - log(Phi((1 - mu)/sigma)
     - Phi((-1 - mu)/sigma))`` with ``z = (a - mu)/sigma``; actions are clamped to the box
@@ -317,5 +364,4 @@ def truncated_normal_logpdf(action: "torch.Tensor", mu: "torch.Tensor",
     m = mu.double().clamp(-1.0, 1.0)
     z = (a - m) / sigma
     mass = torch.special.ndtr((1.0 - m) / sigma) - torch.special.ndtr((-1.0 - m) / sigma)
-    logp = -0.5 * z * z - _LOG_SQRT_2PI - math.log(sigma) - torch.log(mass)
-    return logp.sum(dim=1)
+    return -0.5 * z * z - _LOG_SQRT_2PI - math.log(sigma) - torch.log(mass)

@@ -61,6 +61,8 @@ class ScoringBundle:
     target_sigma: float
     state_dim: int
     action_dim: int
+    # the ray parametrisation's (lo, hi) (fusion.action_space = "ray"); None: the box
+    rays: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -84,25 +86,35 @@ def load_bundle(bundle: ScoringBundle) -> list[LoadedPolicy]:
 
 
 def score_rows(models: Sequence[LoadedPolicy], state: np.ndarray, next_state: np.ndarray,
-               action: np.ndarray, action_logp: np.ndarray,
-               target_sigma: float) -> dict[str, dict[str, np.ndarray]]:
+               action: np.ndarray, action_logp: np.ndarray, target_sigma: float,
+               rays: tuple[Sequence[float], Sequence[float]] | None = None
+               ) -> dict[str, dict[str, np.ndarray]]:
     """Per policy: ``log_ratio``, ``q_sa``, ``v_s``, ``v_next``, ``cv_s``, float64 ``(N,)``.
 
     ``log_ratio = log pi_e(a | s) - action_logp`` (NaN where action_logp is NaN/null),
     ``q_sa = Q^(s, a)``, ``v_s = Q^(s, pi(s))``, ``v_next = Q^(s', pi(s'))``,
-    ``cv_s = Q^c(s, pi(s))``.
+    ``cv_s = Q^c(s, pi(s))``. With ``rays`` = (lo, hi) the logged actions are made canonical
+    (a logged density only where they were: ``TransitionArrays.on_rays``) and pi_e is the
+    face density (the policies must already be canonical: ``ray_policies``).
     """
     import torch
 
-    from mtf.ope.policies import truncated_normal_logpdf
+    from mtf.ope.policies import face_target_logpdf, truncated_normal_logpdf
 
+    if rays is not None:
+        from mtf.fusion import canonical_action, is_canonical
+
+        lo, hi = np.asarray(rays[0]), np.asarray(rays[1])
+        action_logp = np.where(is_canonical(action), action_logp, np.nan)
+        action = canonical_action(action, lo, hi)
     s, s2, a = _tensor(state), _tensor(next_state), _tensor(action)
+    target_logpdf = face_target_logpdf if rays is not None else truncated_normal_logpdf
     out: dict[str, dict[str, np.ndarray]] = {}
     with torch.inference_mode():
         for m in models:
             pi_s = m.policy(s)
             pi_next = m.policy(s2)
-            logp_e = truncated_normal_logpdf(a, pi_s, target_sigma).numpy()
+            logp_e = target_logpdf(a, pi_s, target_sigma).numpy()
             out[m.name] = {
                 "log_ratio": logp_e - np.asarray(action_logp, dtype=np.float64),
                 "q_sa": m.q_plain(s, a).double().numpy(),
@@ -153,7 +165,7 @@ def score_arrow_batch(batch: "pa.RecordBatch", models: Sequence[LoadedPolicy],
         models, list_column_to_matrix(col(D.STATE), bundle.state_dim, D.STATE),
         list_column_to_matrix(col(D.NEXT_STATE), bundle.state_dim, D.NEXT_STATE),
         list_column_to_matrix(col(D.ACTION), bundle.action_dim, D.ACTION),
-        _logp_column(batch), bundle.target_sigma)
+        _logp_column(batch), bundle.target_sigma, bundle.rays)
     exploit = pc.fill_null(pc.equal(col(D.EXPLORE_GROUP), D.EXPLORE_GROUPS[D.EXPLOIT]), False)
     p = len(models)
     names = pa.array(np.repeat(np.array([m.name for m in models], dtype=object), n),
