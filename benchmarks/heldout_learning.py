@@ -31,7 +31,8 @@ Held-out report with the chosen variant (held-out worlds only report; nothing is
       --workdir /tmp/mtf-heldout --json benchmarks/results/heldout_learning_heldout.json
 
 Smoke (tiny: tune-7, 150 users x 2 days, 20 training steps, CEM 2 x 4 x 20 sessions, 200 truth
-sessions, 2 processes, choosing between default, bcq and one variant)::
+sessions, 2 processes, choosing among default, bcq and two variants, one of them with the ray
+action parametrisation; the OPE gate's selection on 100 fresh users with a cheap OPE)::
 
   .venv/bin/python benchmarks/heldout_learning.py --smoke --json /tmp/heldout_smoke.json
 
@@ -61,8 +62,13 @@ from mtf.errors import UserError  # noqa: E402
 
 SMOKE = {"role": "tuning", "worlds": "tune-7", "users": 150, "days": 2, "train_steps": 20,
          "cem_generations": 2, "cem_population": 4, "cem_sessions": 20, "truth_sessions": 200,
-         "parallel": 2, "choose": True,
-         "learner": ["bcq_small: train.algo=bcq train.common.hidden=[16,16]"]}
+         "parallel": 2, "choose": True, "ope_select": True, "ope_users": 100,
+         # a cheap OPE (few FQE steps, 2 ensemble members): the same code path
+         "set": ["ope.n_iterations=40", "ope.target_update_every=10", "ope.n_bootstrap=20",
+                 "ope.ensemble.members=2", "ope.ensemble.backups=3",
+                 "ope.ensemble.steps_per_backup=5"],
+         "learner": ["bcq_small: train.algo=bcq train.common.hidden=[16,16]",
+                     "ray_small: fusion.action_space=ray"]}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -101,6 +107,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cem-population", type=int, default=16, help="CEM population (16)")
     p.add_argument("--cem-sessions", type=int, default=1000,
                    help="sessions per CEM candidate and generation (1000)")
+    p.add_argument("--ope-select", action="store_true",
+                   help="also let the configured OPE gate choose among the learners on fresh "
+                        "users' logs (what a user without a simulator does) and report its "
+                        "regret against the truth-best")
+    p.add_argument("--ope-users", type=int, default=None,
+                   help="with --ope-select: fresh users in the OPE's logs (default --users)")
+    p.add_argument("--ope-days", type=int, default=1,
+                   help="with --ope-select: days of their logs (1)")
     p.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
                    help="worker processes, one torch thread each (default: every core)")
     p.add_argument("--workdir", type=str, default="",
@@ -132,6 +146,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         raise UserError(f"--parallel must be >= 1, got {args.parallel}")
     if args.family and not args.choose:
         raise UserError("--family only applies with --choose")
+    if (args.ope_users is not None or args.ope_days != 1) and not args.ope_select:
+        raise UserError("--ope-users and --ope-days only apply with --ope-select")
+    if args.ope_days < 1 or (args.ope_users is not None and args.ope_users < 1):
+        raise UserError("--ope-days and --ope-users must be >= 1")
     if args.learners_from and (args.learner or args.choose):
         raise UserError("--learners-from runs exactly the chosen variant: drop --learner and "
                         "--choose")
@@ -151,7 +169,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         lb.parse_families(args.family, learners)       # unknown members: before any job
     sizes = lb.Sizes(users=args.users, days=args.days, train_steps=args.train_steps,
                      truth_sessions=args.truth_sessions, cem_generations=args.cem_generations,
-                     cem_population=args.cem_population, cem_sessions=args.cem_sessions)
+                     cem_population=args.cem_population, cem_sessions=args.cem_sessions,
+                     ope_select=args.ope_select, ope_users=args.ope_users,
+                     ope_days=args.ope_days)
     runs = lb.world_runs(base.protocol, [w for w in args.worlds.split(",") if w], args.role,
                          args.conf_file, args.set, sizes)
     for r in runs:

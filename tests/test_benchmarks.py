@@ -319,25 +319,42 @@ def test_bench_heldout_smoke(smokes: Any) -> None:
     folder, job = smokes["heldout"]
     out, proc = folder / "heldout.json", job.result()
     _ran(proc)
-    learners = ("default", "bcq", "bcq_small")
+    learners = ("default", "bcq", "bcq_small", "ray_small")
     policies = ("cem", *learners)
     record = _record(out, "heldout_learning", {
         "seconds",
         *(f"{p}.{k}" for p in policies for k in (
             "return_pct_mean", "dwell_pct_mean", "return_goal_worlds", "dwell_goal_worlds")),
         *(f"{p}.above_cem_worlds" for p in learners),
-        *(f"tune-7.{p}.{k}" for p in policies for k in ("return_pct", "dwell_pct"))})
+        *(f"tune-7.{p}.{k}" for p in policies for k in ("return_pct", "dwell_pct")),
+        "tune-7.ope_select.regret_pct", "tune-7.ope_select.return_pct",
+        "ope_select.regret_pct_mean", "ope_select.regret_pct_max", "ope_select.return_pct_mean"})
     details = record["details"]
     assert details["learners"] == {"default": [], "bcq": ["train.algo=bcq"],
-                                   "bcq_small": ["train.algo=bcq", "train.common.hidden=[16,16]"]}
+                                   "bcq_small": ["train.algo=bcq", "train.common.hidden=[16,16]"],
+                                   "ray_small": ["fusion.action_space=ray"]}
     (world,) = details["worlds"]
     assert (world["world"], world["role"], world["seed"], world["truth_seed"]) == \
         ("tune-7", "tuning", 7, 1234)
     assert (world["users"], world["days"], world["truth_sessions"]) == (150, 2, 200)
     assert world["failed"] == {} and world["simulation"]["rows"] > 0
+    # the ray learner trained on its own logs (the logging policy exploring on the faces)
+    (ray_logs,) = world["other_simulations"].values()
     assert {n: (r["algo"], r["max_steps"], r["rows"]) for n, r in world["learners"].items()} == {
-        n: (a, 20, world["simulation"]["rows"])
-        for n, a in (("default", "iql"), ("bcq", "bcq"), ("bcq_small", "bcq"))}
+        n: (a, 20, rows) for n, a, rows in (
+            ("default", "iql", world["simulation"]["rows"]),
+            ("bcq", "bcq", world["simulation"]["rows"]),
+            ("bcq_small", "bcq", world["simulation"]["rows"]),
+            ("ray_small", "iql", ray_logs["rows"]))}
+    # the OPE gate chose among the learners (or kept logging); its regret is read off the truth
+    ope = world["ope"]
+    assert set(ope["decisions"]) == set(learners) and ope["candidates"] == ["logging", *learners]
+    rows = world["rows"]
+    assert ope["chosen"] in ope["candidates"] and ope["chosen_return_pct"] == \
+        rows[ope["chosen"]]["return_pct"]
+    assert ope["best_return_pct"] == max(rows[c]["return_pct"] for c in ope["candidates"])
+    assert ope["regret_pct"] == ope["best_return_pct"] - ope["chosen_return_pct"] >= 0
+    assert ope["chosen"] == "logging" or ope["decisions"][ope["chosen"]]["go"]
     assert len(world["cem"]["history"]) == 2 and world["cem"]["seed"] == 7 + 500
     assert list(world["rows"]) == ["logging", *policies]       # logging, CEM, then learners
     for name, row in world["rows"].items():

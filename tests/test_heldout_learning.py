@@ -213,15 +213,20 @@ from mtf.config import load_config
 from mtf.loop import learning_benchmark as lb
 
 protocol = load_config(None).protocol
-(run,) = lb.world_runs(protocol, ["tune-8"], "tuning", None, ["train.batch_size=32"],
+cheap_ope = ["ope.n_iterations=20", "ope.target_update_every=10", "ope.n_bootstrap=20",
+             "ope.ensemble.members=2", "ope.ensemble.backups=2", "ope.ensemble.steps_per_backup=3"]
+(run,) = lb.world_runs(protocol, ["tune-8"], "tuning", None, ["train.batch_size=32", *cheap_ope],
                        lb.Sizes(users=40, days=1, train_steps=3, truth_sessions=20,
-                                cem_generations=1, cem_population=2, cem_sessions=4))
+                                cem_generations=1, cem_population=2, cem_sessions=4,
+                                ope_select=True, ope_users=40))
 sim = lb.simulate_job(run, {data!r})
 learner = lb.train_job(run, lb.BUILTIN_LEARNERS[1], {data!r}, {runs!r})
 cem = lb.cem_job(run)
 truth = {{n: lb.truth_job(run, n, p)["result"] for n, p in (
     (lb.LOGGING, None), (lb.CEM, cem["action"]), ("bcq", learner["policy"]))}}
 rows = lb.world_rows(truth)
+ope = lb.ope_job(run, {{"bcq": learner["policy"]}})
+assert ope["chosen"] in ("logging", "bcq") and set(ope["decisions"]) == {{"bcq"}}, ope
 print(sim["rows"], learner["algo"], sorted(rows))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r} and sys.modules[m])
 print("loaded:", loaded)
@@ -259,3 +264,26 @@ def test_one_choice_per_family_and_learners_from_runs_each(script: ModuleType,
             lb.parse_families([bad], SPECS[:3])
     with pytest.raises(UserError, match="--family only applies with --choose"):
         script.plan(_args(script, "--family", "a: default"))
+
+
+def test_ope_test_world_holds_only_fresh_users() -> None:
+    """The OPE's logs come from users after the training population's shards."""
+    protocol = load_config(None).protocol
+    (run,) = lb.world_runs(protocol, ["tune-8"], "tuning", None, [],
+                           lb.Sizes(users=2500, days=3, ope_select=True, ope_users=1200))
+    world, shards = lb.ope_test_world(run)
+    ups = world.sim.users_per_shard
+    assert (world.sim.n_users, world.sim.n_days) == (3 * ups + 1200, 1)
+    assert shards == list(range(3, world.sim.n_shards)) and world.seed == 8
+    # the training world's users end before the first OPE shard starts
+    assert 2500 <= shards[0] * ups
+
+
+def test_ope_selection_against_the_truth() -> None:
+    rows = {"logging": {"return_pct": 0.0}, "a": {"return_pct": 4.0},
+            "b": {"return_pct": 6.5}, "cem": {"return_pct": 9.0}}
+    got = lb.ope_selection({"chosen": "a"}, rows, ["a", "b"])
+    assert (got["best"], got["chosen_return_pct"], got["regret_pct"]) == ("b", 4.0, 2.5)
+    kept = lb.ope_selection({"chosen": "logging"}, {**rows, "b": {"return_pct": -1.0}},
+                            ["a", "b"])
+    assert (kept["best"], kept["regret_pct"]) == ("a", 4.0)   # CEM is not a candidate

@@ -13,7 +13,13 @@ base config, the simulated window ``pipeline.days`` long, as the closed loop's):
    (:func:`parse_learner`); the training seed is the world seed, as in the closed loop;
 3. **search** the best fixed weights by CEM with simulator access
    (:func:`mtf.loop.blackbox.cem_fixed_action`) on its own seed (world seed + 500);
-4. **truth**: every policy on the same ``truth_sessions`` sessions of the world's truth seed
+4. **OPE selection** (``Sizes.ope_select``): what a user without a simulator does. The
+   configured OPE (``ope``: its gate and :func:`mtf.ope.rules.select_policy`) evaluates the
+   logging policy and every learner on ``ope_days`` of logs of **fresh users** (shards after
+   the training population's: logs no learner trained on) and picks the policy to deploy;
+   :func:`ope_selection` reports its true return and its regret against the truth-best of
+   the learners and the logging policy (:func:`ope_job`);
+5. **truth**: every policy on the same ``truth_sessions`` sessions of the world's truth seed
    (:func:`mtf.sim.evaluate.evaluate_many`; common random numbers, so each policy may run in its
    own process and still pair with the others), return and dwell time per session, and paired
    differences to the logging policy and to the CEM weights (:func:`world_rows`).
@@ -118,6 +124,9 @@ class Sizes:
     cem_generations: int = 10
     cem_population: int = 16
     cem_sessions: int = 1000           # sessions per CEM candidate and generation
+    ope_select: bool = False           # choose among the learners with the OPE gate
+    ope_users: int | None = None       # fresh users whose logs the OPE sees (None: users)
+    ope_days: int = 1                  # days of their logs
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,61 @@ def cem_job(run: WorldRun) -> dict[str, Any]:
     return {"action": [float(x) for x in res.best.action], "history": res.history,
             "sessions": res.n_sessions, "seed": cfg.seed + CEM_SEED_OFFSET,
             "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
+def ope_test_world(run: WorldRun) -> tuple["World", list[int]]:
+    """The world with room for ``ope_users`` fresh users after the training population, for
+    ``ope_days``, and the shards that hold only them."""
+    from mtf.sim.world import World
+
+    cfg = run.config()
+    ups = cfg.sim.users_per_shard
+    first = -(-cfg.sim.n_users // ups)                      # shards of the training users
+    fresh = run.sizes.ope_users or cfg.sim.n_users
+    sim = replace(cfg.sim, n_users=first * ups + fresh, n_days=run.sizes.ope_days)
+    world = World.from_config(replace(cfg, sim=sim))
+    return world, list(range(first, world.sim.n_shards))
+
+
+def ope_job(run: WorldRun, policies: Mapping[str, "TargetPolicy"]) -> dict[str, Any]:
+    """The configured OPE on fresh users' logs of the logging policy: per policy its gate
+    decision and estimates, and the policy the gate selects among ``policies`` (the logging
+    policy when none gets GO)."""
+    from mtf.loop.ope_validation import simulated_transitions, to_arrays
+    from mtf.ope.config import LOGGING_POLICY
+    from mtf.ope.evaluate import evaluate_arrays, rays_of
+    from mtf.ope.policies import fixed_policy
+    from mtf.ope.rules import pessimistic_value, select_policy
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = run.config()
+    world, shards = ope_test_world(run)
+    data = to_arrays(simulated_transitions(world, test_share=1.0, shards=shards), "test")
+    targets = [fixed_policy(LOGGING_POLICY, world.baseline_action), *policies.values()]
+    res = evaluate_arrays(data, targets, cfg.ope, gamma=cfg.mdp.gamma, seed=cfg.seed,
+                          rays=rays_of(cfg.fusion))
+    by_name = {r.policy: r for r in res.results}
+    decisions = {d.policy: {"go": bool(d.go), "reason": d.reason, "estimator": d.estimator,
+                            "pessimistic": float(pessimistic_value(by_name[d.policy],
+                                                                   d.estimator))}
+                 for d in res.decisions}
+    chosen = select_policy(res.results, res.decisions, list(policies)) or LOGGING
+    return {"chosen": chosen, "gate": cfg.ope.gate, "decisions": decisions,
+            "rows": len(data), "sessions": int(data.session_starts().size),
+            "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
+def ope_selection(ope: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]],
+                  candidates: Sequence[str]) -> dict[str, Any]:
+    """The gate's choice against the truth: its true return % vs logging, the truth-best of
+    ``candidates`` and the logging policy, and the regret (best - chosen, % of logging)."""
+    pool = [c for c in (LOGGING, *candidates) if c in rows]
+    best = max(pool, key=lambda c: rows[c]["return_pct"])
+    chosen = ope["chosen"]
+    return {"chosen": chosen, "chosen_return_pct": rows[chosen]["return_pct"],
+            "best": best, "best_return_pct": rows[best]["return_pct"],
+            "regret_pct": rows[best]["return_pct"] - rows[chosen]["return_pct"],
+            "candidates": pool}
 
 
 def truth_job(run: WorldRun, name: str, policy: "TargetPolicy | Sequence[float] | None"
@@ -401,6 +465,7 @@ class _WorldState:
     cem: dict[str, Any] = field(default_factory=dict)
     truth: dict[str, Any] = field(default_factory=dict)       # name -> EvalResult
     truth_s: dict[str, dict[str, float]] = field(default_factory=dict)  # seconds, cpu_s
+    ope: dict[str, Any] = field(default_factory=dict)         # ope_job's output
     failed: dict[str, str] = field(default_factory=dict)      # job -> error
 
 
@@ -410,7 +475,7 @@ def _took(out: Mapping[str, Any]) -> str:
 
 # Which ready job runs first when workers are short: a world's data unlock its learners, the
 # learners are the longest jobs, CEM next, truths fill the gaps.
-_PRIORITY = {"simulate": 0, "train": 1, "cem": 2, "truth": 3}
+_PRIORITY = {"simulate": 0, "train": 1, "ope": 2, "cem": 2, "truth": 3}
 
 
 def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, parallel: int,
@@ -433,6 +498,15 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
                 run_dir = os.path.join(workdir, "runs", st.run.spec.name, spec.name)
                 push("train", st.run.spec.name, train_job, st.run, spec, st.data[key], run_dir,
                      label=spec.name)
+
+    def maybe_select(st: _WorldState) -> None:
+        """Once every learner of the world has trained (or failed): the OPE selection."""
+        if not st.run.sizes.ope_select:
+            return
+        if all(s.name in st.learners or f"train {s.name}" in st.failed for s in learners):
+            trained = {s.name: st.learners[s.name]["policy"] for s in learners
+                       if s.name in st.learners}
+            push("ope", st.run.spec.name, ope_job, st.run, trained, label="selection")
 
     def simulated(st: _WorldState, key: str, out: dict[str, Any]) -> None:
         if key == st.run.data_key():
@@ -479,6 +553,8 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
                 if exc is not None:
                     st.failed[job] = f"{type(exc).__name__}: {exc}"
                     log(f"{world}: {job} FAILED: {st.failed[job]}")
+                    if kind == "train":
+                        maybe_select(st)
                     continue
                 out = fut.result()
                 if kind == "simulate":
@@ -491,6 +567,11 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
                     log(f"{world}: trained {label} ({out['algo']}, {out['max_steps']} steps, "
                         f"{out['rows']} rows) in {_took(out)}")
                     push("truth", world, truth_job, st.run, label, out["policy"], label=label)
+                    maybe_select(st)
+                elif kind == "ope":
+                    st.ope = out
+                    log(f"{world}: OPE ({out['gate']}, {out['sessions']} sessions of fresh "
+                        f"users) chose {out['chosen']} in {_took(out)}")
                 elif kind == "cem":
                     st.cem = out
                     log(f"{world}: CEM ({len(out['history'])} generations, {out['sessions']} "
@@ -518,7 +599,10 @@ def world_record(st: _WorldState, learner_names: Sequence[str]) -> dict[str, Any
             "simulation": st.simulation, "other_simulations": st.simulations,
             "learners": {n: {k: v for k, v in r.items() if k != "policy"}
                          for n, r in st.learners.items()},
-            "cem": st.cem, "truth_s": st.truth_s, "rows": rows, "failed": st.failed}
+            "cem": st.cem, "truth_s": st.truth_s, "rows": rows, "failed": st.failed,
+            **({"ope": {**st.ope, **ope_selection(st.ope, rows, [
+                n for n in learner_names if n in st.learners])}}
+               if st.ope and rows and st.ope["chosen"] in rows else {})}
 
 
 # ---- output ---------------------------------------------------------------------------------
@@ -544,6 +628,11 @@ def format_world(rec: Mapping[str, Any]) -> str:
                      f"{r['dwell_s']:8.1f}  {r['dwell_pct']:+6.2f} {_ci(r['dwell_pct_ci']):<19}"
                      f"{r['interaction_rate']:7.3f}{r['session_length']:7.2f}  {cem}"
                      f"{'  goals ' + flags if flags else ''}")
+    if rec.get("ope"):
+        o = rec["ope"]
+        lines.append(f"  OPE gate ({o['gate']}, fresh users' logs) chose {o['chosen']} "
+                     f"({o['chosen_return_pct']:+.2f}% true); truth-best {o['best']} "
+                     f"({o['best_return_pct']:+.2f}%): regret {o['regret_pct']:.2f}% of logging")
     for job, err in rec["failed"].items():
         lines.append(f"  FAILED {job}: {err}")
     return "\n".join(lines)
@@ -578,4 +667,13 @@ def figures_of(pool: Mapping[str, Mapping[str, Any]],
             if name != LOGGING:
                 out[f"{w['world']}.{name}.return_pct"] = float(r["return_pct"])
                 out[f"{w['world']}.{name}.dwell_pct"] = float(r["dwell_pct"])
+        if w.get("ope"):
+            out[f"{w['world']}.ope_select.regret_pct"] = float(w["ope"]["regret_pct"])
+            out[f"{w['world']}.ope_select.return_pct"] = float(w["ope"]["chosen_return_pct"])
+    selected = [w["ope"] for w in worlds if w.get("ope")]
+    if selected:
+        out["ope_select.regret_pct_mean"] = float(np.mean([o["regret_pct"] for o in selected]))
+        out["ope_select.regret_pct_max"] = float(np.max([o["regret_pct"] for o in selected]))
+        out["ope_select.return_pct_mean"] = float(np.mean([o["chosen_return_pct"]
+                                                           for o in selected]))
     return out
