@@ -4,6 +4,13 @@ Losses are free functions over tensors; :class:`BCQAgent` owns the networks and 
 runs one update in the reference order: VAE, critic, actor (perturbation), then targets.
 :class:`BCQPolicy` is the action-selection rule (n VAE candidates, perturbed, clipped, argmax
 Q1) as a TorchScript-able module; exported with a fixed buffer of latents it is deterministic.
+
+``bcq.candidates = "bounded"`` (beyond the paper, UnifiedRL's policy-bounded constraint)
+replaces the VAE by :class:`~mtf.rl.networks.BoundedProposer`: the candidates are
+``clip(b(s) + z)``, ``b`` a regression of the deployed (exploit-group) actions on the state and
+``z`` uniform in the known exploration bound ``[-w, w]^k``; the perturbation and the critics are
+the paper's. The proposer keeps the VAE's place (attribute ``vae``, step ``vae_step``; in
+checkpoints ``behaviour``), so the rest of BCQ is unchanged.
 """
 from __future__ import annotations
 
@@ -11,10 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mtf.rl.batch import TransitionBatch
+from mtf.rl.batch import GROUP_CODES, TransitionBatch
 from mtf.rl.config import BCQConfig, LearnerConfig
 from mtf.rl.distributed import ddp_wrap
-from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
+from mtf.rl.networks import (ActionVAE, BoundedProposer, EnsembleQ, Perturbation,
+                             bounded_offsets, prior_latents)
 from mtf.rl.updates import (GreedyCriticAgent, bellman_target, ensemble_critic_loss, frozen,
                             max_over_candidates, mix_ensemble_q, optimizer_step, soft_update,
                             target_copy)
@@ -32,20 +40,38 @@ def vae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, std:
     return recon_loss + kl_weight * kl
 
 
+def candidate_latents(n: int, latent_dim: int, cfg: BCQConfig,
+                      generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``(n, latent)`` latents of the candidate generator: clipped prior samples for the VAE,
+    offsets uniform in ``[-bound, bound]`` for the bounded proposer."""
+    if cfg.candidates == "bounded":
+        return bounded_offsets(n, latent_dim, cfg.bound, generator=generator, device=device)
+    return prior_latents(n, latent_dim, cfg.latent_clip, generator=generator, device=device)
+
+
+def behaviour_loss(predicted: torch.Tensor, logged: torch.Tensor,
+                   exploit: torch.Tensor) -> torch.Tensor:
+    """``sum_i m_i ||b(s_i) - a_i||^2 / max(1, sum_i m_i)`` over the exploit rows ``m``."""
+    per_row = (predicted - logged).pow(2).sum(dim=1, keepdim=True)
+    return (exploit * per_row).sum() / exploit.sum().clamp(min=1.0)
+
+
 @torch.no_grad()
-def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE, actor_target: Perturbation,
+def bcq_critic_target(batch: TransitionBatch, vae: ActionVAE | BoundedProposer,
+                      actor_target: Perturbation,
                       critic_target: EnsembleQ, cfg: BCQConfig, gamma: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Critic target ``(B, 1)`` of BCQ with soft clipped double Q (docs/method.md section 5).
 
     ``y = r + gamma (1 - done) max_i [lam min_j Q'_j(s', a'_i) + (1 - lam) max_j Q'_j(s', a'_i)]``
-    with ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` clipped prior latents z_i,
-    j over the ``cfg.n_critics`` target critics (2 in the paper).
+    with ``a'_i = P'(s', D(s', z_i))`` for n = ``cfg.n_candidates`` latents z_i
+    (:func:`candidate_latents`; ``D`` the VAE's decoder or the bounded proposer), j over the
+    ``cfg.n_critics`` target critics (2 in the paper).
     """
     n = cfg.n_candidates
     next_s = batch.next_state.repeat_interleave(n, dim=0)                # (B, S) -> (B*n, S)
-    z = prior_latents(next_s.shape[0], vae.latent_dim, cfg.latent_clip,
-                      generator=generator, device=next_s.device)         # (B*n, latent)
+    z = candidate_latents(next_s.shape[0], vae.latent_dim, cfg, generator,
+                          next_s.device)                                  # (B*n, latent)
     next_a = actor_target(next_s, vae.decode(next_s, z))                 # (B*n, k)
     q = critic_target(next_s, next_a)                                    # (critics, B*n, 1)
     value = max_over_candidates(mix_ensemble_q(q, cfg.lam), n)           # (B, 1)
@@ -105,29 +131,37 @@ class BCQAgent(GreedyCriticAgent):
                  device: torch.device, generator: torch.Generator, *, gamma: float) -> None:
         super().__init__(common, device, generator, gamma)
         self.cfg = cfg
-        self.vae = ActionVAE(state_dim, action_dim, cfg.latent_size(action_dim), cfg.vae_hidden,
-                             cfg.log_std_min, cfg.log_std_max).to(device)
+        self.vae: ActionVAE | BoundedProposer = (
+            BoundedProposer(state_dim, action_dim, cfg.vae_hidden, cfg.bound)
+            if cfg.candidates == "bounded" else
+            ActionVAE(state_dim, action_dim, cfg.latent_size(action_dim), cfg.vae_hidden,
+                      cfg.log_std_min, cfg.log_std_max)).to(device)
+        self.vae_name = "behaviour" if cfg.candidates == "bounded" else "vae"
         self.actor = Perturbation(state_dim, action_dim, common.hidden, cfg.rho).to(device)
         self.critic = EnsembleQ(state_dim, action_dim, common.hidden, cfg.n_critics).to(device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
-        self.vae_train: nn.Module = self.vae
+        self.vae_train: nn.Module = self._vae_trained()
         self.actor_train: nn.Module = self.actor
         self.critic_train: nn.Module = self.critic
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "vae": torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr),
+            self.vae_name: torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr),
             "actor": torch.optim.Adam(self.actor.parameters(), lr=common.actor_lr),
             "critic": torch.optim.Adam(self.critic.parameters(), lr=common.critic_lr),
         }
 
+    def _vae_trained(self) -> nn.Module:
+        """What ``vae_step`` trains: the VAE, or the bounded proposer's behaviour network."""
+        return self.vae.behaviour if isinstance(self.vae, BoundedProposer) else self.vae
+
     @property
     def nets(self) -> dict[str, nn.Module]:
-        return {"vae": self.vae, "actor": self.actor, "critic": self.critic,
+        return {self.vae_name: self.vae, "actor": self.actor, "critic": self.critic,
                 "actor_target": self.actor_target, "critic_target": self.critic_target}
 
     def wrap_ddp(self) -> None:
         """Train through DDP wrappers; targets stay local (every rank updates them alike)."""
-        self.vae_train = ddp_wrap(self.vae, self.device)
+        self.vae_train = ddp_wrap(self._vae_trained(), self.device)
         self.actor_train = ddp_wrap(self.actor, self.device)
         self.critic_train = ddp_wrap(self.critic, self.device)
 
@@ -142,12 +176,18 @@ class BCQAgent(GreedyCriticAgent):
         return metrics
 
     def vae_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
-        """Fit the VAE to the logged actions (updates the VAE only)."""
+        """Fit the VAE to the logged actions (updates the VAE only); the bounded proposer's
+        behaviour regression to the exploit rows' actions instead."""
+        if isinstance(self.vae, BoundedProposer):
+            exploit = (batch.group == float(GROUP_CODES["exploit"])).float()
+            loss = behaviour_loss(self.vae_train(batch.state), batch.action, exploit)
+            optimizer_step(self.optimizers[self.vae_name], loss)
+            return {"loss/behaviour": loss.detach()}
         noise = torch.randn(len(batch), self.vae.latent_dim, generator=self.generator,
                             device=self.device)
         recon, mean, std = self.vae_train(batch.state, batch.action, noise)
         loss = vae_loss(recon, batch.action, mean, std, self.cfg.kl_weight)
-        optimizer_step(self.optimizers["vae"], loss)
+        optimizer_step(self.optimizers[self.vae_name], loss)
         return {"loss/vae": loss.detach()}
 
     def critic_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
@@ -163,8 +203,8 @@ class BCQAgent(GreedyCriticAgent):
     def actor_step(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         """Perturb VAE actions towards higher Q1 with the critic frozen (updates the actor only)."""
         with torch.no_grad():
-            z = prior_latents(len(batch), self.vae.latent_dim, self.cfg.latent_clip,
-                              generator=self.generator, device=self.device)
+            z = candidate_latents(len(batch), self.vae.latent_dim, self.cfg, self.generator,
+                                  self.device)
             sampled = self.vae.decode(batch.state, z)
         perturbed = self.actor_train(batch.state, sampled)
         with frozen(self.critic):
@@ -183,5 +223,4 @@ class BCQAgent(GreedyCriticAgent):
         return BCQPolicy(self.vae, self.actor, self.critic, latents, self.cfg.actor_penalty)
 
     def _latents(self, n: int) -> torch.Tensor:
-        return prior_latents(n, self.vae.latent_dim, self.cfg.latent_clip,
-                             generator=self.generator, device=self.device)
+        return candidate_latents(n, self.vae.latent_dim, self.cfg, self.generator, self.device)

@@ -77,6 +77,11 @@ class BCQConfig:
     # penalises the actor. n_critics 2 + actor_penalty 0 is the paper's BCQ exactly.
     n_critics: int = 2                   # critics in the ensemble (2 = BCQ's twin critics)
     actor_penalty: float = 0.0           # actor/choice maximise mean Q - penalty * std Q; 0 = Q1
+    # Beyond the paper (UnifiedRL's policy-bounded constraint): "bounded" draws the candidates
+    # around a regression b(s) of the deployed (exploit-group) actions, clip(b(s) + U(-w, w)),
+    # w = bound, instead of from the VAE; "vae" is the paper's BCQ.
+    candidates: str = "vae"
+    bound: float = 0.15                  # w: the exploration bound (UnifiedRL: 0.15)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -89,12 +94,19 @@ class BCQConfig:
         if self.n_critics < 2:
             raise ValueError(f"bcq.n_critics must be >= 2 (BCQ's twin critics), got "
                              f"{self.n_critics!r}")
+        if self.candidates not in ("vae", "bounded"):
+            raise ValueError(f"bcq.candidates must be 'vae' or 'bounded', got "
+                             f"{self.candidates!r}")
+        if not 0.0 < self.bound <= 2.0:
+            raise ValueError(f"bcq.bound must be in (0, 2] (action units), got {self.bound!r}")
         _hidden("bcq", "vae_hidden", self.vae_hidden)
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"bcq.log_std_min must be < bcq.log_std_max, got "
                              f"{self.log_std_min!r} >= {self.log_std_max!r}")
 
     def latent_size(self, action_dim: int) -> int:
+        if self.candidates == "bounded":
+            return action_dim           # the offsets
         return self.latent_dim or 2 * action_dim
 
 

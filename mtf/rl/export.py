@@ -32,10 +32,9 @@ from mtf import __version__
 from mtf.configtools import from_dict
 from mtf.rays import canonical_actions
 from mtf.rl.agent import load_agent_state, make_agent, make_generator
-from mtf.rl.bcq import BCQAgent
+from mtf.rl.bcq import BCQAgent, candidate_latents
 from mtf.rl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from mtf.rl.config import TrainConfig
-from mtf.rl.networks import prior_latents
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +90,9 @@ def build_policy(ckpt: Checkpoint) -> ExportedPolicy:
                        gamma=ckpt.gamma, rays=space.rays)
     load_agent_state(agent, ckpt.agent, nets_only=True)
     if isinstance(agent, BCQAgent):
-        latents = prior_latents(cfg.bcq.n_candidates, cfg.bcq.latent_size(ckpt.action_dim),
-                                cfg.bcq.latent_clip,
-                                generator=torch.Generator().manual_seed(EXPORT_LATENT_SEED),
-                                device=cpu)
+        latents = candidate_latents(cfg.bcq.n_candidates, cfg.bcq.latent_size(ckpt.action_dim),
+                                    cfg.bcq, torch.Generator().manual_seed(EXPORT_LATENT_SEED),
+                                    cpu)
         policy: nn.Module = agent.policy(latents)
     else:
         policy = agent.policy()

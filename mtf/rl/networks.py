@@ -162,6 +162,31 @@ class DeterministicActor(nn.Module):
         return torch.tanh(self.net(state))
 
 
+class BoundedProposer(nn.Module):
+    """BCQ's candidate generator under UnifiedRL's policy-bounded constraint: ``clip(b(s) + z)``
+    with ``b`` a regression of the deployed (exploit-group) actions on the state and ``z`` an
+    offset within the known exploration bound ``[-w, w]^k`` (docs/method.md section 9). The
+    same ``decode(state, z)`` interface as :class:`ActionVAE`, so :class:`BCQPolicy` serves
+    either; the "latents" are the offsets."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: Sequence[int],
+                 bound: float) -> None:
+        super().__init__()
+        self.latent_dim = action_dim
+        self.bound = bound
+        self.behaviour = DeterministicActor(state_dim, action_dim, hidden)
+
+    def decode(self, state: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (self.behaviour(state) + z).clamp(-1.0, 1.0)
+
+
+def bounded_offsets(n: int, action_dim: int, bound: float, *,
+                    generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``(n, k)`` offsets uniform in ``[-bound, bound]`` (:class:`BoundedProposer`'s latents)."""
+    u = torch.rand(n, action_dim, generator=generator, device=device)
+    return (2.0 * u - 1.0) * bound
+
+
 def prior_latents(n: int, latent_dim: int, clip: float, *, generator: torch.Generator | None,
                   device: torch.device) -> torch.Tensor:
     """``(n, latent)`` samples of N(0, I) clipped to [-clip, clip].

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from unittest import mock
 
 import torch
@@ -27,13 +28,19 @@ def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     normalizer = Normalizer.fit(data.state.numpy())
     try:
         for name, algo, sync in (("bcq", "bcq", True), ("td3", "td3", True),
-                                 ("bcq_unsynced", "bcq", False)):
+                                 ("bcq_unsynced", "bcq", False), ("bcq_bounded", "bcq", True),
+                                 ("iql_ray", "iql", True)):
             cfg = tiny_config(algo, max_steps=6, log_every=3, checkpoint_every=6)
+            if name == "bcq_bounded":      # UnifiedRL's policy-bounded candidates
+                cfg = replace(cfg, bcq=replace(cfg.bcq, candidates="bounded"))
+            if name == "iql_ray":          # the quadratic critics' policy on the faces
+                cfg = replace(cfg, iql=replace(cfg.iql, quadratic_critic=True))
+            space = replace(SPACE, mode="ray") if name == "iql_ray" else SPACE
             source = InMemorySource(data, batch_size=cfg.batch_size, seed=0, info=info)
             # the unsynced control trains the same shards without DDP's gradient averaging
             no_ddp = mock.patch("mtf.rl.bcq.ddp_wrap", side_effect=lambda m, d: m)
             with contextlib.nullcontext() if sync else no_ddp:
-                result = train(cfg, source, gamma=0.95, layout=LAYOUT, action_space=SPACE,
+                result = train(cfg, source, gamma=0.95, layout=LAYOUT, action_space=space,
                                run_dir=os.path.join(out_dir, f"run_{name}"), seed=5,
                                normalizer=normalizer, info=info, device=cpu)
             assert result.agent is not None

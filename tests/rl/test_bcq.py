@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from mtf.rl.agent import make_generator
-from mtf.rl.bcq import BCQAgent, BCQPolicy, bcq_actor_loss, bcq_critic_target, vae_loss
-from mtf.rl.networks import ActionVAE, EnsembleQ, Perturbation, prior_latents
+from mtf.rl.bcq import (BCQAgent, BCQPolicy, bcq_actor_loss, bcq_critic_target, behaviour_loss,
+                        vae_loss)
+from mtf.rl.networks import (ActionVAE, BoundedProposer, EnsembleQ, Perturbation,
+                             bounded_offsets, prior_latents)
 from tests.rl.helpers import (GAMMA, TINY_BCQ, TINY_NETS, changed, params, random_batch,
                               set_member_constant, set_member_first_action_coordinate)
 
@@ -300,3 +302,53 @@ def test_twin_critic_state_dict_loads_into_a_two_member_ensemble() -> None:
     state, action = torch.randn(7, 3), torch.rand(7, 2)
     sa = torch.cat([state, action], dim=1)
     torch.testing.assert_close(ens(state, action), torch.stack([twin["q1"](sa), twin["q2"](sa)]))
+
+
+# ---- UnifiedRL's policy-bounded candidates (bcq.candidates = "bounded") ---------------------
+
+def _bounded_agent(bound: float = 0.15) -> BCQAgent:
+    cfg = replace(TINY_BCQ, candidates="bounded", bound=bound)
+    return BCQAgent(3, 2, TINY_NETS, cfg, CPU, make_generator(0, CPU), gamma=GAMMA)
+
+
+def test_bounded_proposer_stays_within_the_bound_of_the_behaviour() -> None:
+    prop = BoundedProposer(3, 2, (8,), bound=0.2)
+    z = bounded_offsets(5000, 2, 0.2, generator=torch.Generator().manual_seed(0), device=CPU)
+    assert z.abs().max() <= 0.2 and z.min() < -0.19 and z.max() > 0.19
+    s = torch.randn(5000, 3)
+    torch.testing.assert_close(prop.decode(s, z), (prop.behaviour(s) + z).clamp(-1, 1))
+
+
+def test_behaviour_loss_counts_only_exploit_rows() -> None:
+    pred = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.0]])
+    logged = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.5, 1.0]])
+    exploit = torch.tensor([[1.0], [0.0], [1.0]])
+    # rows 0 and 2: (0.25 + 0.25 + 0 + 1) / 2
+    assert behaviour_loss(pred, logged, exploit).item() == pytest.approx(0.75)
+
+
+def test_bounded_bcq_learns_the_deployed_action_and_acts_around_it() -> None:
+    """The behaviour net fits the exploit rows' action (0.4, -0.3) whatever the exploring rows
+    do, and the policy stays within bound + rho of it."""
+    agent = _bounded_agent(bound=0.1)
+    assert set(agent.nets) == {"behaviour", "actor", "critic", "actor_target", "critic_target"}
+    batch = random_batch(b=96, s=3, k=2, seed=2)
+    exploit = batch.group == 0
+    action = torch.where(exploit, torch.tensor([[0.4, -0.3]]), batch.action)
+    batch = replace(batch, action=action)
+    for step in range(600):
+        agent.update(batch, step)
+    b = agent.vae.behaviour(batch.state)
+    fit = b[exploit.squeeze(1)]
+    torch.testing.assert_close(fit, torch.tensor([[0.4, -0.3]]).expand_as(fit), atol=0.05,
+                               rtol=0)
+    pi = agent.policy()(batch.state)
+    assert ((pi - b).abs() <= 0.1 + TINY_BCQ.rho + 1e-5).all()
+    assert "loss/behaviour" in agent.update(batch, 600)
+
+
+def test_bounded_candidates_reject_bad_settings() -> None:
+    with pytest.raises(ValueError, match="bcq.candidates must be 'vae' or 'bounded'"):
+        replace(TINY_BCQ, candidates="prior")
+    with pytest.raises(ValueError, match=r"bcq.bound must be in \(0, 2\]"):
+        replace(TINY_BCQ, candidates="bounded", bound=0.0)

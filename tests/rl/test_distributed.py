@@ -55,7 +55,7 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path: Any) -> None:
     def load(name: str, rank: int) -> dict[str, Any]:
         return torch.load(os.path.join(tmp_path, f"{name}_rank{rank}.pt"), weights_only=True)
 
-    for name in ("bcq", "td3"):
+    for name in ("bcq", "td3", "bcq_bounded", "iql_ray"):
         r0, r1 = load(name, 0), load(name, 1)
         assert r0["params"].keys() == r1["params"].keys()
         for key, value in r0["params"].items():

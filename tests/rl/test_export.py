@@ -38,14 +38,21 @@ def _trained(tmp_path: Any, algo: str) -> str:
     cfg = tiny_config(algo.split("-")[0], max_steps=10, checkpoint_every=10)
     if algo == "bcq-ensemble":   # 3 critics and the std-penalised choice survive TorchScript
         cfg = replace(cfg, bcq=replace(cfg.bcq, n_critics=3, actor_penalty=0.5))
+    if algo == "bcq-bounded":    # UnifiedRL's policy-bounded candidates
+        cfg = replace(cfg, bcq=replace(cfg.bcq, candidates="bounded"))
+    if algo.startswith("iql"):   # the quadratic critics' maximiser (on the faces with rays)
+        cfg = replace(cfg, iql=replace(cfg.iql, quadratic_critic=True,
+                                       curvature="full" if "full" in algo else "diagonal"))
+    space = replace(SPACE, mode="ray") if algo.endswith("ray") else SPACE
     result = train(cfg, InMemorySource(data, batch_size=16, seed=0), gamma=0.95,
                    layout=LAYOUT,
-                   action_space=SPACE, run_dir=str(tmp_path / algo), seed=1,
+                   action_space=space, run_dir=str(tmp_path / algo), seed=1,
                    normalizer=Normalizer.fit(data.state.numpy()))
     return result.checkpoint
 
 
-@pytest.mark.parametrize("algo", ["bcq", "td3", "bcq-ensemble"])
+@pytest.mark.parametrize("algo", ["bcq", "td3", "bcq-ensemble", "bcq-bounded", "iql-ray",
+                                  "iql-full-ray"])
 def test_exported_policy_gives_the_same_actions_in_a_process_without_mtf(
         tmp_path: Any, algo: str) -> None:
     ckpt = _trained(tmp_path, algo)
@@ -62,6 +69,8 @@ def test_exported_policy_gives_the_same_actions_in_a_process_without_mtf(
     assert torch.equal(out["action"], expected)
     assert torch.equal(out["again"], out["action"])            # deterministic
     assert out["action"].shape == (100, 2) and out["action"].abs().max() <= 1.0
+    if algo.endswith("ray"):     # canonical actions: one task at its upper bound per state
+        assert torch.allclose(out["action"].max(dim=1).values, torch.ones(100))
     np.testing.assert_allclose(out["weights"].numpy(),
                                action_to_weights(out["action"].numpy().astype(np.float64),
                                                  np.array(SPACE.lo), np.array(SPACE.hi)),
