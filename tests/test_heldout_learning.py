@@ -287,3 +287,40 @@ def test_ope_selection_against_the_truth() -> None:
     kept = lb.ope_selection({"chosen": "logging"}, {**rows, "b": {"return_pct": -1.0}},
                             ["a", "b"])
     assert (kept["best"], kept["regret_pct"]) == ("a", 4.0)   # CEM is not a candidate
+
+
+FAKE_PY = """#!/usr/bin/env python3
+import json, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as fh:
+    fh.write(json.dumps(args) + "\\n")
+out = args[args.index("--json") + 1]
+with open(out, "w") as fh:
+    fh.write("{{}}")
+"""
+
+
+def test_protocol_script_runs_its_learners_and_families(tmp_path: Any) -> None:
+    """benchmarks/heldout_protocol.sh with a stand-in Python: the tuning run gets learners and
+    families the benchmark accepts; the held-out run reads the choice and lets the OPE select."""
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "py"
+    fake.write_text(FAKE_PY.format(log=str(log)))
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "heldout_protocol.sh"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PY": str(fake), "WORK": str(tmp_path / "w")})
+    assert proc.returncode == 0, proc.stderr
+    tuning, heldout = (json.loads(line) for line in log.read_text().splitlines())
+    assert tuning[:4] == ["benchmarks/heldout_learning.py", "--role", "tuning", "--choose"]
+    specs = lb.learner_set([lb.parse_learner(tuning[i + 1])
+                            for i, a in enumerate(tuning) if a == "--learner"])
+    families = lb.parse_families([tuning[i + 1] for i, a in enumerate(tuning)
+                                  if a == "--family"], specs)
+    assert {f: [s.name for s in m] for f, m in families.items()} == {
+        "bcq": ["bcq", "bcq_rho05", "bcq_lam075", "bcq_wide", "bcq_bounded",
+                "bcq_bounded_lam075", "bcq_bounded_w03"],
+        "default": ["default", "iql_full", "ray", "ray_full"]}
+    assert heldout[:4] == ["benchmarks/heldout_learning.py", "--role", "heldout", "--ope-select"]
+    assert heldout[heldout.index("--learners-from") + 1] == str(
+        tmp_path / "out" / "heldout_learning_tuning.json")
