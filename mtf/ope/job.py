@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mtf import __version__
-from mtf.configtools import ConfigError, to_dict
+from mtf.configtools import to_dict
 from mtf.contract import PROP_ACTION_TASKS, PROP_FEATURE_NAMES
 from mtf.delta import delta_snapshot, read_delta, table_properties, table_version
 from mtf.errors import MissingInputError, TableVersionError, TableVersionGoneError
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from mtf.config import MtfConfig
-    from mtf.ope.evaluate import OpeResult, PolicyFits
+    from mtf.ope.evaluate import OpeResult, PolicyFits, Rays
     from mtf.ope.policies import TargetPolicy
     from mtf.ope.report import ReportPaths
     from mtf.ope.truth import GroundTruth
@@ -153,7 +153,8 @@ def collect_fit_data(split_df: "DataFrame", n_rows: int, ope: OpeConfig, seed: i
 
 def streamed_fits(split_df: "DataFrame", path: str, version: int, sample: TransitionArrays,
                   policies: Sequence["TargetPolicy"], ope: OpeConfig, *, gamma: float,
-                  seed: int, state_dim: int, action_dim: int) -> dict[str, "PolicyFits"]:
+                  seed: int, state_dim: int, action_dim: int,
+                  rays: "Rays | None" = None) -> dict[str, "PolicyFits"]:
     """Plain and conservative FQE of every policy over the whole split, streamed by petastorm
     from the pinned snapshot (:mod:`mtf.ope.stream`); diagnostics from the driver's sample."""
     from mtf.ope.evaluate import plot_sample, policy_actions, with_actions
@@ -167,7 +168,7 @@ def streamed_fits(split_df: "DataFrame", path: str, version: int, sample: Transi
     logger.info("streaming FQE over %s version %d (%d rows in %d row groups, all splits)",
                 path, version, table.n_rows, table.n_row_groups)
     fits = stream_fits(table, policies, ope, stats=stats, initial=initial, gamma=gamma,
-                       seed=seed)
+                       seed=seed, rays=rays)
     rows = plot_sample(len(sample), ope, seed)
     return {p.name: with_actions(p.name, fits[p.name, "conservative"], fits[p.name, "plain"],
                                  policy_actions(p.module(), sample.state), sample.action, rows)
@@ -222,19 +223,15 @@ def evaluate_table(spark: "SparkSession", cfg: "MtfConfig", ope: OpeConfig | Non
         raise ValueError("ope.fqe_source=stream fits on the whole split of the pinned table "
                          "version and cannot apply a row filter; use ope.fqe_source=sample")
     rays = rays_of(cfg.fusion)
-    if ope.fqe_source == "stream" and rays is not None:
-        raise ConfigError("ope.fqe_source=stream reads the table's logged actions as they are "
-                          "and does not support fusion.action_space=ray yet; use "
-                          "ope.fqe_source=sample")
     fit_data = collect_fit_data(split_df, n_rows, ope, cfg.seed, len(features), len(tasks))
-    # the ray parametrisation: canonical logged actions and policies (the Spark scoring
-    # below makes the table's actions canonical itself, from the bundle's rays)
+    # the ray parametrisation: canonical logged actions and policies (the streamed fits and
+    # the Spark scoring below make the table's actions canonical themselves)
     fit_data, policies = on_rays(fit_data, policies, rays)
     t_collect = time.perf_counter()
     if ope.fqe_source == "stream":
         fits = streamed_fits(split_df, path, version, fit_data, policies, ope,
                              gamma=gamma, seed=cfg.seed, state_dim=len(features),
-                             action_dim=len(tasks))
+                             action_dim=len(tasks), rays=rays)
     else:
         fits = fit_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)
     ensemble = fit_ensemble_policies(fit_data, policies, ope, gamma=gamma, seed=cfg.seed)

@@ -23,6 +23,7 @@ import torch
 from mtf.ope.config import OpeConfig
 from mtf.ope.data import STATE, STEP
 from mtf.ope.fqe import FqeFit, FqeFitter, FqeSettings, FqeStats
+from mtf.rays import canonical_actions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -75,13 +76,17 @@ def _actions(module: Any, state: torch.Tensor, name: str) -> torch.Tensor:
 def fit_fqe_stream(batches: Iterator["TransitionBatch"], policies: Sequence["TargetPolicy"],
                    stats: FqeStats, initial: np.ndarray,
                    settings: Mapping[str, FqeSettings],
-                   progress_every: int = 500) -> dict[tuple[str, str], FqeFit]:
+                   progress_every: int = 500,
+                   rays: tuple[Sequence[float], Sequence[float]] | None = None
+                   ) -> dict[tuple[str, str], FqeFit]:
     """Fit one Q per (policy, settings key) in lockstep on the streamed minibatches.
 
     Args:
         batches: endless minibatches of the split (``PetastormSource.batches()``).
         settings: e.g. ``{"conservative": ..., "plain": ...}``; all must share
             ``n_iterations`` and ``device``.
+        rays: the ray parametrisation's (lo, hi): every logged action is read as its
+            canonical point (the policies must already be canonical: ``ray_policies``).
     Returns:
         ``{(policy name, settings key): fit}``.
     """
@@ -92,6 +97,7 @@ def fit_fqe_stream(batches: Iterator["TransitionBatch"], policies: Sequence["Tar
                          "n_iterations and device")
     [n_steps], [dev] = steps, devices
     device = torch.device(dev)
+    lo, hi = (torch.tensor(rays[0]), torch.tensor(rays[1])) if rays is not None else (None, None)
     modules = {p.name: p.module() for p in policies}
     s0 = torch.as_tensor(initial, dtype=torch.float32)
     fitters = {(p.name, key): FqeFitter(stats, s, s0, _actions(modules[p.name], s0, p.name),
@@ -103,7 +109,10 @@ def fit_fqe_stream(batches: Iterator["TransitionBatch"], policies: Sequence["Tar
         b = next(batches)
         rows += len(b)
         state, next_state = b.state.float(), b.next_state.float()
-        cols = (state, b.action.float(), b.reward.reshape(-1).float(), next_state,
+        action = b.action.float()
+        if rays is not None:
+            action = canonical_actions(action, lo, hi)
+        cols = (state, action, b.reward.reshape(-1).float(), next_state,
                 1.0 - b.is_terminal.reshape(-1).float())
         moved = [x.to(device) for x in cols]
         for p in policies:
@@ -119,10 +128,12 @@ def fit_fqe_stream(batches: Iterator["TransitionBatch"], policies: Sequence["Tar
 
 
 def stream_fits(table: Any, policies: Sequence["TargetPolicy"], ope: OpeConfig, *,
-                stats: FqeStats, initial: np.ndarray, gamma: float,
-                seed: int) -> dict[tuple[str, str], FqeFit]:
+                stats: FqeStats, initial: np.ndarray, gamma: float, seed: int,
+                rays: tuple[Sequence[float], Sequence[float]] | None = None
+                ) -> dict[tuple[str, str], FqeFit]:
     """Plain and conservative FQE of every policy over ``ope.split`` of the pinned ``table``
-    (:class:`mtf.rl.loader.TransitionTable`), read through petastorm."""
+    (:class:`mtf.rl.loader.TransitionTable`), read through petastorm (``rays``: see
+    :func:`fit_fqe_stream`)."""
     from mtf.ope.evaluate import fqe_settings
     from mtf.rl.loader import PetastormSource
 
@@ -132,7 +143,7 @@ def stream_fits(table: Any, policies: Sequence["TargetPolicy"], ope: OpeConfig, 
     stream = source.batches()
     try:
         return fit_fqe_stream(stream, policies, stats, initial, settings,
-                              progress_every=max(ope.log_every, 1) * 10)
+                              progress_every=max(ope.log_every, 1) * 10, rays=rays)
     finally:
         close = getattr(stream, "close", None)
         if close is not None:

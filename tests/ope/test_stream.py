@@ -18,6 +18,7 @@ from mtf.ope.data import TransitionArrays
 from mtf.ope.fqe import FqeData, FqeSettings, FqeStats, fit_fqe
 from mtf.ope.policies import fixed_policy
 from mtf.ope.stream import fit_fqe_stream
+from mtf.rays import canonical_actions
 from mtf.rl.batch import TransitionBatch
 from tests.ope.tables import arrays_to_frame, write_delta_table
 
@@ -35,11 +36,17 @@ def chain_arrays(n: int, seed: int) -> tuple[np.ndarray, ...]:
     return s, a, r, s2, term
 
 
-def test_streamed_fit_equals_the_in_memory_fit_on_the_same_minibatches() -> None:
-    """Same minibatches in the same order, same seed: bit-identical Q networks and curves."""
+@pytest.mark.parametrize("rays", [False, True])
+def test_streamed_fit_equals_the_in_memory_fit_on_the_same_minibatches(rays: bool) -> None:
+    """Same minibatches in the same order, same seed: bit-identical Q networks and curves.
+    With rays the stream reads the raw logged actions and the in-memory fit their canonical
+    points."""
     torch.set_num_threads(1)
-    s, a, r, s2, term = chain_arrays(500, seed=1)
-    c = np.array([0.3, -0.2], dtype=np.float32)
+    s, raw, r, s2, term = chain_arrays(500, seed=1)
+    lo, hi = (0.0, 0.0), (2.0, 1.0)
+    a = (canonical_actions(torch.as_tensor(raw), torch.tensor(lo), torch.tensor(hi)).numpy()
+         if rays else raw)
+    c = np.array([1.0, -0.2] if rays else [0.3, -0.2], dtype=np.float32)   # canonical
     pi = np.broadcast_to(c, a.shape)
     initial = np.zeros(500, dtype=bool)
     initial[::5] = True
@@ -51,7 +58,7 @@ def test_streamed_fit_equals_the_in_memory_fit_on_the_same_minibatches() -> None
         gen = torch.Generator().manual_seed(settings.seed + 1)   # fit_fqe's minibatch draws
         while True:
             idx = torch.randint(len(data), (settings.batch_size,), generator=gen)
-            yield TransitionBatch(state=data.state[idx], action=data.action[idx],
+            yield TransitionBatch(state=data.state[idx], action=torch.as_tensor(raw)[idx],
                                   reward=data.reward[idx].reshape(-1, 1),
                                   next_state=data.next_state[idx],
                                   is_terminal=(1.0 - data.not_done[idx]).reshape(-1, 1),
@@ -59,7 +66,8 @@ def test_streamed_fit_equals_the_in_memory_fit_on_the_same_minibatches() -> None
 
     policy = fixed_policy("c", c)
     got = fit_fqe_stream(batches(), [policy], FqeStats.of(data),
-                         s[initial][:4096], {"cons": settings})[("c", "cons")]
+                         s[initial][:4096], {"cons": settings},
+                         rays=(lo, hi) if rays else None)[("c", "cons")]
     assert got.curve == ref.curve
     for (k, v), (k2, v2) in zip(ref.q.state_dict().items(), got.q.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
