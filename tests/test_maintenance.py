@@ -29,7 +29,24 @@ def _rows(spark: Any, path: str, version: int | None = None) -> list[tuple[Any, 
     return sorted(tuple(r) for r in read_delta(spark, path, version).collect())
 
 
-def _write(spark: Any, path: str, ids: range, mode: str, files: int = 2) -> int:
+def _write(spark: Any, path: str, ids: range, mode: str) -> int:
+    """One Delta commit of rows ``(id, ds)``, ``ds`` alternating over two days, one file per
+    day. Written by delta-rs (the ``deltalake`` package): a real Delta commit that Spark's
+    maintenance then works on, without a Spark job per test write."""
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=i % 2) for i in ids]
+    write_deltalake(path, pa.table({"id": pa.array(list(ids), pa.int64()),
+                                    "ds": pa.array(days, pa.date32())}),
+                    mode=mode, partition_by=["ds"])  # type: ignore[arg-type]
+    return int(DeltaTable(path).version())
+
+
+def _spark_write(spark: Any, path: str, ids: range, mode: str, files: int = 2) -> int:
+    """The same rows written by Spark (``files`` tasks, so up to ``files`` files per day)."""
     from pyspark.sql import functions as F
 
     from mtf.delta import write_delta
@@ -46,12 +63,12 @@ def _local(uri: str) -> str:
 def test_optimize_compacts_small_files_keeps_rows_and_reruns_as_noop(spark, tmp_path) -> None:
     cfg = _cfg(tmp_path, "maintenance.optimize=[raw_logs]", "maintenance.vacuum=false")
     path = cfg.lake.path("raw_logs")
-    for i in range(3):   # 3 appends x 2 tasks x 2 days = 12 small files
+    for i in range(3):   # 3 appends x 2 days = 6 small files
         _write(spark, path, range(10 * i, 10 * i + 10), "append" if i else "overwrite")
     rows, version = _rows(spark, path), table_version(spark, path)
 
     (report,) = maintain(spark, cfg)
-    assert (report.table, report.files_before, report.files_after) == ("raw_logs", 12, 2)
+    assert (report.table, report.files_before, report.files_after) == ("raw_logs", 6, 2)
     assert report.compaction_commit == version + 1 and report.retention_hours is None
     assert _rows(spark, path) == rows == [(i, _day(i)) for i in range(30)]
 
@@ -69,13 +86,13 @@ def test_optimize_days_compacts_only_the_last_days(spark, tmp_path) -> None:
     cfg = _cfg(tmp_path, "maintenance.optimize=[quarantine]", "maintenance.vacuum=false",
                "maintenance.optimize_days=1")
     path = cfg.lake.path("quarantine")
-    for i in range(3):   # 3 x 2 files per day
+    for i in range(3):   # 3 files per day
         _write(spark, path, range(10 * i, 10 * i + 10), "append" if i else "overwrite")
     (report,) = maintain(spark, cfg)
     assert report.compacted_from == "2026-01-02"
-    assert (report.files_before, report.files_after) == (12, 6 + 1)
+    assert (report.files_before, report.files_after) == (6, 3 + 1)
     per_day = [u for u in active_file_uris(path) if "/ds=2026-01-01/" in u]
-    assert len(per_day) == 6 and len(_rows(spark, path)) == 30
+    assert len(per_day) == 3 and len(_rows(spark, path)) == 30
 
 
 def _age(spark: Any, path: str, hours_ago: dict[int, float]) -> None:
@@ -126,7 +143,7 @@ def test_vacuum_keeps_pinned_versions_and_deletes_unpinned_files(spark, tmp_path
     assert report.pins == [{"version": 2, "source": "train.table_version"}]
     assert report.retention_hours == 11      # back to v2's commit, in whole hours rounded up
     assert report.properties_set == {}       # Delta's defaults (7 and 30 days) cover 11 h
-    assert report.files_deleted == len(v0_files) == 4
+    assert report.files_deleted == len(v0_files) == 2
     assert not any(os.path.exists(f) for f in v0_files)      # unpinned and older: gone
     assert all(os.path.exists(f) for f in v2_files)
     assert _rows(spark, path, 2) == pinned_rows == [(i, _day(i)) for i in range(10, 30)]
@@ -140,7 +157,7 @@ def test_vacuum_keeps_pinned_versions_and_deletes_unpinned_files(spark, tmp_path
     (unpinned,) = maintain(spark, _cfg(tmp_path, "maintenance.tables=[transitions]",
                                        "maintenance.optimize=[]", *SHORT))
     assert unpinned.pins == [] and unpinned.retention_hours == 0
-    assert unpinned.files_deleted == len(v2_files) == 8
+    assert unpinned.files_deleted == len(v2_files) == 4
     assert _rows(spark, path) == [(i, _day(i)) for i in range(30, 40)]
 
 
@@ -160,7 +177,7 @@ def test_a_checkpoint_pins_the_version_it_trained_on(spark, tmp_path) -> None:
     (unpinned,) = maintain(spark, _cfg(tmp_path, "maintenance.tables=[transitions]",
                                        "maintenance.optimize=[]",
                                        "maintenance.pin_models=false", *SHORT))
-    assert unpinned.pins == [] and unpinned.files_deleted == 4
+    assert unpinned.pins == [] and unpinned.files_deleted == 2
 
 
 def _checkpoint(models: str, run: str, table: str, version: int) -> str:
@@ -214,13 +231,14 @@ def test_a_pin_delta_has_forgotten_stops_vacuum_before_deleting(spark, tmp_path)
     cfg = _cfg(tmp_path, "maintenance.tables=[transitions]", "maintenance.optimize=[]",
                "ope.table_version=1", *SHORT)
     path = cfg.lake.path("transitions")
-    _write(spark, path, range(0, 10), "overwrite")                      # v0: A
+    # Spark's writes: its commit of v3 writes the checkpoint that forgets A's removal
+    _spark_write(spark, path, range(0, 10), "overwrite")                # v0: A
     set_table_properties(spark, path, {"delta.deletedFileRetentionDuration": "interval 1 second",
                                        "delta.checkpointInterval": "1"})  # v1, pinned: A
     pinned = [_local(u) for u in active_file_uris(path, 1)]
-    _write(spark, path, range(10, 20), "overwrite")                     # v2: A removed
+    _spark_write(spark, path, range(10, 20), "overwrite")               # v2: A removed
     time.sleep(1.5)
-    _write(spark, path, range(20, 30), "append")     # v3, checkpoint without A's removal
+    _spark_write(spark, path, range(20, 30), "append")  # v3, checkpoint without A's removal
     _age(spark, path, {0: 30, 1: 20})
 
     with pytest.raises(UserError, match=r"refusing to VACUUM .*: 4 of the files it would "
@@ -297,7 +315,9 @@ def test_mtf_maintain_prints_one_json_line_per_table(spark, tmp_path, capsys) ->
     from mtf.cli import main
 
     lake = f"lake.root={tmp_path}"
-    _write(spark, _cfg(tmp_path).lake.path("raw_logs"), range(0, 8), "overwrite")
+    raw_logs = _cfg(tmp_path).lake.path("raw_logs")
+    _write(spark, raw_logs, range(0, 4), "overwrite")
+    _write(spark, raw_logs, range(4, 8), "append")           # 2 files a day: compacted
     assert main(["maintain", lake, "maintenance.tables=[raw_logs, quarantine]",
                  "maintenance.optimize=[raw_logs]"]) == 0
     out = capsys.readouterr().out
