@@ -27,10 +27,8 @@ want=$(cat requirements.lock setup.cfg | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.mtf-lock-sha 2>/dev/null)" != "$want" ]; then
   echo "setup: installing requirements.lock into .venv (first run downloads torch: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade "pip>=24"
-  # --no-compile: no byte-compiling of every installed module up front (torch alone has
-  # thousands; 23 s of a fresh install here); Python compiles what is imported, once.
-  .venv/bin/python -m pip install -q --no-deps --no-compile -r requirements.lock
-  .venv/bin/python -m pip install -q --no-deps --no-build-isolation --no-compile -e .
+  .venv/bin/python -m pip install -q --no-deps -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > .venv/.mtf-lock-sha
 fi
 
