@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-FACE_TOL = 1e-6   # as mtf.fusion.FACE_TOL (TorchScript takes it as a default argument)
+from mtf.fusion import FACE_TOL
 
 
 def canonical_actions(action: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def canonical_actions(action: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) 
     return (2.0 * (scaled - lo) / (hi - lo) - 1.0).clamp(-1.0, 1.0)
 
 
-def tied_faces(mu: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+def tied_faces(mu: torch.Tensor, tol: float = FACE_TOL) -> torch.Tensor:
     """``(B, k)`` bool: the upper faces a canonical ``mu`` lies on."""
     return mu >= mu.amax(dim=1, keepdim=True) - tol
 
@@ -43,7 +43,7 @@ def pin_faces(action: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
 
 
 def face_log_density(per_task: torch.Tensor, action: torch.Tensor,
-                     allowed: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+                     allowed: torch.Tensor, tol: float = FACE_TOL) -> torch.Tensor:
     """``(B,)``: ``-log(#allowed) + sum_{i != face} per_task_i``, where the face is the action's
     largest coordinate; ``-inf`` where the action is off the faces or its face not allowed."""
     face = action.argmax(dim=1)

@@ -458,6 +458,8 @@ def chosen_learners(record: Mapping[str, Any], protocol: ProtocolConfig) -> list
 @dataclass
 class _WorldState:
     run: WorldRun
+    own_key: str = ""                                         # the world's own logs' data key
+    learner_keys: dict[str, str] = field(default_factory=dict)  # learner -> its logs' data key
     data: dict[str, str] = field(default_factory=dict)        # data key -> cached columns
     simulation: dict[str, Any] = field(default_factory=dict)  # the world's own logs
     simulations: dict[str, dict[str, Any]] = field(default_factory=dict)  # other keys' logs
@@ -494,7 +496,7 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
 
     def push_learners(st: _WorldState, key: str) -> None:
         for spec in learners:
-            if st.run.data_key(spec) == key:
+            if st.learner_keys[spec.name] == key:
                 run_dir = os.path.join(workdir, "runs", st.run.spec.name, spec.name)
                 push("train", st.run.spec.name, train_job, st.run, spec, st.data[key], run_dir,
                      label=spec.name)
@@ -509,7 +511,7 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
             push("ope", st.run.spec.name, ope_job, st.run, trained, label="selection")
 
     def simulated(st: _WorldState, key: str, out: dict[str, Any]) -> None:
-        if key == st.run.data_key():
+        if key == st.own_key:
             st.simulation = out
         else:
             st.simulations[key] = out
@@ -518,9 +520,11 @@ def run_jobs(runs: Sequence[WorldRun], learners: Sequence[LearnerSpec], *, paral
         run = st.run
         # one simulation per distinct data key (a learner with its own action parametrisation
         # explores differently), the world's own first
-        by_key: dict[str, LearnerSpec | None] = {run.data_key(): None}
+        st.own_key = run.data_key()
+        st.learner_keys = {spec.name: run.data_key(spec) for spec in learners}
+        by_key: dict[str, LearnerSpec | None] = {st.own_key: None}
         for spec in learners:
-            by_key.setdefault(run.data_key(spec), spec)
+            by_key.setdefault(st.learner_keys[spec.name], spec)
         for key, spec in by_key.items():
             st.data[key] = os.path.join(workdir, "data", f"{run.spec.name}-{key}.npz")
             if os.path.exists(st.data[key]):

@@ -30,6 +30,18 @@ def require_columns(have: Sequence[str], where: str) -> None:
                          f"`mtf build-transitions`.")
 
 
+def logged_on_rays(action: np.ndarray, action_logp: np.ndarray, lo: np.ndarray,
+                   hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logged actions and densities as the ray parametrisation sees them
+    (``fusion.action_space = "ray"``): every action as its ray's canonical point (it ranked the
+    same), its density kept only where the logged action already was canonical (a box action's
+    density is over the box, not the faces, so those rows leave the IS family)."""
+    from mtf.fusion import canonical_action, is_canonical
+
+    logp = np.where(is_canonical(action), action_logp, np.nan)
+    return canonical_action(action, lo, hi), logp
+
+
 @dataclass(frozen=True)
 class TransitionArrays:
     """N transitions sorted by (session_id, step)."""
@@ -68,15 +80,9 @@ class TransitionArrays:
         return int(self.action.shape[1])
 
     def on_rays(self, lo: np.ndarray, hi: np.ndarray) -> "TransitionArrays":
-        """The ray parametrisation's view (``fusion.action_space = "ray"``): every logged action
-        as its ray's canonical point (it ranked the same); a logged density only where the
-        logged action already was canonical (a box action's density is over the box, not the
-        faces, so those rows leave the IS family)."""
-        from mtf.fusion import canonical_action, is_canonical
-
-        logp = np.where(is_canonical(self.action), self.action_logp, np.nan)
-        return replace(self, action=canonical_action(self.action, lo, hi).astype(np.float32),
-                       action_logp=logp)
+        """The ray parametrisation's view (:func:`logged_on_rays`) of these transitions."""
+        action, logp = logged_on_rays(self.action, self.action_logp, lo, hi)
+        return replace(self, action=action.astype(np.float32), action_logp=logp)
 
     @staticmethod
     def build(session_id: Sequence[Any], step: Sequence[int], state: np.ndarray,

@@ -94,7 +94,7 @@ def score_rows(models: Sequence[LoadedPolicy], state: np.ndarray, next_state: np
     ``log_ratio = log pi_e(a | s) - action_logp`` (NaN where action_logp is NaN/null),
     ``q_sa = Q^(s, a)``, ``v_s = Q^(s, pi(s))``, ``v_next = Q^(s', pi(s'))``,
     ``cv_s = Q^c(s, pi(s))``. With ``rays`` = (lo, hi) the logged actions are made canonical
-    (a logged density only where they were: ``TransitionArrays.on_rays``) and pi_e is the
+    (a logged density only where they were: :func:`mtf.ope.data.logged_on_rays`) and pi_e is the
     face density (the policies must already be canonical: ``ray_policies``).
     """
     import torch
@@ -102,11 +102,8 @@ def score_rows(models: Sequence[LoadedPolicy], state: np.ndarray, next_state: np
     from mtf.ope.policies import face_target_logpdf, truncated_normal_logpdf
 
     if rays is not None:
-        from mtf.fusion import canonical_action, is_canonical
-
-        lo, hi = np.asarray(rays[0]), np.asarray(rays[1])
-        action_logp = np.where(is_canonical(action), action_logp, np.nan)
-        action = canonical_action(action, lo, hi)
+        action, action_logp = D.logged_on_rays(action, action_logp, np.asarray(rays[0]),
+                                               np.asarray(rays[1]))
     s, s2, a = _tensor(state), _tensor(next_state), _tensor(action)
     target_logpdf = face_target_logpdf if rays is not None else truncated_normal_logpdf
     out: dict[str, dict[str, np.ndarray]] = {}

@@ -19,6 +19,7 @@ import numpy as np
 
 from mtf.configtools import check_positive, check_probability
 from mtf.contract import EXPLOIT, NOISE, RANDOM
+from mtf.fusion import FACE_TOL, is_canonical
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _MAX_REJECTION_ROUNDS = 10_000
@@ -131,7 +132,7 @@ def box_uniform_bounds(mu: np.ndarray, halfwidth: float) -> tuple[np.ndarray, np
 # face (uniform over the faces pi(s) touches: several at a corner); the random group draws the
 # face uniformly. So both groups stay exact and closed-form, like the box's.
 
-def tied_faces(mu: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+def tied_faces(mu: np.ndarray, tol: float = FACE_TOL) -> np.ndarray:
     """``(n, k)`` bool: the faces a canonical ``mu`` lies on (``mu_j >= max_i mu_i - tol``)."""
     mu = np.asarray(mu, dtype=np.float64)
     return mu >= mu.max(axis=1, keepdims=True) - tol
@@ -160,9 +161,7 @@ def face_log_density(per_task_logp: np.ndarray, actions: np.ndarray,
     actions = np.asarray(actions, dtype=np.float64)
     n, k = actions.shape
     face = face_of(actions)
-    rows = np.arange(n)
-    on_face = actions[rows, face] >= 1.0 - 1e-6
-    ok = on_face & allowed[rows, face]
+    ok = is_canonical(actions) & allowed[np.arange(n), face]
     masked = np.where(np.arange(k)[None, :] == face[:, None], 0.0, per_task_logp)
     logp = masked.sum(axis=1) - np.log(allowed.sum(axis=1))
     return np.where(ok, logp, -np.inf)
