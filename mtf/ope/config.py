@@ -19,7 +19,7 @@ ENSEMBLE = "fqe_ensemble"    # the bootstrapped FQE ensemble (fitted in the driv
 REPORTED_ESTIMATORS = (*ESTIMATORS, ENSEMBLE)
 GATES = ("conservative_fqe", ENSEMBLE)   # estimators that can make the go / no-go decision
 LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated policies
-ENSEMBLE_MODELS = ("hybrid", "mlp", "linear")   # function classes of the ensemble's members
+ENSEMBLE_MODELS = ("hybrid", "mlp", "linear", "model_based")   # the ensemble members' kinds
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class EnsembleConfig:
     model: str = "mlp"                 # each member's Q: mlp (Adam steps per backup) | linear
     #                                    (closed-form ridge regressions on quadratic features,
     #                                    mtf.ope.linear_fqe) | hybrid (member e's value is the
-    #                                    mean of both fits on resample e); docs/ope.md 9
+    #                                    mean of both fits on resample e) | model_based (a
+    #                                    learned session model rolled out under the policy,
+    #                                    mtf.ope.model_based); docs/ope.md 1 and 9
     ridge: float = 1e-3                # linear: ridge weight per unit of row weight
     hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP
     lr: float = 1e-3                   # Adam learning rate
@@ -57,6 +59,9 @@ class EnsembleConfig:
     support_sample_rows: int = 2000    # states sampled for the support shares
     bootstrap: bool = True             # False: every member sees all sessions (seeds only)
     max_initial_states: int = 5000     # initial states averaged (seeded subsample above it)
+    model_hidden: tuple[int, ...] = (128, 128)   # model_based: widths of each member's
+    #                                    one-step session model
+    model_steps: int = 3000            # model_based: Adam steps of the session models
 
     def __post_init__(self) -> None:
         if self.members < 0 or self.members == 1:
@@ -79,7 +84,8 @@ class EnsembleConfig:
         if not self.max_spread >= 0.0:
             raise ValueError(f"ope.ensemble.max_spread must be >= 0 (0 = no spread guard), "
                              f"got {self.max_spread!r}")
-        for name in ("lr", "batch_size", "steps_per_backup", "max_initial_states"):
+        for name in ("lr", "batch_size", "steps_per_backup", "max_initial_states",
+                     "model_steps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ope.ensemble.{name} must be > 0, got "
                                  f"{getattr(self, name)!r}")
@@ -88,9 +94,11 @@ class EnsembleConfig:
         if not 0.0 < self.horizon_tol < 1.0:
             raise ValueError(f"ope.ensemble.horizon_tol must be in (0, 1), got "
                              f"{self.horizon_tol!r}")
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise ValueError(f"ope.ensemble.hidden must list positive widths, got "
-                             f"{list(self.hidden)!r}")
+        for name in ("hidden", "model_hidden"):
+            widths = getattr(self, name)
+            if not widths or any(h <= 0 for h in widths):
+                raise ValueError(f"ope.ensemble.{name} must list positive widths, got "
+                                 f"{list(widths)!r}")
 
 
 FQE_SOURCES = ("sample", "stream")

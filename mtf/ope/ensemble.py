@@ -58,15 +58,17 @@ def n_backups_for(session_lengths: np.ndarray, gamma: float, tol: float, extra: 
 
 
 class BatchedMLP(nn.Module):
-    """G independent ReLU MLPs evaluated together: ``(G, B, in) -> (G, B)``.
+    """G independent ReLU MLPs evaluated together: ``(G, B, in) -> (G, B)``, or
+    ``(G, B, out_dim)`` when ``out_dim`` > 1.
 
     Hidden layers start like ``nn.Linear`` (uniform +-1/sqrt(fan_in)); the output layer starts
     at zero, so every Q starts at 0 (as :class:`mtf.ope.fqe.QNetwork`)."""
 
     def __init__(self, groups: int, in_dim: int, hidden: Sequence[int],
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, out_dim: int = 1) -> None:
         super().__init__()
-        dims = [in_dim, *hidden, 1]
+        self.out_dim = out_dim
+        dims = [in_dim, *hidden, out_dim]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
@@ -85,7 +87,7 @@ class BatchedMLP(nn.Module):
             x = torch.baddbmm(b, x, w)
             if i < n - 1:
                 x = torch.relu(x)
-        return x.squeeze(-1)
+        return x.squeeze(-1) if self.out_dim == 1 else x
 
 
 @dataclass(frozen=True)

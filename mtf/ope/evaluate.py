@@ -31,6 +31,7 @@ from mtf.ope.ensemble import EnsembleFit, fit_ensemble, n_backups_for, session_i
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
 from mtf.ope.linear_fqe import fit_linear_ensemble
+from mtf.ope.model_based import fit_model_ensemble
 from mtf.ope.support import support_shares
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
 from mtf.ope.policies import TargetPolicy, ray_policies, script_bytes
@@ -149,14 +150,20 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
     if not ope.ensemble.members:
         return None
     sess, first = session_index(data.session_id)
-    pa, pna = [], []
+    pa, pna, modules = [], [], []
     for p in policies:
         module = p.module()
+        modules.append(module)
         pa.append(policy_actions(module, data.state))
         pna.append(policy_actions(module, data.next_state))
+    fits = {}
+    if ope.ensemble.model == "model_based":
+        fits["model_based"] = fit_model_ensemble(
+            [p.name for p in policies], modules, data.state, data.action, data.reward,
+            data.next_state, data.is_terminal, sess, first, gamma=gamma,
+            settings=ope.ensemble, seed=seed)
     args = ([p.name for p in policies], data.state, data.action, data.reward, data.next_state,
             data.is_terminal, np.stack(pa), np.stack(pna), sess, first)
-    fits = {}
     if ope.ensemble.model in ("linear", "hybrid"):
         fits["linear"] = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble,
                                              seed=seed)
