@@ -277,10 +277,11 @@ def _members_of(fit: EnsembleFit, settings: EnsembleConfig) -> EnsembleFit:
     return replace(fit.components[settings.model], settings=settings, support=fit.support)
 
 
-def _same_fit(a: EnsembleConfig, b: EnsembleConfig) -> bool:
-    """Do ``a`` and ``b`` fit the same members (they may differ in model and gate settings)?"""
+def _fit_key(settings: EnsembleConfig) -> tuple[EnsembleConfig, bool]:
+    """Settings with equal keys fit the same members: they may differ in gate settings, and
+    in mlp / linear / hybrid (one hybrid fit holds both classes), not in model_based."""
     neutral = {k: getattr(EnsembleConfig(), k) for k in _NOT_FITTED}
-    return replace(a, **neutral) == replace(b, **neutral)
+    return replace(settings, **neutral), settings.model == "model_based"
 
 
 def score_comparison(label: str, fit: EnsembleFit, names: Sequence[str],
@@ -345,15 +346,17 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
         f"in {t_ens:.0f} s")
     scored = score_world(names, truth, paper, ope, [s.name for s in specs])
     comparison_members: dict[str, Any] = {}
+    fits = {_fit_key(both): fitted}
     for label, other in settings.comparisons:
         t3 = time.perf_counter()
         alt_ope = replace(ope, ensemble=other)
-        if _same_fit(other, settings.ensemble):
-            alt = _members_of(fitted, other)       # read off the hybrid fit: no refit
-        else:
-            alt = fit_ensemble_policies(data, policies, alt_ope, gamma=cfg.mdp.gamma,
-                                        seed=settings.seed)
-        assert alt is not None
+        key = _fit_key(other)
+        if key not in fits:
+            refit = fit_ensemble_policies(data, policies, alt_ope, gamma=cfg.mdp.gamma,
+                                          seed=settings.seed)
+            assert refit is not None
+            fits[key] = refit
+        alt = _members_of(fits[key], other)     # no refit for a fit already made
         log(f"[{world_spec.name}] comparison ensemble {label!r} ({other.model}, "
             f"{other.members} members, {alt.backups} backups) in "
             f"{time.perf_counter() - t3:.0f} s")
