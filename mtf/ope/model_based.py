@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,6 +90,44 @@ def _policy_action(module: Any, states: torch.Tensor) -> torch.Tensor:
     return act.clamp(-1.0, 1.0).reshape(*states.shape[:-1], -1)
 
 
+@dataclass(frozen=True)
+class SessionScales:
+    """What maps the model's standardised units to raw ones: state mean / sd, the sd of the
+    standardised state change, reward mean / sd, and the logged (standardised) state range."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    delta_std: torch.Tensor
+    reward_mean: torch.Tensor
+    reward_std: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+@torch.no_grad()
+def rollout_values(model: Dynamics, module: Any, start: torch.Tensor, init_w: torch.Tensor,
+                   scales: SessionScales, gamma: float, horizon: int
+                   ) -> tuple[torch.Tensor, np.ndarray]:
+    """Each member's expected discounted return of ``module`` from the standardised first
+    states ``start`` (E, n0, S), averaged with the members' initial-state weights ``init_w``
+    (E, n0) (rows summing to 1): ``(E,)`` values and the members' mean value accumulated after
+    each step ``(horizon,)``."""
+    x = start.clone()
+    e_n, n0 = x.shape[0], x.shape[1]
+    alive = torch.ones(e_n, n0)
+    total = torch.zeros(e_n)
+    curve = np.zeros(horizon)
+    for t in range(horizon):
+        a = _policy_action(module, x * scales.std + scales.mean)
+        d_hat, r_hat, logit = model(x, a)
+        reward = r_hat * scales.reward_std + scales.reward_mean
+        total += (gamma ** t) * (alive * reward * init_w).sum(1)
+        alive = alive * (1.0 - torch.sigmoid(logit))
+        x = torch.maximum(torch.minimum(x + d_hat * scales.delta_std, scales.high), scales.low)
+        curve[t] = float(total.mean())
+    return total, curve
+
+
 def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.ndarray,
                        action: np.ndarray, reward: np.ndarray, next_state: np.ndarray,
                        is_terminal: np.ndarray, session: np.ndarray, first_rows: np.ndarray, *,
@@ -129,10 +168,12 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
     r_mean, r_std = rew.mean(), rew.std(unbiased=False).clamp_min(1e-6)
     rew = (rew - r_mean) / r_std
     act = f32(action)
-    lo, hi = st.min(0).values, st.max(0).values
 
     model = Dynamics(e_n, st.shape[1], act.shape[1], s.model_hidden, gen)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    # the rate decays to 0: a value is a long product of exit probabilities, so the jitter
+    # of a constant-rate final iterate (a few hundredths in a logit) would move it by percents
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / s.model_steps)
     cum = torch.cumsum(torch.as_tensor(w[:, session], dtype=torch.float64), dim=1)   # (E, N)
     for step in range(1, s.model_steps + 1):
         u = torch.rand(e_n, s.batch_size, generator=gen, dtype=torch.float64) * cum[:, -1:]
@@ -141,6 +182,7 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if progress and step % 1000 == 0:
             print(f"  dynamics model: step {step}/{s.model_steps}, loss "
                   f"{float(loss) / e_n:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -149,20 +191,12 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
     init_w = torch.as_tensor(w[:, keep], dtype=torch.float32)
     init_w = init_w / init_w.sum(1, keepdim=True).clamp_min(1e-9)                    # (E, n0)
     start = st[torch.as_tensor(first_rows[keep])].unsqueeze(0).expand(e_n, -1, -1)  # (E, n0, S)
+    scales = SessionScales(mean, std, d_std, r_mean, r_std, st.min(0).values, st.max(0).values)
     values = np.zeros((len(names), e_n))
     history = np.zeros((horizon, len(names)))
     for p, module in enumerate(modules):
-        x = start.clone()
-        alive = torch.ones(e_n, x.shape[1])
-        total = torch.zeros(e_n)
-        with torch.no_grad():
-            for t in range(horizon):
-                a = _policy_action(module, x * std + mean)
-                d_hat, r_hat, logit = model(x, a)
-                total += (gamma ** t) * ((alive * (r_hat * r_std + r_mean)) * init_w).sum(1)
-                alive = alive * (1.0 - torch.sigmoid(logit))
-                x = torch.maximum(torch.minimum(x + d_hat * d_std, hi), lo)
-                history[t, p] = float(total.mean())
+        total, history[:, p] = rollout_values(model, module, start, init_w, scales, gamma,
+                                              horizon)
         values[p] = total.double().numpy()
         if progress:
             print(f"  model-based rollouts: policy {p + 1}/{len(names)} "

@@ -189,3 +189,45 @@ def write_export(directory: str, state_dim: int = 3, tasks: Sequence[str] = TASK
                    "action_tasks": list(tasks), "exported_utc": exported_utc,
                    "table_version": 3}, fh)
     return directory
+
+
+def exit_sessions(n_sessions: int, seed: int, *, sigma_b: float = 0.5,
+                  max_steps: int = 60) -> TransitionArrays:
+    """Multi-step sessions where the action trades reward now for session length.
+
+    State (u, 0): u ~ N(0, 1) per session, constant (it matters for nothing). Each step logs
+    a ~ TN(0, sigma_b) on [-1, 1], earns r = 1 + 0.3 a + N(0, 0.05^2), and the user leaves
+    with probability 0.3 + 0.2 a (terminal); a session still running after ``max_steps``
+    is truncated. The constant policy c has the value :func:`exit_value`: a high a wins the
+    step and loses the session (the clickbait trade-off in one dimension).
+    """
+    rng = np.random.default_rng(seed)
+    ids, steps, states, actions, logps, rewards, terminal, truncated = ([] for _ in range(8))
+    for i in range(n_sessions):
+        u = rng.normal()
+        for t in range(max_steps):
+            a = truncated_normal_sample(np.zeros((1, 1)), sigma_b, rng)[0]
+            leave = rng.random() < 0.3 + 0.2 * a[0]
+            ids.append(f"x{seed}-{i}")
+            steps.append(t)
+            states.append((u, 0.0))
+            actions.append(a)
+            logps.append(float(truncated_normal_logpdf(a[None], 0.0, sigma_b)[0, 0]))
+            rewards.append(1.0 + 0.3 * a[0] + 0.05 * rng.normal())
+            terminal.append(bool(leave))
+            truncated.append(not leave and t == max_steps - 1)
+            if leave:
+                break
+    state = np.asarray(states, dtype=np.float32)
+    ends = np.asarray(terminal)
+    next_state = np.where(ends[:, None], 0.0, state).astype(np.float32)
+    return TransitionArrays.build(ids, np.asarray(steps), state, next_state,
+                                  np.asarray(actions, dtype=np.float32), logps,
+                                  np.asarray(rewards), ends, np.asarray(truncated),
+                                  ["random"] * len(ids))
+
+
+def exit_value(c: float, gamma: float) -> float:
+    """Value of the constant policy a = c in :func:`exit_sessions` (an unbounded session):
+    sum_t gamma^t (1 - p)^t r = r / (1 - gamma (1 - p)), r = 1 + 0.3 c, p = 0.3 + 0.2 c."""
+    return float((1.0 + 0.3 * c) / (1.0 - gamma * (0.7 - 0.2 * c)))
