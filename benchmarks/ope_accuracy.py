@@ -4,6 +4,8 @@ Run with:
   .venv/bin/python benchmarks/ope_accuracy.py --json benchmarks/results/ope_accuracy.json
   .venv/bin/python benchmarks/ope_accuracy.py --worlds tune-101      # the tuning world only
   .venv/bin/python benchmarks/ope_accuracy.py --smoke                # tiny: does it still run?
+  .venv/bin/python benchmarks/ope_accuracy.py --worlds held-404-long --no-paper \
+      --compare 'mb:model=linear+model_based,lower_quantile=0.2'      # ensembles only
 
 Per world (mtf.loop.ope_benchmark.WORLDS; docs/ope.md section 9): simulate 4 days of logs
 (matched start distribution), train six learners on days 1-3, evaluate 15 candidates on day 4
@@ -59,6 +61,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "settings with these changed, e.g. "
                         "'mlp:model=mlp' (default: mtf.loop.ope_benchmark."
                         "DEFAULT_COMPARISONS); 'none' for none")
+    p.add_argument("--no-paper", action="store_true",
+                   help="skip the paper's conservative and plain FQE fits (most of a world's "
+                        "time) and the rows that use them (conservative_fqe, fqe, dr): for "
+                        "comparing ensembles on tuning worlds")
     add_result_arguments(p)
     return parse_with_smoke(p, argv, SMOKE)
 
@@ -110,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learners=tuple(x for x in args.learners.split(",") if x)
         or ob.BenchSettings().learners,
         ope_overrides=(*ob.BenchSettings().ope_overrides, *args.ope), ensemble=ens,
-        comparisons=tuple(comparisons))
+        comparisons=tuple(comparisons), paper=not args.no_paper)
     t0 = time.perf_counter()
     worlds: list[dict[str, Any]] = []
     source: dict[str, Any] = {}

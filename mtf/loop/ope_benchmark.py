@@ -38,7 +38,7 @@ from mtf.ope.accuracy import estimator_accuracy
 from mtf.ope.config import (ENSEMBLE, GATES, LOGGING_POLICY, REPORTED_ESTIMATORS,
                             EnsembleConfig, OpeConfig)
 from mtf.ope.ensemble import EnsembleFit
-from mtf.ope.evaluate import evaluate_arrays, fit_ensemble_policies
+from mtf.ope.evaluate import evaluate_arrays, fit_ensemble_policies, padded_histories
 from mtf.ope.rules import pessimistic_value, select_policy
 from mtf.ope.results import decide, with_ensemble
 from mtf.ope.policies import TargetPolicy, ThresholdModule, module_policy
@@ -49,6 +49,7 @@ from mtf.sim.world import World
 logger = logging.getLogger(__name__)
 
 TUNING, HELDOUT = "tuning", "heldout"
+PAPER_FITTED = ("conservative_fqe", "fqe", "dr")   # the rows the paper's two FQE fits make
 ENSEMBLE_LOWER = "fqe_ensemble_lower"   # the ensemble's one-sided lower quantile as an estimate
 
 
@@ -154,6 +155,7 @@ class BenchSettings:
     # fqe_ensemble_<label> and fqe_ensemble_lower_<label>
     comparisons: tuple[tuple[str, EnsembleConfig], ...] = ()
     seed: int = 7
+    paper: bool = True          # False: skip the paper's FQE fits and the rows that use them
 
 
 def world_config(world: BenchWorld, settings: BenchSettings,
@@ -270,18 +272,26 @@ _NOT_FITTED = ("lower_quantile", "max_spread", "min_support", "support_quantile"
 
 
 def _members_of(fit: EnsembleFit, settings: EnsembleConfig) -> EnsembleFit:
-    """The members of ``settings.model`` in a hybrid ``fit`` (or the fit itself), gated under
-    ``settings``."""
-    if settings.model == fit.settings.model:
+    """The members of ``settings.model``'s kinds read off a ``fit`` that holds them (the mean
+    of those kinds' values, as :func:`mtf.ope.evaluate.fit_ensemble_policies` makes it),
+    gated under ``settings``."""
+    kinds = settings.components
+    if kinds == fit.settings.components:
         return fit if fit.settings == settings else replace(fit, settings=settings)
-    return replace(fit.components[settings.model], settings=settings, support=fit.support)
+    parts = {k: fit.components[k] for k in kinds}
+    one = next(iter(parts.values()))
+    return replace(one, values=np.mean([p.values for p in parts.values()], axis=0),
+                   history=np.mean(padded_histories([p.history for p in parts.values()]),
+                                   axis=0),
+                   backups=max(p.backups for p in parts.values()), settings=settings,
+                   support=fit.support, components=parts if len(parts) > 1 else {})
 
 
-def _fit_key(settings: EnsembleConfig) -> tuple[EnsembleConfig, bool]:
-    """Settings with equal keys fit the same members: they may differ in gate settings, and
-    in mlp / linear / hybrid (one hybrid fit holds both classes), not in model_based."""
+def _fit_key(settings: EnsembleConfig) -> EnsembleConfig:
+    """Settings with equal keys fit the same members: they may differ in gate settings and
+    in which member kinds they read (one fit holds every kind the group needs)."""
     neutral = {k: getattr(EnsembleConfig(), k) for k in _NOT_FITTED}
-    return replace(settings, **neutral), settings.model == "model_based"
+    return replace(settings, **neutral)
 
 
 def score_comparison(label: str, fit: EnsembleFit, names: Sequence[str],
@@ -328,12 +338,20 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
         f"{truth[LOGGING_POLICY]['session_length']:.1f}")
     t2 = time.perf_counter()
     ope: OpeConfig = replace(cfg.ope, ensemble=settings.ensemble)
-    # one hybrid fit holds both function classes' members: the default ensemble and every
-    # comparison that fits the same members are read off it instead of refitted
-    both = replace(settings.ensemble, model="hybrid") if settings.comparisons else \
-        settings.ensemble
-    paper = evaluate_arrays(data, policies, replace(ope, ensemble=both), gamma=cfg.mdp.gamma,
-                            seed=settings.seed)
+    # one fit per group of ensembles that fit the same members, holding every kind the group
+    # reads: the default ensemble and the comparisons are read off it instead of refitted
+    kinds: dict[EnsembleConfig, set[str]] = {}
+    for e in (settings.ensemble, *(other for _, other in settings.comparisons)):
+        kinds.setdefault(_fit_key(e), set()).update(e.components)
+
+    def group_settings(e: EnsembleConfig) -> EnsembleConfig:
+        return replace(e, model="+".join(sorted(kinds[_fit_key(e)])))
+
+    if not settings.paper:     # the ensembles only: the paper's fits shrink to nothing and
+        #                        their rows (and DR, which uses them) are dropped below
+        ope = replace(ope, n_iterations=10, target_update_every=10)
+    paper = evaluate_arrays(data, policies, replace(ope, ensemble=group_settings(
+        settings.ensemble)), gamma=cfg.mdp.gamma, seed=settings.seed)
     fitted = paper.ensemble
     assert fitted is not None          # settings.ensemble has members >= 2
     ens = _members_of(fitted, settings.ensemble)
@@ -345,15 +363,20 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
         f"({settings.ensemble.members} members x {len(names)} policies, {ens.backups} backups) "
         f"in {t_ens:.0f} s")
     scored = score_world(names, truth, paper, ope, [s.name for s in specs])
+    if not settings.paper:
+        for key in ("metrics", "estimates", "go"):
+            for est in PAPER_FITTED:
+                scored[key].pop(est, None)
     comparison_members: dict[str, Any] = {}
-    fits = {_fit_key(both): fitted}
+    fits = {_fit_key(settings.ensemble): fitted}
     for label, other in settings.comparisons:
         t3 = time.perf_counter()
         alt_ope = replace(ope, ensemble=other)
         key = _fit_key(other)
         if key not in fits:
-            refit = fit_ensemble_policies(data, policies, alt_ope, gamma=cfg.mdp.gamma,
-                                          seed=settings.seed)
+            refit = fit_ensemble_policies(data, policies,
+                                          replace(ope, ensemble=group_settings(other)),
+                                          gamma=cfg.mdp.gamma, seed=settings.seed)
             assert refit is not None
             fits[key] = refit
         alt = _members_of(fits[key], other)     # no refit for a fit already made

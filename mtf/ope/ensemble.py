@@ -107,8 +107,11 @@ class EnsembleFit:
 
     def converged(self, tol: float | None = None) -> np.ndarray:
         """Per policy: did the mean value move by less than ``tol`` (default the settings'
-        horizon_tol) of its size over the last quarter of the backups?"""
+        horizon_tol) of its size over the last quarter of the backups (every kind's own fit,
+        for members of several kinds)?"""
         tol = self.settings.horizon_tol if tol is None else tol
+        if len(self.components) > 1:      # a member of several kinds: each kind must settle
+            return np.logical_and.reduce([c.converged(tol) for c in self.components.values()])
         h = self.history
         if h.shape[0] < 4:
             return np.zeros(h.shape[1], dtype=bool)

@@ -157,24 +157,26 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
         pa.append(policy_actions(module, data.state))
         pna.append(policy_actions(module, data.next_state))
     fits = {}
-    if ope.ensemble.model == "model_based":
+    kinds = ope.ensemble.components
+    if "model_based" in kinds:
         fits["model_based"] = fit_model_ensemble(
             [p.name for p in policies], modules, data.state, data.action, data.reward,
             data.next_state, data.is_terminal, sess, first, gamma=gamma,
             settings=ope.ensemble, seed=seed)
     args = ([p.name for p in policies], data.state, data.action, data.reward, data.next_state,
             data.is_terminal, np.stack(pa), np.stack(pna), sess, first)
-    if ope.ensemble.model in ("linear", "hybrid"):
+    if "linear" in kinds:
         fits["linear"] = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble,
                                              seed=seed)
-    if ope.ensemble.model in ("mlp", "hybrid"):
+    if "mlp" in kinds:
         fits["mlp"] = fit_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed,
                                    device=ope.resolved_device())
-    # a hybrid member averages the two function classes fitted on the same session resample
-    # (both draw it from the same seed), so each class's own extrapolation bias is halved
+    # a member of several kinds averages their fits on the same session resample (all draw
+    # it from the same seed), so each kind's own extrapolation bias is diluted
     fit = replace(next(iter(fits.values())),
                   values=np.mean([f.values for f in fits.values()], axis=0),
-                  history=np.mean([f.history for f in fits.values()], axis=0),
+                  history=np.mean(padded_histories([f.history for f in fits.values()]), axis=0),
+                  backups=max(f.backups for f in fits.values()),
                   steps=max(f.steps for f in fits.values()),
                   seconds=sum(f.seconds for f in fits.values()), components=fits)
     shares, radius = support_shares(data.action, np.stack(pa),
@@ -187,6 +189,14 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
                 ope.ensemble.model, ope.ensemble.members, len(policies), fit.backups,
                 fit.seconds)
     return fit
+
+
+def padded_histories(histories: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Value curves of different lengths (backups, rollout steps) made one length: a shorter
+    curve keeps its last value (its fit has ended there)."""
+    n = max(h.shape[0] for h in histories)
+    return [np.concatenate([h, np.repeat(h[-1:], n - h.shape[0], axis=0)]) if h.shape[0] < n
+            else h for h in histories]
 
 
 def scoring_bundle(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],
