@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -93,3 +94,32 @@ def test_the_comparisons_are_read_off_one_hybrid_fit(record: dict) -> None:
     for label in ("fqe_ensemble_hybrid", "fqe_ensemble_linear", "fqe_ensemble_lower_linear"):
         assert METRICS - {"coverage"} <= set(world["metrics"][label]), label
     assert world["go"]["fqe_ensemble_hybrid"].keys() == world["go"]["fqe_ensemble"].keys()
+
+
+def test_an_ensembles_only_run_drops_the_paper_rows_and_fits_each_kind_once(
+        tmp_path) -> None:
+    """``--no-paper``: no conservative / plain FQE or DR rows; one fit holds every kind the
+    comparisons read, so a member of linear+model_based is the mean of the linear and the
+    model-based members on the same resample."""
+    import numpy as np
+
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "ope_accuracy.py"), "--smoke",
+         "--no-paper", "--ensemble", "model_steps=20", "--ensemble", "model_hidden=[8]",
+         "--compare", "lin:model=linear", "--compare", "mb:model=model_based",
+         "--compare", "mix:model=linear+model_based,lower_quantile=0.2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    [world] = json.loads(out.read_text())["details"]["worlds"]
+    assert not {"conservative_fqe", "fqe", "dr"} & set(world["metrics"])
+    assert "conservative_fqe" not in world["go"] and "fqe_ensemble" in world["go"]
+    assert {"pdis", "wpdis", "fqe_ensemble_mix", "fqe_ensemble_lower_mb"} <= set(world["metrics"])
+    comp = world["comparison_ensembles"]
+    for label in ("lin", "mb", "mix"):       # read off the one fit, nothing refitted
+        assert re.search(rf"comparison ensemble '{label}' \(.*\) in 0 s$", proc.stdout, re.M)
+    for name in world["policies"]:
+        np.testing.assert_allclose(comp["mix"]["members"][name],
+                                   (np.array(comp["lin"]["members"][name])
+                                    + np.array(comp["mb"]["members"][name])) / 2, rtol=1e-12)
+    assert comp["mb"]["members"]["logging"] != comp["lin"]["members"]["logging"]

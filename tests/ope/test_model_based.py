@@ -112,13 +112,54 @@ def test_model_settings_are_validated() -> None:
         EnsembleConfig(model="model_based", model_hidden=())
 
 
-def test_comparison_ensembles_share_a_fit_unless_model_based() -> None:
+def test_comparison_ensembles_share_a_fit_unless_a_fitted_setting_differs() -> None:
     from mtf.loop.ope_benchmark import _fit_key
 
     mlp = EnsembleConfig(model="mlp")
+    # the gate's settings and the kinds read do not change the fit that holds them
     assert _fit_key(mlp) == _fit_key(EnsembleConfig(model="hybrid", lower_quantile=0.2,
                                                     min_support=0.3))
-    mb = EnsembleConfig(model="model_based")
-    assert _fit_key(mb) != _fit_key(mlp)
-    assert _fit_key(mb) == _fit_key(EnsembleConfig(model="model_based", max_spread=0.0))
-    assert _fit_key(mb) != _fit_key(EnsembleConfig(model="model_based", model_steps=10))
+    assert _fit_key(mlp) == _fit_key(EnsembleConfig(model="linear+model_based"))
+    # any setting of a fit does
+    assert _fit_key(mlp) != _fit_key(EnsembleConfig(model="model_based", model_steps=10))
+    assert _fit_key(mlp) != _fit_key(EnsembleConfig(ridge=0.1))
+
+
+def test_model_names_one_kind_or_several_joined_by_plus() -> None:
+    from mtf.ope.config import model_components
+
+    assert model_components("hybrid") == ("mlp", "linear")
+    assert model_components("model_based+linear") == ("linear", "model_based")
+    assert model_components("hybrid+model_based") == ("mlp", "linear", "model_based")
+    assert EnsembleConfig(model="linear+model_based").components == ("linear", "model_based")
+    for bad in ("tree", "linear+tree", ""):
+        with pytest.raises(ValueError, match="ope.ensemble.model must be one of"):
+            EnsembleConfig(model=bad)
+
+
+def test_a_member_of_several_kinds_is_their_mean_and_converges_when_each_does() -> None:
+    from mtf.ope.evaluate import padded_histories
+
+    np.testing.assert_array_equal(
+        padded_histories([np.array([[1.0], [2.0]]), np.array([[5.0], [6.0], [7.0]])])[0],
+        [[1.0], [2.0], [2.0]])
+    torch.set_num_threads(1)
+    data = exit_sessions(400, seed=5)
+    policies = [fixed_policy("logging", [0.0]), fixed_policy("long", [-0.6])]
+    ens = EnsembleConfig(model="linear+model_based", members=3, model_steps=30,
+                         model_hidden=(8,))
+    ope = OpeConfig(n_iterations=20, target_update_every=10, hidden=(8,), n_bootstrap=50,
+                    ensemble=ens)
+    fit = evaluate_arrays(data, policies, ope, gamma=0.9, seed=0).ensemble
+    assert fit is not None and set(fit.components) == {"linear", "model_based"}
+    lin, mb = fit.components["linear"], fit.components["model_based"]
+    np.testing.assert_allclose(fit.values, (lin.values + mb.values) / 2, rtol=1e-12)
+    assert fit.backups == max(lin.backups, mb.backups) == 44
+    np.testing.assert_array_equal(fit.converged(), lin.converged() & mb.converged())
+    # each kind alone is what its own model fits (the same seed, the same resamples)
+    from dataclasses import replace
+
+    for kind, part in (("linear", lin), ("model_based", mb)):
+        alone = evaluate_arrays(data, policies, replace(ope, ensemble=replace(ens, model=kind)),
+                                gamma=0.9, seed=0).ensemble
+        np.testing.assert_array_equal(alone.values, part.values)
