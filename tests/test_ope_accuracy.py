@@ -36,7 +36,10 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> dict:
          "--worlds", "held-202", "--users", "1200", "--days", "3", "--truth-sessions", "3000",
          "--learner-steps", "600", "--learners", "iql_short,td3", "--members", "4",
          "--ope", "ope.n_iterations=400", "--ope", "ope.target_update_every=20",
-         "--ope", "ope.hidden=[64,64]", "--ope", "ope.n_bootstrap=100", "--json", str(out)],
+         "--ope", "ope.hidden=[64,64]", "--ope", "ope.n_bootstrap=100",
+         # the comparisons' model-based members, small
+         "--ensemble", "model_steps=300", "--ensemble", "model_hidden=[32,32]",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "tuning worlds ['held-202'], pooled:" in proc.stdout

@@ -123,8 +123,13 @@ WORLDS: tuple[BenchWorld, ...] = (
                "steeply)"),
 )
 # Ensembles scored beside the default (ope.ensemble) one: "label:key=value,..."
+# (all read off one fit of the three member kinds: only the model-based members cost extra)
 DEFAULT_COMPARISONS = (
-    "hybrid:model=hybrid,lower_quantile=0.2,min_support=0.3",   # chosen on the tuning worlds
+    "linear_q1:model=linear",        # the fourth run's tuning choice (docs/ope.md section 9)
+    "mlp_linear_mb:model=mlp+linear+model_based,lower_quantile=0.2,min_support=0.3",
+    "mlp_mb:model=mlp+model_based,lower_quantile=0.2,min_support=0.3",
+    "mb:model=model_based,lower_quantile=0.2",
+    "hybrid:model=hybrid,lower_quantile=0.2,min_support=0.3",   # the third run's choice
     "linear:model=linear,lower_quantile=0.2,min_support=0.3",
     "mlp_guarded:model=mlp,lower_quantile=0.2,min_support=0.3")
 DEFAULT_WORLDS = ("tune-101", "held-1111", "held-1212-mix", "held-1313-long")
