@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -67,13 +67,24 @@ def _clean(v: Any) -> Any:
     return v
 
 
+_KIND_WORDS = {"mlp": "MLP FQE", "linear": "linear FQE", "model_based": "model-based rollout"}
+
+
+def members_in_words(kinds: Sequence[str]) -> str:
+    """What one ensemble member is, e.g. ``"linear FQE"`` or ``"mean of MLP FQE and
+    model-based rollout"``."""
+    words = [_KIND_WORDS[k] for k in kinds]
+    return words[0] if len(words) == 1 else \
+        "mean of " + ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def decision_rule(ope: OpeConfig) -> str:
     """The go / no-go rule in words, for the gate ``ope.gate`` selects."""
     if ope.gate == ENSEMBLE:
         e = ope.ensemble
         rule = (f"go iff the {e.lower_quantile:.0%} quantile (normal, across {e.members} "
-                f"bootstrapped {e.model} FQE fits) of V(policy) - V(logging) > "
-                f"-{ope.go_margin} * |V(logging)|")
+                f"bootstrapped members, each a {members_in_words(e.components)}) of "
+                f"V(policy) - V(logging) > -{ope.go_margin} * |V(logging)|")
         if e.max_spread > 0:
             rule += f", the members' sd of that difference <= {e.max_spread:.0%} of it"
         if e.min_support > 0:

@@ -163,3 +163,13 @@ def test_a_member_of_several_kinds_is_their_mean_and_converges_when_each_does() 
         alone = evaluate_arrays(data, policies, replace(ope, ensemble=replace(ens, model=kind)),
                                 gamma=0.9, seed=0).ensemble
         np.testing.assert_array_equal(alone.values, part.values)
+
+
+def test_the_report_says_what_a_member_is() -> None:
+    from mtf.ope.report import decision_rule, members_in_words
+
+    assert members_in_words(("linear",)) == "linear FQE"
+    assert members_in_words(("mlp", "linear", "model_based")) == \
+        "mean of MLP FQE, linear FQE and model-based rollout"
+    rule = decision_rule(OpeConfig(ensemble=EnsembleConfig(model="model_based")))
+    assert "10 bootstrapped members, each a model-based rollout" in rule
