@@ -303,7 +303,9 @@ def _members_of(fit: EnsembleFit, settings: EnsembleConfig) -> EnsembleFit:
                    history=np.mean(padded_histories([p.history for p in parts.values()]),
                                    axis=0),
                    backups=max(p.backups for p in parts.values()), settings=settings,
-                   support=fit.support, components=parts if len(parts) > 1 else {})
+                   support=fit.support, occupancy_ess=fit.occupancy_ess,
+                   solved=all(p.solved for p in parts.values()),
+                   components=parts if len(parts) > 1 else {})
 
 
 def _fit_key(settings: EnsembleConfig) -> EnsembleConfig:
@@ -419,6 +421,8 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
             "comparison_ensembles": comparison_members,
             "support": None if fitted.support is None else
             {n: float(fitted.support[i]) for i, n in enumerate(names)},
+            "occupancy_ess": None if fitted.occupancy_ess is None else
+            {n: float(fitted.occupancy_ess[i]) for i, n in enumerate(names)},
             "seconds": {"total": time.perf_counter() - t0, "paper": t_paper,
                         "ensemble": t_ens}, **scored}
 

@@ -22,7 +22,7 @@ LOGGING_POLICY = "logging"   # name of the logging baseline among the evaluated 
 # The ensemble members' kinds; ``ope.ensemble.model`` names one or several joined by "+"
 # (a member's value is then the mean of its kinds' fits on the same resample); "hybrid" is
 # "mlp+linear".
-MEMBER_KINDS = ("mlp", "linear", "model_based")
+MEMBER_KINDS = ("mlp", "linear", "mwl", "model_based")
 ENSEMBLE_MODELS = ("hybrid", *MEMBER_KINDS)
 MODEL_ALIASES = {"hybrid": ("mlp", "linear")}
 
@@ -50,7 +50,9 @@ class EnsembleConfig:
     #                                    mtf.ope.linear_fqe) | hybrid (member e's value is the
     #                                    mean of both fits on resample e) | model_based (a
     #                                    learned session model rolled out under the policy,
-    #                                    mtf.ope.model_based) | kinds joined by "+", e.g.
+    #                                    mtf.ope.model_based) | mwl (the linear fixed point,
+    #                                    LSTDQ = minimax weight learning with linear classes,
+    #                                    mtf.ope.linear_fqe.fixed_point) | kinds joined by "+", e.g.
     #                                    linear+model_based (their mean); docs/ope.md 1, 9
     ridge: float = 1e-3                # linear: ridge weight per unit of row weight
     hidden: tuple[int, ...] = (64, 64)  # widths of each member's MLP

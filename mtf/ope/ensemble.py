@@ -104,12 +104,18 @@ class EnsembleFit:
     support: np.ndarray | None = None   # (P,) share of pi's actions near logged ones, if measured
     components: dict[str, "EnsembleFit"] = field(default_factory=dict, repr=False)
     #                                    a hybrid fit's own fits per model ("mlp", "linear")
+    solved: bool = False               # a closed-form fixed point (mwl): nothing to converge
+    occupancy_ess: np.ndarray | None = None   # (P,) effective share of the logged rows the
+    #                                    policy's discounted occupancy rests on (MWL weights,
+    #                                    mtf.ope.linear_fqe.occupancy_ess), if measured
 
     def converged(self, tol: float | None = None) -> np.ndarray:
         """Per policy: did the mean value move by less than ``tol`` (default the settings'
         horizon_tol) of its size over the last quarter of the backups (every kind's own fit,
         for members of several kinds)?"""
         tol = self.settings.horizon_tol if tol is None else tol
+        if self.solved:
+            return np.ones(len(self.policies), dtype=bool)
         if len(self.components) > 1:      # a member of several kinds: each kind must settle
             return np.logical_and.reduce([c.converged(tol) for c in self.components.values()])
         h = self.history
@@ -141,6 +147,8 @@ class EnsembleFit:
                 "spread": d_sd / max(abs(ref_est), 1e-12)}
             if self.support is not None:
                 row["support"] = float(self.support[i])
+            if self.occupancy_ess is not None:
+                row["occupancy_ess"] = float(self.occupancy_ess[i])
             if name != reference:
                 row["go"] = ensemble_go(float(row["diff_lower"]), float(row["spread"]),
                                         margin * abs(ref_est), self.settings.max_spread,

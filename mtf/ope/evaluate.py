@@ -30,7 +30,7 @@ from mtf.ope.config import LOGGING_POLICY, OpeConfig
 from mtf.ope.ensemble import EnsembleFit, fit_ensemble, n_backups_for, session_index
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
-from mtf.ope.linear_fqe import fit_linear_ensemble
+from mtf.ope.linear_fqe import fit_linear_ensemble, fit_mwl_ensemble, occupancy_shares
 from mtf.ope.model_based import fit_model_ensemble
 from mtf.ope.support import support_shares
 from mtf.ope.fqe import FqeData, FqeFit, FqeSettings, fit_fqe
@@ -168,6 +168,8 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
     if "linear" in kinds:
         fits["linear"] = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble,
                                              seed=seed)
+    if "mwl" in kinds:
+        fits["mwl"] = fit_mwl_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed)
     if "mlp" in kinds:
         fits["mlp"] = fit_ensemble(*args, gamma=gamma, settings=ope.ensemble, seed=seed,
                                    device=ope.resolved_device())
@@ -178,13 +180,20 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
                   history=np.mean(padded_histories([f.history for f in fits.values()]), axis=0),
                   backups=max(f.backups for f in fits.values()),
                   steps=max(f.steps for f in fits.values()),
-                  seconds=sum(f.seconds for f in fits.values()), components=fits)
+                  seconds=sum(f.seconds for f in fits.values()), components=fits,
+                  solved=all(f.solved for f in fits.values()))
     shares, radius = support_shares(data.action, np.stack(pa),
                                     quantile=ope.ensemble.support_quantile,
                                     sample_rows=ope.ensemble.support_sample_rows, seed=seed)
-    fit = replace(fit, support=shares)
-    logger.info("support radius %.3f; shares %s", radius,
-                {p.name: round(float(x), 2) for p, x in zip(policies, shares)})
+    # how many logged rows each policy's occupancy rests on (MWL weights on the whole split):
+    # a trust note of the report, whatever the members' kind
+    occupancy = occupancy_shares(data.state, data.action, data.next_state, data.is_terminal,
+                                 np.stack(pa), np.stack(pna), first, gamma=gamma,
+                                 ridge=ope.ensemble.ridge)
+    fit = replace(fit, support=shares, occupancy_ess=occupancy)
+    logger.info("support radius %.3f; shares %s; occupancy ESS %s", radius,
+                {p.name: round(float(x), 2) for p, x in zip(policies, shares)},
+                {p.name: round(float(x), 3) for p, x in zip(policies, occupancy)})
     logger.info("FQE ensemble (%s): %d members x %d policies, %d backups, %.1fs",
                 ope.ensemble.model, ope.ensemble.members, len(policies), fit.backups,
                 fit.seconds)

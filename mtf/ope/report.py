@@ -114,6 +114,9 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ref_name = next((r["policy"] for r in report["results"]
                      if not r["diff_vs_logging"]), None)
     ref_dist = rows[ref_name]["diagnostics"].get("action_distance") if ref_name else None
+    ref_occupancy = rows[ref_name]["diagnostics"].get("occupancy_ess") if ref_name else None
+    if ref_occupancy is not None and not math.isfinite(ref_occupancy):
+        ref_occupancy = None
     ens_cfg = report.get("config", {}).get("ope", {}).get("ensemble", {})
     cap = ens_cfg.get("max_spread", EnsembleConfig().max_spread)
     min_support = ens_cfg.get("min_support", EnsembleConfig().min_support)
@@ -171,6 +174,10 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
                              f"the logs barely reach it")
             else:
                 notes.append(f"{support:.0%} of its actions have a logged action nearby")
+        occ, ref_occ = diag.get("occupancy_ess"), ref_occupancy
+        if occ is not None and math.isfinite(occ) and ref_occ is not None:
+            notes.append(f"its discounted sessions rest on the equivalent of {occ:.0%} of the "
+                         f"logged rows (MWL weights; the logging policy's own: {ref_occ:.0%})")
         spread = diag.get("ensemble_spread")
         if spread is not None and cap and spread > cap:
             low = True

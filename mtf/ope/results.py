@@ -166,6 +166,7 @@ def with_ensemble(results: list[PolicyEstimates], fit: "EnsembleFit", cfg: OpeCo
                      "ensemble_spread": float(s["spread"]),
                      "ensemble_converged": 1.0 if s["converged"] else 0.0,
                      "ensemble_support": float(s.get("support", float("nan"))),
+                     "occupancy_ess": float(s.get("occupancy_ess", float("nan"))),
                      "ensemble_backups": float(fit.backups)})
         out.append(PolicyEstimates(r.policy, est, diffs, diag))
     return out

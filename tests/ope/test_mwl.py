@@ -1,0 +1,142 @@
+"""The linear fixed point from both sides: LSTDQ's Q coefficients and MWL's occupancy weights
+on a hand-solved tabular case, their equal values, the moment condition the weights satisfy,
+the effective sample of the weights, and the ``mwl`` member kind in the gate."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtf.ope.config import EnsembleConfig, OpeConfig
+from mtf.ope.ensemble import session_index
+from mtf.ope.evaluate import evaluate_arrays
+from mtf.ope.linear_fqe import (fit_linear_ensemble, fit_mwl_ensemble, fixed_point,
+                                occupancy_ess, occupancy_shares)
+from mtf.ope.policies import fixed_policy
+from mtf.ope.report import trust
+from tests.ope.tables import exit_sessions, exit_value
+
+_T = torch.float64
+
+
+def _tabular(gamma: float):
+    """States A, B; actions 0, 1; one-hot features over (s, a) = A0, A1, B0, B1. The four
+    logged rows: A0 -> B (r 1), A1 -> B (r 0), B0 end (r 2), B1 end (r 5). The policy plays
+    1 everywhere and starts in A."""
+    phi = torch.eye(4, dtype=_T)                       # row t has feature t
+    reward = torch.tensor([1.0, 0.0, 2.0, 5.0], dtype=_T)
+    b1 = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=_T)
+    phi_next = torch.stack([b1, b1, torch.zeros(4, dtype=_T), torch.zeros(4, dtype=_T)])
+    gram = (phi.T @ phi).unsqueeze(0)
+    cross = (phi.T @ (gamma * phi_next)).unsqueeze(0)
+    xr = (phi.T @ reward).unsqueeze(0)
+    v0 = torch.tensor([[0.0, 1.0, 0.0, 0.0]], dtype=_T)  # phi(A, pi(A)) = A1
+    return gram, xr, cross, v0, phi, phi_next
+
+
+def test_tabular_fixed_point_gives_the_q_values_and_the_occupancy_ratio() -> None:
+    gamma = 0.5
+    gram, xr, cross, v0, phi, _ = _tabular(gamma)
+    value, theta, beta = fixed_point(gram, xr, cross, v0, torch.zeros(1, dtype=_T))
+    # Q(B, 1) = 5, Q(A, 1) = 0 + gamma Q(B, 1); Q(A, 0) = 1 + gamma 5; Q(B, 0) = 2
+    torch.testing.assert_close(theta[0], torch.tensor([1 + gamma * 5, gamma * 5, 2.0, 5.0],
+                                                      dtype=_T))
+    # the policy's discounted occupancy: A1 once, B1 with weight gamma; the rest never
+    torch.testing.assert_close(beta[0], torch.tensor([0.0, 1.0, 0.0, gamma], dtype=_T))
+    assert float(value[0]) == pytest.approx(gamma * 5)
+    assert float(beta[0] @ xr[0]) == pytest.approx(gamma * 5)      # MWL's value, the same
+    # weights (0, 1, 0, 0.5) over 4 rows: (1.5)^2 / 1.25 / 4 = 0.45
+    ess = occupancy_ess(gram, beta, phi.sum(0).unsqueeze(0), torch.tensor([4.0], dtype=_T))
+    assert float(ess[0]) == pytest.approx(0.45)
+
+
+def test_constant_weights_have_an_effective_sample_of_every_row() -> None:
+    gram, _, _, _, phi, _ = _tabular(0.5)
+    total, n = phi.sum(0).unsqueeze(0), torch.tensor([4.0], dtype=_T)
+    beta = torch.ones(1, 4, dtype=_T)                  # w_t = 1 on every row
+    assert float(occupancy_ess(gram, beta, total, n)[0]) == pytest.approx(1.0)
+    beta = torch.tensor([[1.0, -1.0, 1.0, -1.0]], dtype=_T)   # sum 0: nothing effective
+    assert float(occupancy_ess(gram, beta, total, n)[0]) == 0.0
+
+
+def _args(data, actions):
+    sess, first = session_index(data.session_id)
+    pa = np.stack([np.tile(np.asarray([c], np.float32), (len(data), 1)) for c in actions])
+    return (data.state, data.action, data.reward, data.next_state, data.is_terminal, pa,
+            pa.copy(), sess, first)
+
+
+def test_mwl_members_equal_linear_fqe_run_to_convergence() -> None:
+    data = exit_sessions(4000, seed=1)
+    args = _args(data, [0.0, 0.6, -0.6])
+    names = ["logging", "high", "low"]
+    gamma = 0.9
+    mwl = fit_mwl_ensemble(names, *args, gamma=gamma, seed=0,
+                           settings=EnsembleConfig(model="mwl", members=4))
+    lin = fit_linear_ensemble(names, *args, gamma=gamma, seed=0,
+                              settings=EnsembleConfig(model="linear", members=4, backups=400))
+    np.testing.assert_allclose(mwl.values, lin.values, rtol=1e-6)
+    assert mwl.solved and mwl.converged().all() and mwl.backups == 0
+    assert mwl.history.shape == (1, 3) and mwl.occupancy_ess.shape == (3,)
+    # and close to the truth of this world (Q is linear in a here; 13,000 rows pin the exit
+    # probability to about +-0.004, the value to about +-1%, +-2% for the long-session policy)
+    for i, c in enumerate([0.0, 0.6, -0.6]):
+        assert mwl.values[i].mean() == pytest.approx(exit_value(c, gamma), rel=0.05)
+
+
+def test_mwl_weights_satisfy_the_moment_condition_on_every_feature() -> None:
+    from mtf.ope.ensemble import backups_and_weights
+    from mtf.ope.linear_fqe import _linear_inputs, f64, quadratic_features
+
+    data = exit_sessions(300, seed=5)
+    state, action, reward, nxt, term, pa, pna, sess, first = _args(data, [0.4])
+    gamma, ridge = 0.9, 1e-3
+    settings = EnsembleConfig(model="mwl", members=2, ridge=ridge)
+    _, w, keep = backups_and_weights(first, len(data), gamma, settings, seed=1)
+    gram, xr, cross, lam, v0 = _linear_inputs(state, action, reward, nxt, term, pa, pna, sess,
+                                              first, w, keep, gamma, ridge)
+    _, _, beta = fixed_point(gram, xr, cross[0], v0[0], lam)
+    st = f64(state)
+    mean, std = st.mean(0), st.std(0, unbiased=False).clamp_min(1e-6)
+    phi = quadratic_features((st - mean) / std, f64(action))
+    phi_n = quadratic_features((f64(nxt) - mean) / std, f64(pna[0]))
+    disc = gamma * (1.0 - f64(term))
+    for e in range(2):
+        wt = f64(w[e, sess]) * (phi @ beta[e])          # row weight x MWL weight
+        lhs = (wt[:, None] * (phi - disc[:, None] * phi_n)).sum(0) + lam[e] * beta[e]
+        torch.testing.assert_close(lhs, v0[0, e], rtol=1e-7, atol=1e-9)
+
+
+def test_the_occupancy_of_a_far_policy_rests_on_fewer_rows() -> None:
+    data = exit_sessions(800, seed=2)                  # logged a ~ TN(0, 0.5) on [-1, 1]
+    state, action, _, nxt, term, pa, pna, _, first = _args(data, [0.0, 0.5, 0.95])
+    ess = occupancy_shares(state, action, nxt, term, pa, pna, first, gamma=0.9, ridge=1e-3)
+    assert ess[0] > ess[1] > ess[2] and ess[2] < 0.5 * ess[0]
+
+
+def test_the_mwl_kind_gates_and_the_report_names_the_occupancy() -> None:
+    data = exit_sessions(1500, seed=4)
+    policies = [fixed_policy("logging", [0.0]), fixed_policy("low", [-0.8]),
+                fixed_policy("high", [0.8])]
+    ope = OpeConfig(n_iterations=20, target_update_every=10, hidden=(8,), n_bootstrap=50,
+                    ensemble=EnsembleConfig(model="mwl", members=6))
+    res = evaluate_arrays(data, policies, ope, gamma=0.9, seed=0)
+    fit = res.ensemble
+    assert fit is not None and fit.solved and set(fit.components) == {"mwl"}
+    # low a: smaller steps, longer sessions: exit_value(-0.8) = 4.53 > 3.36 > 2.69
+    assert res.decision("low").go and not res.decision("high").go
+    assert res.estimate("low", "fqe_ensemble") == pytest.approx(exit_value(-0.8, 0.9), rel=0.1)
+    rows = {r.policy: r for r in res.results}
+    ess = {p: rows[p].diagnostics["occupancy_ess"] for p in rows}
+    np.testing.assert_allclose([ess[p] for p in ("logging", "low", "high")],
+                               fit.occupancy_ess, rtol=1e-12)
+    report = {"results": [r.to_dict() for r in res.results],
+              "decisions": [d.to_dict() for d in res.decisions], "config": {}}
+    notes = " ".join(trust(report)["low"]["notes"])
+    assert f"{ess['low']:.0%} of the logged rows" in notes
+    assert f"the logging policy's own: {ess['logging']:.0%}" in notes
+
+
+def test_mwl_joins_other_kinds() -> None:
+    assert EnsembleConfig(model="mwl+mlp").components == ("mlp", "mwl")
+    assert EnsembleConfig(model="mwl").components == ("mwl",)
