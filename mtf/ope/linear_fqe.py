@@ -172,8 +172,10 @@ def fixed_point(gram: torch.Tensor, xr: torch.Tensor, cross: torch.Tensor, v0: t
     (:func:`occupancy_ess`). Returns ``(values (E,), theta (E, D), beta (E, D))``."""
     d_n = gram.shape[1]
     a = gram + lam[:, None, None] * torch.eye(d_n, dtype=gram.dtype) - cross
-    theta = torch.linalg.solve(a, xr.unsqueeze(2)).squeeze(2)
-    beta = torch.linalg.solve(a.transpose(1, 2), v0.unsqueeze(2)).squeeze(2)
+    # one matrix at a time: torch's batched LU (MKL getrf) on 203 x 203 matrices hangs once
+    # torch.set_num_threads has been called (torch 2.15 / MKL 2024.2; the benchmark calls it)
+    theta = torch.stack([torch.linalg.solve(a[e], xr[e]) for e in range(a.shape[0])])
+    beta = torch.stack([torch.linalg.solve(a[e].T, v0[e]) for e in range(a.shape[0])])
     return (v0 * theta).sum(1), theta, beta
 
 

@@ -137,6 +137,34 @@ def test_the_mwl_kind_gates_and_the_report_names_the_occupancy() -> None:
     assert f"the logging policy's own: {ess['logging']:.0%}" in notes
 
 
+def test_the_fixed_point_solves_full_size_systems_after_set_num_threads() -> None:
+    # torch's batched LU on 203 x 203 matrices hangs once set_num_threads was called (the
+    # benchmark does); fixed_point must not use it. A subprocess, so a hang is a failure.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(max(1, torch.get_num_threads()))\n"
+        "from mtf.ope.linear_fqe import fixed_point\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "d = 203\n"
+        "gram = torch.randn(3, d, d, generator=g, dtype=torch.float64) + 40 * torch.eye(d)\n"
+        "cross = 0.1 * torch.randn(3, d, d, generator=g, dtype=torch.float64)\n"
+        "xr = torch.randn(3, d, generator=g, dtype=torch.float64)\n"
+        "v0 = torch.randn(3, d, generator=g, dtype=torch.float64)\n"
+        "val, theta, beta = fixed_point(gram, xr, cross, v0, torch.zeros(3, dtype=torch.float64))\n"
+        "a = gram - cross\n"
+        "assert torch.allclose(a @ theta.unsqueeze(2), xr.unsqueeze(2), atol=1e-9)\n"
+        "assert torch.allclose(a.transpose(1, 2) @ beta.unsqueeze(2), v0.unsqueeze(2), atol=1e-9)\n"
+        "assert torch.allclose(val, (beta * xr).sum(1), atol=1e-9)\n"
+        "print('solved')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "solved", out.stderr[-2000:]
+    assert "oneMKL ERROR" not in out.stderr
+
+
 def test_mwl_joins_other_kinds() -> None:
     assert EnsembleConfig(model="mwl+mlp").components == ("mlp", "mwl")
     assert EnsembleConfig(model="mwl").components == ("mwl",)
