@@ -137,6 +137,26 @@ def test_the_mwl_kind_gates_and_the_report_names_the_occupancy() -> None:
     assert f"the logging policy's own: {ess['logging']:.0%}" in notes
 
 
+def _trust_of(occupancy: dict[str, float]) -> dict:
+    """trust() of a hand-made report whose only evidence is the occupancy effective sample."""
+    results = [{"policy": p, "diff_vs_logging": {} if p == "logging" else {"x": {}},
+                "diagnostics": {"occupancy_ess": v}} for p, v in occupancy.items()]
+    decisions = [{"policy": p, "estimator": "fqe_ensemble", "go": True, "margin": 0.05}
+                 for p in occupancy if p != "logging"]
+    return trust({"results": results, "decisions": decisions, "config": {}})
+
+
+def test_a_thin_occupancy_makes_a_decision_low_trust() -> None:
+    # logging rests on 50% of the rows; a fifth of that is 10%
+    out = _trust_of({"logging": 0.5, "near": 0.3, "edge": 0.1, "thin": 0.099})
+    assert out["near"]["level"] == "medium" and out["edge"]["level"] == "medium"
+    assert out["thin"]["level"] == "low"
+    assert "under 20% of the logging policy's" in out["thin"]["notes"][0]
+    assert out["near"]["notes"] == ["its discounted sessions rest on the equivalent of 30% of "
+                                    "the logged rows (MWL weights; the logging policy's own: "
+                                    "50%)"]
+
+
 def test_the_fixed_point_solves_full_size_systems_after_set_num_threads() -> None:
     # torch's batched LU on 203 x 203 matrices hangs once set_num_threads was called (the
     # benchmark does); fixed_point must not use it. A subprocess, so a hang is a failure.
