@@ -67,7 +67,9 @@ def _clean(v: Any) -> Any:
     return v
 
 
-_KIND_WORDS = {"mlp": "MLP FQE", "linear": "linear FQE", "model_based": "model-based rollout"}
+_KIND_WORDS = {"mlp": "MLP FQE", "linear": "linear FQE",
+               "mwl": "linear fixed point (LSTDQ = linear MWL)",
+               "model_based": "model-based rollout"}
 
 
 def members_in_words(kinds: Sequence[str]) -> str:
@@ -535,16 +537,22 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
                      _f(d["ess_first_step"], 3),
                      f"{_f(100 * clipped if clipped is not None else None, 3)}%",
                      _f(d["conservative_penalty"]), _f(d["n_truncated_sessions"]),
-                     _f(d["logged_return"]), _f(d["exploit_logged_return"])])
+                     _f(d["logged_return"]), _f(d["exploit_logged_return"]),
+                     _f(d.get("occupancy_ess"), 3)])
     parts.append(_table(["policy", "initial states (FQE)", "sessions (IS)",
                          "excluded: no action_logp", "ESS (trajectory)", "ESS (first step)",
                          "weights clipped", "FQE - conservative", "truncated sessions",
-                         "logged return", "logged return, exploit group"], rows))
+                         "logged return", "logged return, exploit group",
+                         "occupancy ESS (share of rows)"], rows))
     parts.append("<p class='note'>ESS = (sum w)^2 / sum w^2 of the importance weights "
                  "(trajectory: the weight of the whole session). A small ESS means the "
                  "policy's actions are rarely close to logged ones: IS, WPDIS and DR are then "
                  "unreliable. 'Logged return, exploit group' is the model-free on-policy value "
-                 "of the logging baseline on this split.</p>")
+                 "of the logging baseline on this split. 'Occupancy ESS' is the same ratio for "
+                 "the policy's discounted state-action occupancy (MWL weights, as a share of "
+                 "the rows; only with the FQE ensemble): it does not collapse with the number "
+                 "of action dimensions, and under a fifth of the logging policy's own the "
+                 "estimates are rough.</p>")
 
     for key, title in (("estimates", "Estimates per policy"),
                        ("differences", "Paired differences to the logging policy"),

@@ -185,6 +185,29 @@ def test_the_fixed_point_solves_full_size_systems_after_set_num_threads() -> Non
     assert "oneMKL ERROR" not in out.stderr
 
 
+def test_a_report_of_the_mwl_kind_says_what_a_member_is_and_shows_the_occupancy(
+        tmp_path) -> None:
+    import json
+
+    from mtf.ope.report import write_report
+
+    data = exit_sessions(300, seed=6)
+    policies = [fixed_policy("logging", [0.0]), fixed_policy("low", [-0.8])]
+    ope = OpeConfig(n_iterations=20, target_update_every=10, hidden=(8,), n_bootstrap=30,
+                    ensemble=EnsembleConfig(model="mwl", members=4))
+    res = evaluate_arrays(data, policies, ope, gamma=0.9, seed=0,
+                          meta={"table_path": "mem", "table_version": 1, "split": "test",
+                                "action_tasks": ["click"]})
+    paths = write_report(res, ope, str(tmp_path / "r"), run_id="r")
+    with open(paths.json) as fh:
+        report = json.load(fh)
+    assert "linear fixed point (LSTDQ = linear MWL)" in report["decision_rule"]
+    ess = report["results"][1]["diagnostics"]["occupancy_ess"]
+    assert 0.0 < ess < report["results"][0]["diagnostics"]["occupancy_ess"] <= 1.0
+    html = open(paths.html).read()
+    assert "occupancy ESS (share of rows)" in html and f"{ess:.3g}" in html
+
+
 def test_mwl_joins_other_kinds() -> None:
     assert EnsembleConfig(model="mwl+mlp").components == ("mlp", "mwl")
     assert EnsembleConfig(model="mwl").components == ("mwl",)
