@@ -78,6 +78,7 @@ SMOKE = {"worlds": "tune-101", "users": 120, "days": 3, "truth_sessions": 300,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    import numpy as np
     import torch
     import yaml
 
@@ -130,11 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             worlds.append(rec)
             print(f"[{rec['world']}] ({rec['role']}) re-scored:")
             print(ob.format_table(rec["metrics"]), flush=True)
+            check = ob.occupancy_check(rec)
+            if check is not None:
+                print(ob.format_occupancy_check(check), flush=True)
     for name in names if not args.rescore else []:
         rec = ob.run_world(known[name], settings, conf_file=args.conf_file)
         worlds.append(rec)
         print(f"[{name}] ({rec['role']}) per-world metrics:")
         print(ob.format_table(rec["metrics"]), flush=True)
+        check = ob.occupancy_check(rec)
+        if check is not None:
+            print(ob.format_occupancy_check(check), flush=True)
     held = [w for w in worlds if w["role"] == ob.HELDOUT]
     tuning = [w for w in worlds if w["role"] == ob.TUNING]
     figures: dict[str, float] = {"seconds": time.perf_counter() - t0}
@@ -147,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "goals": {e: ob.goal_check(r) for e, r in rows.items()}}
         print(f"\n{label} worlds {summary[label]['worlds']}, pooled:")
         print(ob.format_table(rows))
+        occupancy = ob.pooled_occupancy_check(group)
+        if occupancy is not None:
+            summary[label]["occupancy"] = occupancy
+            print(ob.format_occupancy_check(
+                {**occupancy, "spearman": float(np.mean(occupancy["spearman_per_world"]))})
+                + " (Spearman: mean over worlds)")
         for est, r in rows.items():
             for key in ("spearman", "regret_at_1", "pairwise_accuracy", "relative_mae",
                         "share_at_or_below_truth", "coverage", "selection_regret"):

@@ -34,11 +34,12 @@ from mtf.config import MtfConfig, load_config
 from mtf.loop.in_memory_training import frame_columns, train_policy
 from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_arrays, \
     validation_policies
-from mtf.ope.accuracy import estimator_accuracy
+from mtf.ope.accuracy import estimator_accuracy, spearman
 from mtf.ope.config import (ENSEMBLE, GATES, LOGGING_POLICY, REPORTED_ESTIMATORS,
                             EnsembleConfig, OpeConfig)
 from mtf.ope.ensemble import EnsembleFit
 from mtf.ope.evaluate import evaluate_arrays, fit_ensemble_policies, padded_histories
+from mtf.ope.report import THIN_OCCUPANCY
 from mtf.ope.rules import pessimistic_value, select_policy
 from mtf.ope.results import decide, with_ensemble
 from mtf.ope.policies import TargetPolicy, ThresholdModule, module_policy
@@ -425,6 +426,62 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
             {n: float(fitted.occupancy_ess[i]) for i, n in enumerate(names)},
             "seconds": {"total": time.perf_counter() - t0, "paper": t_paper,
                         "ensemble": t_ens}, **scored}
+
+
+def occupancy_check(world: Mapping[str, Any], estimator: str = ENSEMBLE
+                    ) -> dict[str, Any] | None:
+    """How well the occupancy effective sample (the report's trust note) says where
+    ``estimator`` errs on one world record: the rank correlation of each policy's ESS with its
+    absolute error (negative: the thinner the occupancy, the larger the error), and the median
+    and largest error relative to the logging value below and above the report's low-trust
+    cut (``THIN_OCCUPANCY`` x the logging policy's ESS). None for a record without ESS."""
+    occ = world.get("occupancy_ess")
+    if not occ:
+        return None
+    truth = world["truth"]
+    ref = abs(truth[LOGGING_POLICY]["mean"])
+    names = [p for p in world["policies"] if p != LOGGING_POLICY]
+    err = {p: abs(world["estimates"][estimator][p] - truth[p]["mean"]) / ref for p in names}
+    cut = THIN_OCCUPANCY * occ[LOGGING_POLICY]
+    thin = [err[p] for p in names if occ[p] < cut]
+    rest = [err[p] for p in names if occ[p] >= cut]
+
+    def side(errors: list[float]) -> dict[str, Any]:
+        return {"n": len(errors), "median_error": float(np.median(errors)) if errors else None,
+                "max_error": float(max(errors)) if errors else None}
+
+    return {"estimator": estimator,
+            "spearman": spearman([occ[p] for p in names], [err[p] for p in names]),
+            "errors": err, "thin": side(thin), "rest": side(rest)}
+
+
+def format_occupancy_check(check: Mapping[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    t, r = check["thin"], check["rest"]
+    return (f"occupancy ESS vs {check['estimator']} |error|: Spearman {check['spearman']:.2f}; "
+            f"median error {pct(t['median_error'])} under the low-trust cut ({t['n']} "
+            f"policies), {pct(r['median_error'])} above it ({r['n']}, largest "
+            f"{pct(r['max_error'])})")
+
+
+def pooled_occupancy_check(worlds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """:func:`occupancy_check` over several worlds: per-world Spearman, pooled error split."""
+    checks = [c for c in (occupancy_check(w) for w in worlds) if c is not None]
+    if not checks:
+        return None
+    thin, rest = [], []
+    for w, c in zip(worlds, checks):
+        occ = w["occupancy_ess"]
+        for p, e in c["errors"].items():
+            (thin if occ[p] < THIN_OCCUPANCY * occ[LOGGING_POLICY] else rest).append(e)
+    return {"estimator": checks[0]["estimator"],
+            "spearman_per_world": [c["spearman"] for c in checks],
+            "thin": {"n": len(thin), "median_error": float(np.median(thin)) if thin else None,
+                     "max_error": float(max(thin)) if thin else None},
+            "rest": {"n": len(rest), "median_error": float(np.median(rest)) if rest else None,
+                     "max_error": float(max(rest)) if rest else None}}
 
 
 def rescore_world(world: Mapping[str, Any], ensemble: EnsembleConfig,

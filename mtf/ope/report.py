@@ -104,7 +104,7 @@ _FAR = 3.0   # actions this many times farther from the logged ones than logging
 # A policy whose occupancy effective sample is under this share of the logging policy's own is
 # low-trust: on the tuning worlds, FQE ensemble errors were 9.1% of the logging value (median)
 # below it and 1.9% (max 4.6%) above; held out 9.9% and 2.1% (max 7.8%) (docs/ope.md 9)
-_THIN_OCCUPANCY = 0.2
+THIN_OCCUPANCY = 0.2
 
 
 def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -184,9 +184,9 @@ def trust(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if occ is not None and math.isfinite(occ) and ref_occ:
             rests = (f"its discounted sessions rest on the equivalent of {occ:.0%} of the "
                      f"logged rows (MWL weights; the logging policy's own: {ref_occ:.0%})")
-            if occ < _THIN_OCCUPANCY * ref_occ:
+            if occ < THIN_OCCUPANCY * ref_occ:
                 low = True
-                notes.append(f"{rests}: under {_THIN_OCCUPANCY:.0%} of the logging policy's, "
+                notes.append(f"{rests}: under {THIN_OCCUPANCY:.0%} of the logging policy's, "
                              f"where the benchmark's estimates erred by about 10% of the "
                              f"logging value (median), against 2% above it")
             else:

@@ -211,3 +211,25 @@ def test_a_report_of_the_mwl_kind_says_what_a_member_is_and_shows_the_occupancy(
 def test_mwl_joins_other_kinds() -> None:
     assert EnsembleConfig(model="mwl+mlp").components == ("mlp", "mwl")
     assert EnsembleConfig(model="mwl").components == ("mwl",)
+
+
+def test_the_benchmark_checks_the_occupancy_note_against_the_truth() -> None:
+    from mtf.loop.ope_benchmark import occupancy_check, pooled_occupancy_check
+
+    # logging ESS 0.5 (cut 0.1); errors relative to |V(logging)| = 10
+    world = {"policies": ["logging", "a", "b", "c", "d"],
+             "truth": {p: {"mean": 10.0} for p in ["logging", "a", "b", "c", "d"]},
+             "estimates": {"fqe_ensemble": {"logging": 10.0, "a": 10.1, "b": 10.3, "c": 12.0,
+                                            "d": 9.0}},
+             "occupancy_ess": {"logging": 0.5, "a": 0.4, "b": 0.2, "c": 0.05, "d": 0.01}}
+    check = occupancy_check(world)
+    assert check["errors"] == pytest.approx({"a": 0.01, "b": 0.03, "c": 0.2, "d": 0.1})
+    assert check["spearman"] == pytest.approx(-0.8)      # ranks of ESS 4 3 2 1, errors 1 2 4 3
+    assert check["rest"] == {"n": 2, "median_error": pytest.approx(0.02),
+                             "max_error": pytest.approx(0.03)}
+    assert check["thin"] == {"n": 2, "median_error": pytest.approx(0.15),
+                             "max_error": pytest.approx(0.2)}
+    pooled = pooled_occupancy_check([world, world])
+    assert pooled["spearman_per_world"] == pytest.approx([-0.8, -0.8])
+    assert pooled["thin"]["n"] == 4 and pooled["rest"]["median_error"] == pytest.approx(0.02)
+    assert occupancy_check({**world, "occupancy_ess": None}) is None
