@@ -162,7 +162,7 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
         fits["model_based"] = fit_model_ensemble(
             [p.name for p in policies], modules, data.state, data.action, data.reward,
             data.next_state, data.is_terminal, sess, first, gamma=gamma,
-            settings=ope.ensemble, seed=seed)
+            settings=ope.ensemble, seed=seed, device=ope.resolved_device())
     args = ([p.name for p in policies], data.state, data.action, data.reward, data.next_state,
             data.is_terminal, np.stack(pa), np.stack(pna), sess, first)
     if "linear" in kinds:

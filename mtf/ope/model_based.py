@@ -83,11 +83,12 @@ def dynamics_loss(model: Dynamics, state: torch.Tensor, action: torch.Tensor,
 
 def _policy_action(module: Any, states: torch.Tensor) -> torch.Tensor:
     """``pi(states)`` for raw float32 states of any leading shape, clipped to the box (a
-    policy meets model states it may never have seen)."""
-    flat = states.reshape(-1, states.shape[-1]).float().contiguous()
+    policy meets model states it may never have seen). The policies are CPU modules (exported
+    TorchScript): states on another device go to the CPU and the actions come back."""
+    flat = states.reshape(-1, states.shape[-1]).float().cpu().contiguous()
     with torch.inference_mode():
         act = module(flat)
-    return act.clamp(-1.0, 1.0).reshape(*states.shape[:-1], -1)
+    return act.clamp(-1.0, 1.0).reshape(*states.shape[:-1], -1).to(states.device)
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,8 @@ def rollout_values(model: Dynamics, module: Any, start: torch.Tensor, init_w: to
     each step ``(horizon,)``."""
     x = start.clone()
     e_n, n0 = x.shape[0], x.shape[1]
-    alive = torch.ones(e_n, n0)
-    total = torch.zeros(e_n)
+    alive = torch.ones(e_n, n0, device=x.device)
+    total = torch.zeros(e_n, device=x.device)
     curve = np.zeros(horizon)
     for t in range(horizon):
         a = _policy_action(module, x * scales.std + scales.mean)
@@ -132,7 +133,7 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
                        action: np.ndarray, reward: np.ndarray, next_state: np.ndarray,
                        is_terminal: np.ndarray, session: np.ndarray, first_rows: np.ndarray, *,
                        gamma: float, settings: EnsembleConfig, seed: int,
-                       progress: bool = False) -> EnsembleFit:
+                       device: str = "cpu", progress: bool = False) -> EnsembleFit:
     """E model-based members (module docstring) for each of P policies.
 
     ``modules``: each policy as a module mapping raw float32 states ``(B, S)`` to actions
@@ -141,7 +142,8 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
     ``t``, so :meth:`EnsembleFit.converged` says whether the tail of the rollout still moved
     the value (it stops moving when the sessions have ended in expectation or the discount has
     used up the horizon). ``backups`` of the result is the rollout horizon, ``steps`` the
-    model's gradient steps.
+    model's gradient steps. The models train and roll out on ``device`` (``ope.device``);
+    the minibatch draws stay on the CPU, so every device sees the same rows.
     """
     t0 = time.perf_counter()
     if len(names) != len(modules):
@@ -168,8 +170,10 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
     r_mean, r_std = rew.mean(), rew.std(unbiased=False).clamp_min(1e-6)
     rew = (rew - r_mean) / r_std
     act = f32(action)
+    dev = torch.device(device)
+    st_d, act_d, delta_d, rew_d, done_d = (x.to(dev) for x in (st, act, delta, rew, done))
 
-    model = Dynamics(e_n, st.shape[1], act.shape[1], s.model_hidden, gen)
+    model = Dynamics(e_n, st.shape[1], act.shape[1], s.model_hidden, gen).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     # the rate decays to 0: a value is a long product of exit probabilities, so the jitter
     # of a constant-rate final iterate (a few hundredths in a logit) would move it by percents
@@ -177,8 +181,9 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
     cum = torch.cumsum(torch.as_tensor(w[:, session], dtype=torch.float64), dim=1)   # (E, N)
     for step in range(1, s.model_steps + 1):
         u = torch.rand(e_n, s.batch_size, generator=gen, dtype=torch.float64) * cum[:, -1:]
-        idx = torch.searchsorted(cum, u).clamp_max(n_rows - 1)                      # (E, m)
-        loss = dynamics_loss(model, st[idx], act[idx], delta[idx], rew[idx], done[idx])
+        idx = torch.searchsorted(cum, u).clamp_max(n_rows - 1).to(dev)              # (E, m)
+        loss = dynamics_loss(model, st_d[idx], act_d[idx], delta_d[idx], rew_d[idx],
+                             done_d[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -189,15 +194,16 @@ def fit_model_ensemble(names: Sequence[str], modules: Sequence[Any], state: np.n
     model.requires_grad_(False)
 
     init_w = torch.as_tensor(w[:, keep], dtype=torch.float32)
-    init_w = init_w / init_w.sum(1, keepdim=True).clamp_min(1e-9)                    # (E, n0)
+    init_w = (init_w / init_w.sum(1, keepdim=True).clamp_min(1e-9)).to(dev)         # (E, n0)
     start = st[torch.as_tensor(first_rows[keep])].unsqueeze(0).expand(e_n, -1, -1)  # (E, n0, S)
-    scales = SessionScales(mean, std, d_std, r_mean, r_std, st.min(0).values, st.max(0).values)
+    scales = SessionScales(*(x.to(dev) for x in (mean, std, d_std, r_mean, r_std,
+                                                 st.min(0).values, st.max(0).values)))
     values = np.zeros((len(names), e_n))
     history = np.zeros((horizon, len(names)))
     for p, module in enumerate(modules):
-        total, history[:, p] = rollout_values(model, module, start, init_w, scales, gamma,
-                                              horizon)
-        values[p] = total.double().numpy()
+        total, history[:, p] = rollout_values(model, module, start.to(dev), init_w, scales,
+                                              gamma, horizon)
+        values[p] = total.double().cpu().numpy()
         if progress:
             print(f"  model-based rollouts: policy {p + 1}/{len(names)} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)

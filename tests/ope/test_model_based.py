@@ -173,3 +173,24 @@ def test_the_report_says_what_a_member_is() -> None:
         "mean of MLP FQE, linear FQE and model-based rollout"
     rule = decision_rule(OpeConfig(ensemble=EnsembleConfig(model="model_based")))
     assert "10 bootstrapped members, each a model-based rollout" in rule
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_based_members_train_and_roll_out_on_the_gpu() -> None:
+    # the same minibatch draws (CPU generator) on both devices: values agree up to float
+    # rounding accumulated over the Adam steps and the rollout
+    from mtf.ope.ensemble import session_index
+    from mtf.ope.model_based import fit_model_ensemble
+
+    data = exit_sessions(800, seed=3)
+    sess, first = session_index(data.session_id)
+    modules = [fixed_policy("logging", [0.0]).module(), fixed_policy("long", [-0.6]).module()]
+    settings = EnsembleConfig(model="model_based", members=3, model_steps=300,
+                              model_hidden=(32, 32))
+    args = (["logging", "long"], modules, data.state, data.action, data.reward,
+            data.next_state, data.is_terminal, sess, first)
+    cpu = fit_model_ensemble(*args, gamma=0.9, settings=settings, seed=0)
+    gpu = fit_model_ensemble(*args, gamma=0.9, settings=settings, seed=0, device="cuda")
+    np.testing.assert_allclose(gpu.values, cpu.values, rtol=0.02)
+    np.testing.assert_allclose(gpu.history, cpu.history, rtol=0.02)
