@@ -37,8 +37,8 @@ from mtf.loop.ope_validation import matched_sim, simulated_transitions, to_array
 from mtf.ope.accuracy import estimator_accuracy, spearman
 from mtf.ope.config import (ENSEMBLE, GATES, LOGGING_POLICY, REPORTED_ESTIMATORS,
                             EnsembleConfig, OpeConfig)
-from mtf.ope.ensemble import EnsembleFit
-from mtf.ope.evaluate import evaluate_arrays, fit_ensemble_policies, padded_histories
+from mtf.ope.ensemble import EnsembleFit, mean_of_kinds
+from mtf.ope.evaluate import evaluate_arrays, fit_ensemble_policies
 from mtf.ope.report import THIN_OCCUPANCY
 from mtf.ope.rules import pessimistic_value, select_policy
 from mtf.ope.results import decide, with_ensemble
@@ -298,15 +298,8 @@ def _members_of(fit: EnsembleFit, settings: EnsembleConfig) -> EnsembleFit:
     kinds = settings.components
     if kinds == fit.settings.components:
         return fit if fit.settings == settings else replace(fit, settings=settings)
-    parts = {k: fit.components[k] for k in kinds}
-    one = next(iter(parts.values()))
-    return replace(one, values=np.mean([p.values for p in parts.values()], axis=0),
-                   history=np.mean(padded_histories([p.history for p in parts.values()]),
-                                   axis=0),
-                   backups=max(p.backups for p in parts.values()), settings=settings,
-                   support=fit.support, occupancy_ess=fit.occupancy_ess,
-                   solved=all(p.solved for p in parts.values()),
-                   components=parts if len(parts) > 1 else {})
+    return replace(mean_of_kinds({k: fit.components[k] for k in kinds}), settings=settings,
+                   support=fit.support, occupancy_ess=fit.occupancy_ess)
 
 
 def _fit_key(settings: EnsembleConfig) -> EnsembleConfig:
@@ -428,6 +421,17 @@ def run_world(world_spec: BenchWorld, settings: BenchSettings, *, conf_file: str
                         "ensemble": t_ens}, **scored}
 
 
+def _thin(world: Mapping[str, Any], policy: str) -> bool:
+    """Is ``policy``'s occupancy ESS under the report's low-trust cut in this record?"""
+    occ = world["occupancy_ess"]
+    return occ[policy] < THIN_OCCUPANCY * occ[LOGGING_POLICY]
+
+
+def _error_side(errors: Sequence[float]) -> dict[str, Any]:
+    return {"n": len(errors), "median_error": float(np.median(errors)) if errors else None,
+            "max_error": float(max(errors)) if errors else None}
+
+
 def occupancy_check(world: Mapping[str, Any], estimator: str = ENSEMBLE
                     ) -> dict[str, Any] | None:
     """How well the occupancy effective sample (the report's trust note) says where
@@ -442,17 +446,11 @@ def occupancy_check(world: Mapping[str, Any], estimator: str = ENSEMBLE
     ref = abs(truth[LOGGING_POLICY]["mean"])
     names = [p for p in world["policies"] if p != LOGGING_POLICY]
     err = {p: abs(world["estimates"][estimator][p] - truth[p]["mean"]) / ref for p in names}
-    cut = THIN_OCCUPANCY * occ[LOGGING_POLICY]
-    thin = [err[p] for p in names if occ[p] < cut]
-    rest = [err[p] for p in names if occ[p] >= cut]
-
-    def side(errors: list[float]) -> dict[str, Any]:
-        return {"n": len(errors), "median_error": float(np.median(errors)) if errors else None,
-                "max_error": float(max(errors)) if errors else None}
-
     return {"estimator": estimator,
             "spearman": spearman([occ[p] for p in names], [err[p] for p in names]),
-            "errors": err, "thin": side(thin), "rest": side(rest)}
+            "errors": err,
+            "thin": _error_side([err[p] for p in names if _thin(world, p)]),
+            "rest": _error_side([err[p] for p in names if not _thin(world, p)])}
 
 
 def format_occupancy_check(check: Mapping[str, Any]) -> str:
@@ -468,20 +466,16 @@ def format_occupancy_check(check: Mapping[str, Any]) -> str:
 
 def pooled_occupancy_check(worlds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """:func:`occupancy_check` over several worlds: per-world Spearman, pooled error split."""
-    checks = [c for c in (occupancy_check(w) for w in worlds) if c is not None]
-    if not checks:
+    checked = [(w, c) for w, c in ((w, occupancy_check(w)) for w in worlds) if c is not None]
+    if not checked:
         return None
-    thin, rest = [], []
-    for w, c in zip(worlds, checks):
-        occ = w["occupancy_ess"]
+    split: dict[bool, list[float]] = {True: [], False: []}
+    for w, c in checked:
         for p, e in c["errors"].items():
-            (thin if occ[p] < THIN_OCCUPANCY * occ[LOGGING_POLICY] else rest).append(e)
-    return {"estimator": checks[0]["estimator"],
-            "spearman_per_world": [c["spearman"] for c in checks],
-            "thin": {"n": len(thin), "median_error": float(np.median(thin)) if thin else None,
-                     "max_error": float(max(thin)) if thin else None},
-            "rest": {"n": len(rest), "median_error": float(np.median(rest)) if rest else None,
-                     "max_error": float(max(rest)) if rest else None}}
+            split[_thin(w, p)].append(e)
+    return {"estimator": checked[0][1]["estimator"],
+            "spearman_per_world": [c["spearman"] for _, c in checked],
+            "thin": _error_side(split[True]), "rest": _error_side(split[False])}
 
 
 def rescore_world(world: Mapping[str, Any], ensemble: EnsembleConfig,

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -156,6 +156,27 @@ class EnsembleFit:
                                         float(self.support[i]), self.settings.min_support)
             out[name] = row
         return out
+
+
+def padded_histories(histories: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Value curves of different lengths (backups, rollout steps) made one length: a shorter
+    curve keeps its last value (its fit has ended there)."""
+    n = max(h.shape[0] for h in histories)
+    return [np.concatenate([h, np.repeat(h[-1:], n - h.shape[0], axis=0)]) if h.shape[0] < n
+            else h for h in histories]
+
+
+def mean_of_kinds(fits: Mapping[str, EnsembleFit]) -> EnsembleFit:
+    """One fit whose member e is the mean of every kind's member e (each kind fitted on the
+    same session resample): the mean values and value curves, the longest horizon, the most
+    gradient steps, the summed time; ``components`` keeps the kinds' own fits (the
+    convergence check asks each of them)."""
+    parts = list(fits.values())
+    return replace(parts[0], values=np.mean([f.values for f in parts], axis=0),
+                   history=np.mean(padded_histories([f.history for f in parts]), axis=0),
+                   backups=max(f.backups for f in parts), steps=max(f.steps for f in parts),
+                   seconds=sum(f.seconds for f in parts), components=dict(fits),
+                   solved=all(f.solved for f in parts))
 
 
 def session_index(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,8 @@ import numpy as np
 
 from mtf.ope.bootstrap import initial_state_mask, session_hashes, weighted_sums
 from mtf.ope.config import LOGGING_POLICY, OpeConfig
-from mtf.ope.ensemble import EnsembleFit, fit_ensemble, n_backups_for, session_index
+from mtf.ope.ensemble import (EnsembleFit, fit_ensemble, mean_of_kinds, n_backups_for,
+                              session_index)
 from mtf.ope.data import TransitionArrays
 from mtf.ope.estimators import session_statistics, derived_stats, pad_sessions
 from mtf.ope.linear_fqe import fit_linear_ensemble, fit_mwl_ensemble, occupancy_shares
@@ -156,6 +157,7 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
         modules.append(module)
         pa.append(policy_actions(module, data.state))
         pna.append(policy_actions(module, data.next_state))
+    pa_all, pna_all = np.stack(pa), np.stack(pna)
     fits = {}
     kinds = ope.ensemble.components
     if "model_based" in kinds:
@@ -164,7 +166,7 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
             data.next_state, data.is_terminal, sess, first, gamma=gamma,
             settings=ope.ensemble, seed=seed, device=ope.resolved_device())
     args = ([p.name for p in policies], data.state, data.action, data.reward, data.next_state,
-            data.is_terminal, np.stack(pa), np.stack(pna), sess, first)
+            data.is_terminal, pa_all, pna_all, sess, first)
     if "linear" in kinds:
         fits["linear"] = fit_linear_ensemble(*args, gamma=gamma, settings=ope.ensemble,
                                              seed=seed)
@@ -175,20 +177,14 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
                                    device=ope.resolved_device())
     # a member of several kinds averages their fits on the same session resample (all draw
     # it from the same seed), so each kind's own extrapolation bias is diluted
-    fit = replace(next(iter(fits.values())),
-                  values=np.mean([f.values for f in fits.values()], axis=0),
-                  history=np.mean(padded_histories([f.history for f in fits.values()]), axis=0),
-                  backups=max(f.backups for f in fits.values()),
-                  steps=max(f.steps for f in fits.values()),
-                  seconds=sum(f.seconds for f in fits.values()), components=fits,
-                  solved=all(f.solved for f in fits.values()))
-    shares, radius = support_shares(data.action, np.stack(pa),
+    fit = mean_of_kinds(fits)
+    shares, radius = support_shares(data.action, pa_all,
                                     quantile=ope.ensemble.support_quantile,
                                     sample_rows=ope.ensemble.support_sample_rows, seed=seed)
     # how many logged rows each policy's occupancy rests on (MWL weights on the whole split):
     # a trust note of the report, whatever the members' kind
     occupancy = occupancy_shares(data.state, data.action, data.next_state, data.is_terminal,
-                                 np.stack(pa), np.stack(pna), first, gamma=gamma,
+                                 pa_all, pna_all, sess, first, gamma=gamma,
                                  ridge=ope.ensemble.ridge)
     fit = replace(fit, support=shares, occupancy_ess=occupancy)
     logger.info("support radius %.3f; shares %s; occupancy ESS %s", radius,
@@ -198,14 +194,6 @@ def fit_ensemble_policies(data: TransitionArrays, policies: Sequence[TargetPolic
                 ope.ensemble.model, ope.ensemble.members, len(policies), fit.backups,
                 fit.seconds)
     return fit
-
-
-def padded_histories(histories: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Value curves of different lengths (backups, rollout steps) made one length: a shorter
-    curve keeps its last value (its fit has ended there)."""
-    n = max(h.shape[0] for h in histories)
-    return [np.concatenate([h, np.repeat(h[-1:], n - h.shape[0], axis=0)]) if h.shape[0] < n
-            else h for h in histories]
 
 
 def scoring_bundle(policies: Sequence[TargetPolicy], fits: Mapping[str, PolicyFits],

@@ -222,13 +222,13 @@ def fit_mwl_ensemble(names: Sequence[str], state: np.ndarray, action: np.ndarray
 
 def occupancy_shares(state: np.ndarray, action: np.ndarray, next_state: np.ndarray,
                      is_terminal: np.ndarray, pi_action: np.ndarray,
-                     pi_next_action: np.ndarray, first_rows: np.ndarray, *, gamma: float,
-                     ridge: float) -> np.ndarray:
+                     pi_next_action: np.ndarray, session: np.ndarray, first_rows: np.ndarray,
+                     *, gamma: float, ridge: float) -> np.ndarray:
     """Per policy, :func:`occupancy_ess` of its MWL weights on the whole split (no resample):
     how many of the logged rows its discounted occupancy effectively rests on (the report's
-    trust notes; :func:`fit_mwl_ensemble` gives the members' version)."""
+    trust notes; :func:`fit_mwl_ensemble` gives the members' version). ``session`` and
+    ``first_rows`` are :func:`mtf.ope.ensemble.session_index` of the rows."""
     n_rows = state.shape[0]
-    session = np.repeat(np.arange(first_rows.size), np.diff(np.append(first_rows, n_rows)))
     w = np.ones((1, first_rows.size))
     keep = np.arange(first_rows.size)
     gram, _, cross, lam, v0s = _linear_inputs(

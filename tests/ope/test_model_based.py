@@ -138,7 +138,7 @@ def test_model_names_one_kind_or_several_joined_by_plus() -> None:
 
 
 def test_a_member_of_several_kinds_is_their_mean_and_converges_when_each_does() -> None:
-    from mtf.ope.evaluate import padded_histories
+    from mtf.ope.ensemble import padded_histories
 
     np.testing.assert_array_equal(
         padded_histories([np.array([[1.0], [2.0]]), np.array([[5.0], [6.0], [7.0]])])[0],

@@ -109,8 +109,9 @@ def test_mwl_weights_satisfy_the_moment_condition_on_every_feature() -> None:
 
 def test_the_occupancy_of_a_far_policy_rests_on_fewer_rows() -> None:
     data = exit_sessions(800, seed=2)                  # logged a ~ TN(0, 0.5) on [-1, 1]
-    state, action, _, nxt, term, pa, pna, _, first = _args(data, [0.0, 0.5, 0.95])
-    ess = occupancy_shares(state, action, nxt, term, pa, pna, first, gamma=0.9, ridge=1e-3)
+    state, action, _, nxt, term, pa, pna, sess, first = _args(data, [0.0, 0.5, 0.95])
+    ess = occupancy_shares(state, action, nxt, term, pa, pna, sess, first, gamma=0.9,
+                           ridge=1e-3)
     assert ess[0] > ess[1] > ess[2] and ess[2] < 0.5 * ess[0]
 
 
